@@ -1,0 +1,235 @@
+"""Streaming histograms that merge exactly, whatever the split of the data.
+
+The reference calibrators merge batch histograms by re-binning into the first batch's bin width, so
+their thresholds depend on batch size, order and sharding. Here every histogram of a tensor lives on
+a grid fixed by the data alone:
+
+- a power-of-two bin count ``B`` (8192 by default);
+- a range ``[-2**e, 2**e)`` (signed) or ``[0, 2**e)`` (every value seen non-negative), with ``e`` the
+  smallest integer such that ``max|x| < 2**e``;
+- value ``x`` falls in bin ``floor(x * B / 2**(e+1)) + B/2`` (signed) or ``floor(x * B / 2**e)``
+  (non-negative). Scaling by a power of two is exact in binary floating point, so the bin of a value
+  never depends on rounding.
+
+Going from exponent ``e`` to ``e + d`` is then a right shift of every bin index by ``d``: sums of
+aligned runs of ``2**d`` bins, exact in integers. A non-negative histogram at ``e`` becomes the
+signed one at ``e`` by summing bin pairs into the upper half. Both the exponent (a function of
+``max|x|``) and the signedness (``min < 0``) of the union are the maximum / logical or of the parts,
+so merging any split in any order gives the histogram built from all the data at once, bit for bit.
+Resolution: the data span at least ``B/4`` bins on each side of zero (``B/2`` when non-negative).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from kernels.backend import array_module, to_numpy
+
+DEFAULT_NUM_BINS = 8192
+# Exponent of a histogram whose values are all zero (or that holds none): below the exponent of any
+# non-zero float64 magnitude (the smallest subnormal is 2**-1074), so it never wins a merge.
+ZERO_EXPONENT = -1100
+
+
+class NonFiniteValuesError(ValueError):
+    """A tensor handed to a histogram holds NaN or infinite values."""
+
+    def __init__(self, nan_count: int, inf_count: int) -> None:
+        self.nan_count = nan_count
+        self.inf_count = inf_count
+        super().__init__(
+            f"{nan_count} NaN and {inf_count} infinite values: a threshold cannot be calibrated on "
+            "non-finite activations; check the model and the preprocessing of its inputs"
+        )
+
+
+def check_num_bins(num_bins: int) -> int:
+    """Reject bin counts that would break exact merging (not a power of two, or too few)."""
+    if not isinstance(num_bins, (int, np.integer)) or num_bins < 16 or num_bins & (num_bins - 1):
+        raise ValueError(
+            f"num_bins={num_bins!r}: the histogram bin count must be a power of two >= 16 "
+            "(e.g. 2048, 8192, 16384) so that histograms merge exactly"
+        )
+    return int(num_bins)
+
+
+def range_exponent(abs_max: float) -> int:
+    """The smallest ``e`` with ``abs_max < 2**e`` (``ZERO_EXPONENT`` for zero)."""
+    if abs_max == 0.0:
+        return ZERO_EXPONENT
+    return int(math.frexp(abs_max)[1])
+
+
+@dataclass(frozen=True, eq=False)
+class Histogram:
+    """Counts of one tensor's values on the data-fixed grid described in the module docstring.
+
+    ``counts`` is an int64 NumPy or CuPy array; ``min``, ``max`` and ``count`` are exact and kept
+    beside the counts because the naive method and the range checks need them.
+    """
+
+    counts: Any
+    exponent: int
+    signed: bool
+    min: float
+    max: float
+    count: int
+
+    @property
+    def num_bins(self) -> int:
+        return int(self.counts.shape[0])
+
+    @property
+    def abs_max(self) -> float:
+        if self.count == 0:
+            return 0.0
+        return max(-self.min, self.max)
+
+    @property
+    def bin_width(self) -> float:
+        """Width of one bin; the signed grid spans twice the range with the same bin count."""
+        log2_bins = self.num_bins.bit_length() - 1
+        return math.ldexp(1.0, self.exponent + int(self.signed) - log2_bins)
+
+    @property
+    def zero_bin(self) -> int:
+        """Index of the bin that holds exact zeros."""
+        return self.num_bins // 2 if self.signed else 0
+
+    @classmethod
+    def empty(cls, num_bins: int = DEFAULT_NUM_BINS, xp: Any = np) -> Histogram:
+        check_num_bins(num_bins)
+        return cls(xp.zeros(num_bins, dtype=xp.int64), ZERO_EXPONENT, False, math.inf, -math.inf, 0)
+
+    @classmethod
+    def of(cls, values: Any, num_bins: int = DEFAULT_NUM_BINS) -> Histogram:
+        """The histogram of one batch of values (any shape, NumPy or CuPy, kept on its device)."""
+        check_num_bins(num_bins)
+        xp = array_module(values)
+        flat = xp.asarray(values).ravel()
+        if flat.dtype.kind != "f":
+            flat = flat.astype(xp.float64)
+        if flat.size == 0:
+            return cls.empty(num_bins, xp)
+        finite = xp.isfinite(flat)
+        if not bool(finite.all()):
+            nan_count = int(xp.isnan(flat).sum())
+            raise NonFiniteValuesError(nan_count, int((~finite).sum()) - nan_count)
+        low = float(flat.min())
+        high = float(flat.max())
+        signed = low < 0.0
+        exponent = range_exponent(max(-low, high))
+        log2_bins = num_bins.bit_length() - 1
+        # ldexp scales by a power of two exactly, so floor() sees the true position of every value.
+        scaled = xp.floor(xp.ldexp(flat, log2_bins - exponent - int(signed)))
+        index = scaled.astype(xp.int64)
+        if signed:
+            index += num_bins // 2
+        counts = xp.bincount(index, minlength=num_bins).astype(xp.int64)
+        return cls(counts, exponent, signed, low, high, int(flat.size))
+
+    def regridded(self, exponent: int, signed: bool) -> Histogram:
+        """The same counts on a coarser (or equal) grid: exact, because bins only ever pair up."""
+        if exponent < self.exponent or (self.signed and not signed):
+            raise ValueError(
+                f"cannot regrid a histogram of exponent {self.exponent} (signed={self.signed}) to a "
+                f"finer grid (exponent {exponent}, signed={signed})"
+            )
+        xp = array_module(self.counts)
+        counts = self.counts
+        num_bins = self.num_bins
+        log2_bins = num_bins.bit_length() - 1
+        shift = exponent - self.exponent
+        if signed and not self.signed:
+            # [0, 2**e) with B bins -> upper half of [-2**e, 2**e) with B bins: pair up bins.
+            half = counts.reshape(num_bins // 2, 2).sum(axis=1)
+            counts = xp.concatenate([xp.zeros(num_bins // 2, dtype=xp.int64), half])
+        if shift > 0:
+            counts = _shift_right(counts, min(shift, log2_bins), signed, xp)
+        return Histogram(counts, exponent, signed, self.min, self.max, self.count)
+
+    def merge(self, other: Histogram) -> Histogram:
+        """The histogram of both tensors' values together (commutative and associative, exactly)."""
+        if self.num_bins != other.num_bins:
+            raise ValueError(
+                f"cannot merge histograms with {self.num_bins} and {other.num_bins} bins: every "
+                "partial of a run must use the same num_bins"
+            )
+        if other.count == 0:
+            return self
+        if self.count == 0:
+            return other
+        signed = self.signed or other.signed
+        exponent = max(self.exponent, other.exponent)
+        left = self.regridded(exponent, signed)
+        right = other.regridded(exponent, signed)
+        return Histogram(
+            left.counts + right.counts,
+            exponent,
+            signed,
+            min(self.min, other.min),
+            max(self.max, other.max),
+            self.count + other.count,
+        )
+
+    def to_host(self) -> Histogram:
+        """A copy whose counts are a NumPy array (for Parquet, JSON and plots)."""
+        return Histogram(to_numpy(self.counts), self.exponent, self.signed, self.min, self.max, self.count)
+
+    def abs_counts(self) -> Any:
+        """Counts of |x| on ``[0, 2**e)``: the negative half folded onto the positive half.
+
+        Signed: ``bin_width`` bins, ``B/2`` of them; non-negative: the counts themselves.
+        """
+        if not self.signed:
+            return self.counts
+        half = self.num_bins // 2
+        return self.counts[half:] + self.counts[:half][::-1]
+
+    def same_as(self, other: Histogram) -> bool:
+        """Bit-identical: same grid, same counts, same exact statistics."""
+        return (
+            self.num_bins == other.num_bins
+            and self.exponent == other.exponent
+            and self.signed == other.signed
+            and self.count == other.count
+            and (self.count == 0 or (self.min == other.min and self.max == other.max))
+            and bool((to_numpy(self.counts) == to_numpy(other.counts)).all())
+        )
+
+
+def merge_all(histograms: list[Histogram]) -> Histogram:
+    """Merge the histograms of one tensor, in the order given (any order gives the same result)."""
+    if not histograms:
+        raise ValueError("merge_all needs at least one histogram")
+    result = histograms[0]
+    for histogram in histograms[1:]:
+        result = result.merge(histogram)
+    return result
+
+
+def _shift_right(counts: Any, shift: int, signed: bool, xp: Any) -> Any:
+    """Move every bin index ``i`` to ``i >> shift`` (signed: relative to the zero edge)."""
+    num_bins = counts.shape[0]
+    group = 1 << shift
+    if not signed:
+        if group >= num_bins:
+            merged = xp.zeros(num_bins, dtype=xp.int64)
+            merged[0] = counts.sum()
+            return merged
+        sums = counts.reshape(num_bins // group, group).sum(axis=1)
+        return xp.concatenate([sums, xp.zeros(num_bins - sums.shape[0], dtype=xp.int64)])
+    half = num_bins // 2
+    merged = xp.zeros(num_bins, dtype=xp.int64)
+    if group >= half * 2:
+        merged[half - 1] = counts[:half].sum()
+        merged[half] = counts[half:].sum()
+        return merged
+    sums = counts.reshape(num_bins // group, group).sum(axis=1)
+    start = half - sums.shape[0] // 2
+    merged[start : start + sums.shape[0]] = sums
+    return merged

@@ -1,0 +1,220 @@
+"""Threshold methods: each a pure function from merged histograms to one threshold per tensor.
+
+Collecting statistics (``kernels.histogram``) and choosing thresholds are separate, so a new method
+is one function here and the same merged histograms can be re-thresholded without a forward pass.
+
+Documented choices for degenerate tensors (never a NaN threshold):
+- a histogram that holds no values raises ``EmptyHistogramError``;
+- a tensor whose values are all zero gets ``ZERO_TENSOR_THRESHOLD`` (1.0): zero is represented
+  exactly by any scale, and a finite positive one keeps every later division defined;
+- NaN and infinite values never reach here: building the histogram raises (``NonFiniteValuesError``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from kernels.backend import array_module, to_numpy
+from kernels.histogram import Histogram
+from kernels.kl_search import kl_divergence_curve
+
+METHODS: tuple[str, ...] = ("entropy", "naive", "percentile", "mse")
+INT8_LEVELS = 127
+ZERO_TENSOR_THRESHOLD = 1.0
+DEFAULT_NUM_QUANTIZED_BINS = 255
+DEFAULT_PERCENTILE = 99.99
+# Candidates whose divergence is within this of the minimum count as ties; the smallest wins, so
+# float noise in the last digits cannot move the threshold across a flat stretch of the curve.
+TIE_RELATIVE = 1e-9
+TIE_ABSOLUTE = 1e-12
+
+
+class EmptyHistogramError(ValueError):
+    """A tensor reached threshold selection without a single observed value."""
+
+
+@dataclass(frozen=True)
+class ThresholdSettings:
+    """What a run chose; one place for the defaults the CLI, Airflow and MLflow all show."""
+
+    method: str = "entropy"
+    num_quantized_bins: int = DEFAULT_NUM_QUANTIZED_BINS
+    percentile: float = DEFAULT_PERCENTILE
+    zero_bin_fix: bool = True
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
+        if not 2 <= self.num_quantized_bins:
+            raise ValueError(f"num_quantized_bins={self.num_quantized_bins} must be at least 2")
+        if not 0.0 < self.percentile <= 100.0:
+            raise ValueError(f"percentile={self.percentile} must be in (0, 100]")
+
+
+@dataclass(frozen=True)
+class ThresholdChoice:
+    """The chosen clipping threshold and the figure of merit the method minimised.
+
+    ``divergence`` is the KL divergence (entropy), the expected squared error (mse), or NaN for
+    methods that minimise nothing (naive, percentile).
+    """
+
+    threshold: float
+    divergence: float
+
+
+def choose_thresholds(
+    histograms: Mapping[str, Histogram], settings: ThresholdSettings
+) -> dict[str, ThresholdChoice]:
+    """One threshold per tensor; entropy runs batched over all tensors sharing a layout."""
+    for name, histogram in histograms.items():
+        if histogram.count == 0:
+            raise EmptyHistogramError(
+                f"tensor {name!r} has an empty histogram: no calibration example reached it; "
+                "check the calibration data and that the tensor is computed for every input"
+            )
+    regular = {name: h for name, h in histograms.items() if h.abs_max > 0.0}
+    choices = {name: ThresholdChoice(ZERO_TENSOR_THRESHOLD, 0.0) for name in histograms if name not in regular}
+    if settings.method == "entropy":
+        choices.update(entropy_thresholds(regular, settings.num_quantized_bins, settings.zero_bin_fix))
+    else:
+        method = {"naive": naive_threshold, "mse": mse_threshold}.get(settings.method)
+        for name, histogram in regular.items():
+            if settings.method == "percentile":
+                choices[name] = percentile_threshold(histogram, settings.percentile)
+            else:
+                choices[name] = method(histogram)
+    return {name: choices[name] for name in histograms}
+
+
+def naive_threshold(histogram: Histogram) -> ThresholdChoice:
+    """max(|min|, |max|): MXNet's ``calib_mode='naive'``."""
+    return ThresholdChoice(histogram.abs_max, math.nan)
+
+
+def percentile_threshold(histogram: Histogram, percentile: float) -> ThresholdChoice:
+    """The upper edge of the |x| bin holding the p-th percentile: exact to one bin width."""
+    abs_counts = to_numpy(histogram.abs_counts())
+    cumulative = np.cumsum(abs_counts)
+    target = percentile / 100.0 * histogram.count
+    index = int(np.searchsorted(cumulative, target, side="left"))
+    index = min(index, abs_counts.shape[0] - 1)
+    return ThresholdChoice(min((index + 1) * histogram.bin_width, histogram.abs_max), math.nan)
+
+
+def mse_threshold(histogram: Histogram) -> ThresholdChoice:
+    """The bin edge minimising the expected squared error of symmetric int8 quantization.
+
+    For a candidate threshold ``t`` (scale ``s = t / 127``), every |x| bin is represented by its
+    centre ``c``: bins beyond ``t`` cost the clipping error ``(c - t)**2``; bins that round to zero
+    (``c < s / 2``) cost ``c**2``; the others cost ``s**2 / 12``, the mean rounding error of a value
+    spread evenly over a step. All candidates come from prefix sums at once.
+    """
+    counts = to_numpy(histogram.abs_counts()).astype(np.float64)
+    width = histogram.bin_width
+    centres = (np.arange(counts.shape[0]) + 0.5) * width
+    top = _top_candidate(histogram)
+    candidates = np.arange(1, top + 1)
+    thresholds = candidates * width
+    scales = thresholds / INT8_LEVELS
+    cum_n = np.concatenate([[0.0], np.cumsum(counts)])
+    cum_c = np.concatenate([[0.0], np.cumsum(counts * centres)])
+    cum_c2 = np.concatenate([[0.0], np.cumsum(counts * centres**2)])
+    # Bins with centre below s/2 round to zero: the first such bin index past them.
+    zero_stop = np.minimum(np.ceil(scales / 2.0 / width - 0.5).astype(np.int64), candidates)
+    zero_stop = np.maximum(zero_stop, 0)
+    rounding = cum_c2[zero_stop] + scales**2 / 12.0 * (cum_n[candidates] - cum_n[zero_stop])
+    tail_n = cum_n[-1] - cum_n[candidates]
+    tail_c = cum_c[-1] - cum_c[candidates]
+    tail_c2 = cum_c2[-1] - cum_c2[candidates]
+    clipping = tail_c2 - 2.0 * thresholds * tail_c + thresholds**2 * tail_n
+    error = (rounding + np.maximum(clipping, 0.0)) / histogram.count
+    best = _first_minimum(error)
+    return ThresholdChoice(min(float(thresholds[best]), histogram.abs_max), float(error[best]))
+
+
+def entropy_thresholds(
+    histograms: Mapping[str, Histogram], num_quantized_bins: int, zero_bin_fix: bool
+) -> dict[str, ThresholdChoice]:
+    """KL-divergence thresholds, batched over the tensors that share a layout.
+
+    Signed tensors use the two-sided search of MXNet (``num_quantized_bins`` groups over a slice
+    symmetric around zero); non-negative tensors use TensorRT's one-sided search over ``[0, t)``
+    with ``num_quantized_bins // 2 + 1`` groups (the levels 0..127 of symmetric int8).
+    """
+    layouts: dict[tuple[int, bool], list[str]] = {}
+    for name, histogram in histograms.items():
+        layouts.setdefault((histogram.num_bins, histogram.signed), []).append(name)
+    choices: dict[str, ThresholdChoice] = {}
+    for (num_bins, signed), names in layouts.items():
+        batch = [histograms[name] for name in names]
+        xp = array_module(batch[0].counts)
+        counts = xp.stack([xp.asarray(h.counts) for h in batch])
+        if zero_bin_fix:
+            counts = flatten_zero_spike(counts, signed)
+        groups = num_quantized_bins if signed else num_quantized_bins // 2 + 1
+        starts, stops, widths = candidate_slices(num_bins, signed, groups)
+        reachable = widths <= max(_top_candidate(h) for h in batch)
+        starts, stops, widths = starts[reachable], stops[reachable], widths[reachable]
+        if starts.shape[0] == 0:
+            raise ValueError(
+                f"num_quantized_bins={num_quantized_bins} leaves no candidate threshold with "
+                f"num_bins={num_bins}: use more histogram bins or fewer quantized bins"
+            )
+        curve = to_numpy(kl_divergence_curve(counts, xp.asarray(starts), xp.asarray(stops), groups))
+        for row, (name, histogram) in enumerate(zip(names, batch)):
+            usable = widths <= _top_candidate(histogram)
+            divergence = np.where(usable, curve[row], np.inf)
+            best = _first_minimum(divergence)
+            threshold = min(float(widths[best]) * histogram.bin_width, histogram.abs_max)
+            choices[name] = ThresholdChoice(threshold, float(divergence[best]))
+    return choices
+
+
+def candidate_slices(num_bins: int, signed: bool, num_groups: int) -> tuple[Any, Any, Any]:
+    """Slices ``[start, stop)`` of each candidate and its half-width in bins (its threshold)."""
+    if signed:
+        zero = num_bins // 2
+        widths = np.arange((num_groups - num_bins % 2 + 1) // 2, num_bins // 2 + 1)
+        return zero - widths, zero + widths + num_bins % 2, widths
+    widths = np.arange(num_groups, num_bins + 1)
+    return np.zeros_like(widths), widths, widths
+
+
+def flatten_zero_spike(counts: Any, signed: bool) -> Any:
+    """Give the bin that holds exact zeros its neighbours' count, before the entropy search.
+
+    Post-ReLU/ReLU6 tensors hold many exact zeros; that single spike dominates ``p`` and drags
+    the KL minimum to thresholds tens of times too small (REFERENCE.md section 6). NVIDIA's
+    pytorch-quantization sets the zero bin to its neighbour's count; signed histograms take the
+    mean of both neighbours. A histogram that the step would empty is left as it was.
+    """
+    xp = array_module(counts)
+    fixed = counts.copy()
+    if signed:
+        zero = counts.shape[1] // 2
+        fixed[:, zero] = (counts[:, zero - 1] + counts[:, zero + 1]) // 2
+    else:
+        fixed[:, 0] = counts[:, 1]
+    emptied = fixed.sum(axis=1) == 0
+    return xp.where(emptied[:, None], counts, fixed)
+
+
+def _top_candidate(histogram: Histogram) -> int:
+    """Half-width in bins of the smallest candidate that reaches max|x|."""
+    return int(math.floor(histogram.abs_max / histogram.bin_width)) + 1
+
+
+def _first_minimum(values: np.ndarray) -> int:
+    """Index of the smallest value, taking the first of near-ties (see TIE_RELATIVE)."""
+    finite = np.isfinite(values)
+    if not finite.any():
+        return int(values.shape[0] - 1)
+    lowest = float(values[finite].min())
+    tolerance = TIE_ABSOLUTE + TIE_RELATIVE * abs(lowest)
+    return int(np.flatnonzero(finite & (values <= lowest + tolerance))[0])
