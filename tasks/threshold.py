@@ -1,0 +1,57 @@
+"""The threshold step: merged histograms in, calibration table (JSON + TensorRT cache) out.
+
+It needs no model and no data, only the partial-histogram files, so a run can be re-thresholded
+with another method in seconds (``int8flow rethreshold``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from kernels.histogram import Histogram
+from kernels.thresholds import ThresholdSettings, choose_thresholds
+from schemas.calibration_table import CalibrationTable, TensorCalibration
+from tasks.atomic_files import atomic_write_text
+from tasks.histogram_files import list_partial_files, merge_partial_files
+
+CALIBRATION_JSON = "calibration.json"
+TENSORRT_CACHE = "calibration.cache"
+
+
+def build_calibration_table(
+    histograms: Mapping[str, Histogram], settings: ThresholdSettings, metadata: Mapping[str, str]
+) -> CalibrationTable:
+    """One record per tensor, in name order, with the settings recorded beside the thresholds."""
+    choices = choose_thresholds(histograms, settings)
+    records = tuple(
+        TensorCalibration(
+            name, settings.method, choices[name].threshold, histograms[name].signed, choices[name].divergence
+        )
+        for name in sorted(histograms)
+    )
+    recorded = {
+        "method": settings.method,
+        "num_quantized_bins": str(settings.num_quantized_bins),
+        "percentile": repr(settings.percentile),
+        "zero_bin_fix": str(settings.zero_bin_fix).lower(),
+        **metadata,
+    }
+    return CalibrationTable(records, recorded)
+
+
+def write_calibration_table(table: CalibrationTable, out_dir: str) -> tuple[str, str]:
+    """Write both formats, each atomically; returns their paths."""
+    json_path = f"{out_dir.rstrip('/')}/{CALIBRATION_JSON}"
+    cache_path = f"{out_dir.rstrip('/')}/{TENSORRT_CACHE}"
+    atomic_write_text(json_path, table.to_json())
+    atomic_write_text(cache_path, table.to_tensorrt_cache())
+    return json_path, cache_path
+
+
+def rethreshold(histogram_dir: str, settings: ThresholdSettings, out_dir: str) -> CalibrationTable:
+    """New thresholds from a finished run's partial histograms, without a forward pass."""
+    paths = list_partial_files(histogram_dir)
+    histograms = merge_partial_files(paths)
+    table = build_calibration_table(histograms, settings, {"histogram_files": str(len(paths))})
+    write_calibration_table(table, out_dir)
+    return table

@@ -1,0 +1,189 @@
+"""Threshold methods against their oracles: plain loops of the published algorithms, numpy, theory."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from conftest import distributions
+from oracles import entropy_threshold_loop, mse_threshold_loop
+
+from kernels.histogram import Histogram
+from kernels.thresholds import (
+    METHODS,
+    ZERO_TENSOR_THRESHOLD,
+    EmptyHistogramError,
+    ThresholdSettings,
+    choose_thresholds,
+    entropy_thresholds,
+    flatten_zero_spike,
+    mse_threshold,
+    percentile_threshold,
+)
+
+SMALL = distributions(30_000, seed=7)
+
+
+def oracle_entropy(histogram: Histogram, num_quantized_bins: int, zero_bin_fix: bool) -> tuple[float, float]:
+    counts = histogram.counts
+    if zero_bin_fix:
+        counts = flatten_zero_spike(counts[None, :], histogram.signed)[0]
+    return entropy_threshold_loop(
+        counts, histogram.signed, histogram.bin_width, histogram.abs_max, num_quantized_bins
+    )
+
+
+@pytest.mark.parametrize("zero_bin_fix", [False, True])
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_entropy_matches_the_published_loop_within_one_bin(name: str, zero_bin_fix: bool) -> None:
+    histogram = Histogram.of(SMALL[name], 1024)
+    expected, expected_kl = oracle_entropy(histogram, 255, zero_bin_fix)
+    chosen = entropy_thresholds({name: histogram}, 255, zero_bin_fix)[name]
+    assert abs(chosen.threshold - expected) <= histogram.bin_width
+    if chosen.threshold == expected:
+        assert chosen.divergence == pytest.approx(expected_kl, rel=1e-7, abs=1e-12)
+
+
+@pytest.mark.parametrize("num_quantized_bins", [128, 255])
+@pytest.mark.parametrize("name", ["gaussian", "relu", "heavy_outliers"])
+def test_entropy_matches_the_loop_at_full_resolution(name: str, num_quantized_bins: int) -> None:
+    histogram = Histogram.of(SMALL[name], 2048 if num_quantized_bins == 128 else 8192)
+    expected, _ = oracle_entropy(histogram, num_quantized_bins, True)
+    chosen = entropy_thresholds({name: histogram}, num_quantized_bins, True)[name]
+    assert abs(chosen.threshold - expected) <= histogram.bin_width
+
+
+def test_entropy_is_the_same_batched_or_one_tensor_at_a_time() -> None:
+    histograms = {name: Histogram.of(values, 1024) for name, values in SMALL.items()}
+    batched = entropy_thresholds(histograms, 255, True)
+    for name, histogram in histograms.items():
+        assert entropy_thresholds({name: histogram}, 255, True)[name] == batched[name]
+
+
+def test_entropy_handles_mxnet_style_odd_histograms() -> None:
+    """The search itself is layout-agnostic: MXNet's 8001-bin zero-centred layout works too."""
+    from kernels.kl_search import kl_divergence_curve
+    from oracles import kl_for_slice
+
+    values = SMALL["laplacian"]
+    amax = np.abs(values).max()
+    counts, _ = np.histogram(values, bins=801, range=(-amax, amax))
+    half = np.arange(255 // 2, 801 // 2 + 1, 37)
+    starts, stops = 400 - half, 400 + half + 1
+    curve = kl_divergence_curve(counts[None, :], starts, stops, 255)[0]
+    expected = [kl_for_slice(counts, int(a), int(b), 255) for a, b in zip(starts, stops)]
+    np.testing.assert_allclose(curve, expected, rtol=1e-8)
+
+
+@pytest.mark.parametrize(
+    ("zero_fraction", "body"),
+    [(0.5, "relu"), (0.9, "relu"), (0.5, "relu6")],
+)
+def test_zero_spike_fix_keeps_zero_heavy_thresholds_at_the_data(zero_fraction: float, body: str) -> None:
+    rng = np.random.default_rng(11)
+    size = 200_000
+    magnitudes = np.abs(rng.laplace(0, 1, size)) if body == "relu" else np.clip(np.abs(rng.normal(0, 2.5, size)), 0, 6)
+    values = np.where(rng.random(size) < zero_fraction, 0.0, magnitudes)
+    histogram = Histogram.of(values)
+    p99 = float(np.percentile(values[values > 0], 99))
+    fixed = entropy_thresholds({"t": histogram}, 255, True)["t"].threshold
+    assert p99 <= fixed <= histogram.abs_max
+
+
+def test_zero_spike_drags_the_published_search_far_below_the_data() -> None:
+    """The failure the fix exists for (REFERENCE.md section 6), reproduced without it."""
+    rng = np.random.default_rng(11)
+    values = np.where(rng.random(200_000) < 0.9, 0.0, np.abs(rng.laplace(0, 1, 200_000)))
+    histogram = Histogram.of(values)
+    unfixed = entropy_thresholds({"t": histogram}, 255, False)["t"].threshold
+    fixed = entropy_thresholds({"t": histogram}, 255, True)["t"].threshold
+    assert unfixed < fixed / 10
+
+
+def test_zero_spike_fix_sets_the_zero_bin_to_its_neighbours() -> None:
+    unsigned = np.array([[90, 4, 3, 1]])
+    signed = np.array([[0, 1, 5, 8, 90, 2, 0, 0]])
+    np.testing.assert_array_equal(flatten_zero_spike(unsigned, False), [[4, 4, 3, 1]])
+    np.testing.assert_array_equal(flatten_zero_spike(signed, True), [[0, 1, 5, 8, 5, 2, 0, 0]])
+    only_zero_bin = np.array([[7, 0, 0, 0]])
+    np.testing.assert_array_equal(flatten_zero_spike(only_zero_bin, False), only_zero_bin)
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_naive_is_the_largest_magnitude(name: str) -> None:
+    values = SMALL[name]
+    choice = choose_thresholds({name: Histogram.of(values)}, ThresholdSettings(method="naive"))[name]
+    expected = float(np.abs(values).max()) or ZERO_TENSOR_THRESHOLD
+    assert choice.threshold == expected
+
+
+@pytest.mark.parametrize("percentile", [50.0, 99.0, 99.99, 100.0])
+@pytest.mark.parametrize("name", ["gaussian", "laplacian", "relu", "heavy_outliers", "float32_small"])
+def test_percentile_is_exact_to_one_bin(name: str, percentile: float) -> None:
+    values = SMALL[name]
+    histogram = Histogram.of(values)
+    chosen = percentile_threshold(histogram, percentile).threshold
+    exact = float(np.percentile(np.abs(values.astype(np.float64)), percentile, method="inverted_cdf"))
+    assert exact <= chosen <= exact + histogram.bin_width
+    assert chosen <= histogram.abs_max
+
+
+@pytest.mark.parametrize("name", ["gaussian", "relu", "heavy_outliers", "relu6"])
+def test_mse_matches_the_direct_sum(name: str) -> None:
+    histogram = Histogram.of(SMALL[name], 256)
+    expected = mse_threshold_loop(histogram.abs_counts(), histogram.bin_width, histogram.abs_max)
+    assert abs(mse_threshold(histogram).threshold - expected) <= histogram.bin_width
+
+
+def test_mse_finds_the_analytic_optimum_of_a_laplace_tensor() -> None:
+    """Expected error of a Laplace(b) tensor clipped at t: 2 b^2 exp(-t/b) + (t/127)^2/12 (ACIQ)."""
+    scale = 0.5
+    values = np.random.default_rng(3).laplace(0, scale, 2_000_000)
+    grid = np.linspace(1.0, 12.0, 200_001)
+    analytic = grid[np.argmin(2 * scale**2 * np.exp(-grid / scale) + (grid / 127) ** 2 / 12)]
+    chosen = mse_threshold(Histogram.of(values)).threshold
+    assert chosen == pytest.approx(analytic, rel=0.05)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_all_zero_tensor_gets_the_documented_safe_threshold(method: str) -> None:
+    choice = choose_thresholds({"z": Histogram.of(np.zeros(100))}, ThresholdSettings(method=method))["z"]
+    assert choice.threshold == ZERO_TENSOR_THRESHOLD and choice.divergence == 0.0
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_constant_and_single_value_tensors_get_their_value(method: str) -> None:
+    thresholds = choose_thresholds(
+        {name: Histogram.of(SMALL[name]) for name in ("constant", "single_nonzero")}, ThresholdSettings(method=method)
+    )
+    assert thresholds["constant"].threshold == 2.5
+    if method != "percentile":
+        assert thresholds["single_nonzero"].threshold == 3.25
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_gives_finite_positive_thresholds_on_varied_data(method: str) -> None:
+    histograms = {name: Histogram.of(values) for name, values in SMALL.items()}
+    for name, choice in choose_thresholds(histograms, ThresholdSettings(method=method)).items():
+        assert math.isfinite(choice.threshold) and choice.threshold > 0, name
+        assert choice.threshold <= max(histograms[name].abs_max, ZERO_TENSOR_THRESHOLD)
+
+
+def test_empty_histogram_is_refused_with_the_tensor_name() -> None:
+    with pytest.raises(EmptyHistogramError, match="'conv1_out'"):
+        choose_thresholds({"conv1_out": Histogram.empty()}, ThresholdSettings())
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [("method", "kl", "unknown method"), ("num_quantized_bins", 1, "at least 2"), ("percentile", 0.0, r"\(0, 100\]")],
+)
+def test_bad_settings_are_refused(field: str, value: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ThresholdSettings(**{field: value})
+
+
+def test_too_many_quantized_bins_for_the_histogram_is_refused() -> None:
+    with pytest.raises(ValueError, match="num_quantized_bins"):
+        entropy_thresholds({"t": Histogram.of(SMALL["gaussian"], 64)}, 255, True)
