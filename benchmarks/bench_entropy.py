@@ -23,7 +23,7 @@ from oracles import entropy_threshold_loop, first_minimum, kl_for_slice  # noqa:
 
 from kernels.histogram import Histogram  # noqa: E402
 from kernels.kl_search import kl_divergence_curve  # noqa: E402
-from kernels.thresholds import candidate_slices, entropy_thresholds, flatten_zero_spike  # noqa: E402
+from kernels.thresholds import candidate_slices, entropy_thresholds, extreme_bins, flatten_spikes  # noqa: E402
 
 NUM_QUANTIZED_BINS = 255
 
@@ -54,7 +54,7 @@ def ours_layout(tensors: list[np.ndarray]) -> tuple[float, float, int, float]:
     start = time.perf_counter()
     slow = {}
     for name, histogram in histograms.items():
-        counts = flatten_zero_spike(histogram.counts[None, :], histogram.signed)[0]
+        counts = flatten_spikes(histogram.counts[None, :], [extreme_bins(histogram)])[0]
         slow[name] = entropy_threshold_loop(
             counts, histogram.signed, histogram.bin_width, histogram.abs_max, NUM_QUANTIZED_BINS
         )[0]

@@ -28,6 +28,8 @@ INT8_LEVELS = 127
 ZERO_TENSOR_THRESHOLD = 1.0
 DEFAULT_NUM_QUANTIZED_BINS = 255
 DEFAULT_PERCENTILE = 99.99
+SPIKE_FACTOR = 8.0
+SPIKE_MIN_SHARE = 1e-4
 # Candidates whose divergence is within this of the minimum count as ties; the smallest wins, so
 # float noise in the last digits cannot move the threshold across a flat stretch of the curve.
 TIE_RELATIVE = 1e-9
@@ -45,7 +47,7 @@ class ThresholdSettings:
     method: str = "entropy"
     num_quantized_bins: int = DEFAULT_NUM_QUANTIZED_BINS
     percentile: float = DEFAULT_PERCENTILE
-    zero_bin_fix: bool = True
+    spike_fix: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -81,7 +83,7 @@ def choose_thresholds(
     regular = {name: h for name, h in histograms.items() if h.abs_max > 0.0}
     choices = {name: ThresholdChoice(ZERO_TENSOR_THRESHOLD, 0.0) for name in histograms if name not in regular}
     if settings.method == "entropy":
-        choices.update(entropy_thresholds(regular, settings.num_quantized_bins, settings.zero_bin_fix))
+        choices.update(entropy_thresholds(regular, settings.num_quantized_bins, settings.spike_fix))
     else:
         method = {"naive": naive_threshold, "mse": mse_threshold}.get(settings.method)
         for name, histogram in regular.items():
@@ -139,7 +141,7 @@ def mse_threshold(histogram: Histogram) -> ThresholdChoice:
 
 
 def entropy_thresholds(
-    histograms: Mapping[str, Histogram], num_quantized_bins: int, zero_bin_fix: bool
+    histograms: Mapping[str, Histogram], num_quantized_bins: int, spike_fix: bool
 ) -> dict[str, ThresholdChoice]:
     """KL-divergence thresholds, batched over the tensors that share a layout.
 
@@ -155,8 +157,8 @@ def entropy_thresholds(
         batch = [histograms[name] for name in names]
         xp = array_module(batch[0].counts)
         counts = xp.stack([xp.asarray(h.counts) for h in batch])
-        if zero_bin_fix:
-            counts = flatten_zero_spike(counts, signed)
+        if spike_fix:
+            counts = flatten_spikes(counts, [extreme_bins(h) for h in batch])
         groups = num_quantized_bins if signed else num_quantized_bins // 2 + 1
         starts, stops, widths = candidate_slices(num_bins, signed, groups)
         reachable = widths <= max(_top_candidate(h) for h in batch)
@@ -186,23 +188,43 @@ def candidate_slices(num_bins: int, signed: bool, num_groups: int) -> tuple[Any,
     return np.zeros_like(widths), widths, widths
 
 
-def flatten_zero_spike(counts: Any, signed: bool) -> Any:
-    """Give the bin that holds exact zeros its neighbours' count, before the entropy search.
+def flatten_spikes(counts: Any, protected: Any) -> Any:
+    """Lower every spike of repeated exact values to its neighbours' mean, before the entropy search.
 
-    Post-ReLU/ReLU6 tensors hold many exact zeros; that single spike dominates ``p`` and drags
-    the KL minimum to thresholds tens of times too small (REFERENCE.md section 6). NVIDIA's
-    pytorch-quantization sets the zero bin to its neighbour's count; signed histograms take the
-    mean of both neighbours. A histogram that the step would empty is left as it was.
+    Real activations hold spikes that no clipping threshold can represent better or worse: exact
+    zeros after ReLU/ReLU6 (about half of an EfficientNet-Lite tensor; REFERENCE.md section 6) and
+    per-channel constants where the input is constant (padding, image background: each channel's
+    bias). A spike dominates ``p`` and drags the KL minimum to thresholds tens of times too small.
+    NVIDIA's pytorch-quantization sets the zero bin to its neighbour's count; this generalises it:
+    a bin holding more than ``SPIKE_FACTOR`` times the mean of its (up to four) nearest bins and at
+    least ``SPIKE_MIN_SHARE`` of all values gets that mean. The bins holding min and max
+    (``protected``, one row per histogram) are kept: a spike there is saturation (ReLU6 at 6) and
+    sets the range. A histogram the step would empty is left as it was.
     """
     xp = array_module(counts)
-    fixed = counts.copy()
-    if signed:
-        zero = counts.shape[1] // 2
-        fixed[:, zero] = (counts[:, zero - 1] + counts[:, zero + 1]) // 2
-    else:
-        fixed[:, 0] = counts[:, 1]
-    emptied = fixed.sum(axis=1) == 0
-    return xp.where(emptied[:, None], counts, fixed)
+    values = counts.astype(xp.float64)
+    padded = xp.pad(values, ((0, 0), (2, 2)))
+    present = xp.pad(xp.ones((1, values.shape[1]), dtype=xp.float64), ((0, 0), (2, 2)))
+    neighbours = (0, 1, 3, 4)
+    width = values.shape[1]
+    reference = sum(padded[:, k : k + width] for k in neighbours) / sum(present[:, k : k + width] for k in neighbours)
+    total = values.sum(axis=1, keepdims=True)
+    spikes = (values > SPIKE_FACTOR * reference) & (values >= SPIKE_MIN_SHARE * total)
+    rows = xp.arange(counts.shape[0])[:, None]
+    spikes[rows, xp.asarray(protected)] = False
+    flattened = xp.where(spikes, xp.ceil(reference).astype(counts.dtype), counts)
+    emptied = flattened.sum(axis=1) == 0
+    return xp.where(emptied[:, None], counts, flattened)
+
+
+def extreme_bins(histogram: Histogram) -> tuple[int, int]:
+    """Bins that may hold saturation: max, and min when negative (a non-negative min is the zero spike)."""
+    offset = histogram.num_bins // 2 if histogram.signed else 0
+    width = histogram.bin_width
+    last = histogram.num_bins - 1
+    high = min(int(math.floor(histogram.max / width)) + offset, last)
+    low = int(math.floor(histogram.min / width)) + offset if histogram.min < 0.0 else high
+    return low, high
 
 
 def _top_candidate(histogram: Histogram) -> int:

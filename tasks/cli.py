@@ -36,7 +36,7 @@ def _add_threshold_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--no-zero-bin-fix",
-        dest="zero_bin_fix",
+        dest="spike_fix",
         action="store_false",
         help="entropy: keep the exact-zero spike in the histogram (the published search; unsafe on ReLU outputs)",
     )
@@ -97,7 +97,7 @@ def _run_demo(args: argparse.Namespace, console: Console) -> int:
 
 
 def _run_rethreshold(args: argparse.Namespace, console: Console) -> int:
-    settings = ThresholdSettings(args.method, args.num_quantized_bins, args.percentile, args.zero_bin_fix)
+    settings = ThresholdSettings(args.method, args.num_quantized_bins, args.percentile, args.spike_fix)
     table = rethreshold(args.histogram_dir, settings, args.out)
     _print_table(console, f"{args.method} thresholds from {args.histogram_dir}", {args.method: table}, {})
     console.print(f"wrote {args.out}/calibration.json and {args.out}/calibration.cache")

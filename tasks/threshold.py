@@ -33,7 +33,7 @@ def build_calibration_table(
         "method": settings.method,
         "num_quantized_bins": str(settings.num_quantized_bins),
         "percentile": repr(settings.percentile),
-        "zero_bin_fix": str(settings.zero_bin_fix).lower(),
+        "spike_fix": str(settings.spike_fix).lower(),
         **metadata,
     }
     return CalibrationTable(records, recorded)

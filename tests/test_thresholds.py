@@ -17,7 +17,8 @@ from kernels.thresholds import (
     ThresholdSettings,
     choose_thresholds,
     entropy_thresholds,
-    flatten_zero_spike,
+    extreme_bins,
+    flatten_spikes,
     mse_threshold,
     percentile_threshold,
 )
@@ -25,21 +26,21 @@ from kernels.thresholds import (
 SMALL = distributions(30_000, seed=7)
 
 
-def oracle_entropy(histogram: Histogram, num_quantized_bins: int, zero_bin_fix: bool) -> tuple[float, float]:
+def oracle_entropy(histogram: Histogram, num_quantized_bins: int, spike_fix: bool) -> tuple[float, float]:
     counts = histogram.counts
-    if zero_bin_fix:
-        counts = flatten_zero_spike(counts[None, :], histogram.signed)[0]
+    if spike_fix:
+        counts = flatten_spikes(counts[None, :], [extreme_bins(histogram)])[0]
     return entropy_threshold_loop(
         counts, histogram.signed, histogram.bin_width, histogram.abs_max, num_quantized_bins
     )
 
 
-@pytest.mark.parametrize("zero_bin_fix", [False, True])
+@pytest.mark.parametrize("spike_fix", [False, True])
 @pytest.mark.parametrize("name", sorted(SMALL))
-def test_entropy_matches_the_published_loop_within_one_bin(name: str, zero_bin_fix: bool) -> None:
+def test_entropy_matches_the_published_loop_within_one_bin(name: str, spike_fix: bool) -> None:
     histogram = Histogram.of(SMALL[name], 1024)
-    expected, expected_kl = oracle_entropy(histogram, 255, zero_bin_fix)
-    chosen = entropy_thresholds({name: histogram}, 255, zero_bin_fix)[name]
+    expected, expected_kl = oracle_entropy(histogram, 255, spike_fix)
+    chosen = entropy_thresholds({name: histogram}, 255, spike_fix)[name]
     assert abs(chosen.threshold - expected) <= histogram.bin_width
     if chosen.threshold == expected:
         assert chosen.divergence == pytest.approx(expected_kl, rel=1e-7, abs=1e-12)
@@ -101,13 +102,38 @@ def test_zero_spike_drags_the_published_search_far_below_the_data() -> None:
     assert unfixed < fixed / 10
 
 
-def test_zero_spike_fix_sets_the_zero_bin_to_its_neighbours() -> None:
-    unsigned = np.array([[90, 4, 3, 1]])
-    signed = np.array([[0, 1, 5, 8, 90, 2, 0, 0]])
-    np.testing.assert_array_equal(flatten_zero_spike(unsigned, False), [[4, 4, 3, 1]])
-    np.testing.assert_array_equal(flatten_zero_spike(signed, True), [[0, 1, 5, 8, 5, 2, 0, 0]])
+def test_spikes_get_their_neighbours_mean() -> None:
+    unsigned = np.array([[1000, 40, 44, 36, 40, 400, 38, 42, 30, 5]])
+    np.testing.assert_array_equal(flatten_spikes(unsigned, [(9, 9)]), [[42, 40, 44, 36, 40, 39, 38, 42, 30, 5]])
+    signed = np.array([[0, 2, 30, 31, 500, 29, 3, 0]])
+    np.testing.assert_array_equal(flatten_spikes(signed, [(1, 6)]), [[0, 2, 30, 31, 24, 29, 3, 0]])
+
+
+def test_saturation_spikes_at_min_and_max_are_kept() -> None:
+    saturated = np.array([[0, 400, 30, 31, 33, 29, 30, 400]])
+    np.testing.assert_array_equal(flatten_spikes(saturated, [(1, 7)]), saturated)
+    relu6 = Histogram.of(np.clip(np.random.default_rng(0).normal(2, 3, 10_000), 0, 6))
+    low, high = extreme_bins(relu6)
+    assert high == int(6.0 / relu6.bin_width) and low == high  # a non-negative min is the zero spike
+
+
+def test_a_histogram_the_step_would_empty_is_kept() -> None:
     only_zero_bin = np.array([[7, 0, 0, 0]])
-    np.testing.assert_array_equal(flatten_zero_spike(only_zero_bin, False), only_zero_bin)
+    np.testing.assert_array_equal(flatten_spikes(only_zero_bin, [(3, 3)]), only_zero_bin)
+
+
+def test_constant_background_spikes_do_not_drag_the_threshold_down() -> None:
+    """Per-channel constants from a constant input region (MNIST background) after ReLU."""
+    rng = np.random.default_rng(5)
+    size = 400_000
+    body = np.abs(rng.laplace(0, 0.8, size))
+    spikes = rng.choice(np.linspace(0.05, 0.6, 10), size)
+    kind = rng.random(size)
+    values = np.where(kind < 0.4, 0.0, np.where(kind < 0.65, spikes, body))
+    histogram = Histogram.of(values)
+    p99 = float(np.percentile(body, 99))
+    assert entropy_thresholds({"t": histogram}, 255, True)["t"].threshold >= p99
+    assert entropy_thresholds({"t": histogram}, 255, False)["t"].threshold < p99 / 2
 
 
 @pytest.mark.parametrize("name", sorted(SMALL))

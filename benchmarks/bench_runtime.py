@@ -1,0 +1,72 @@
+"""Forward-pass speed on EfficientNet-Lite0: our FP32 and INT8 executors against onnxruntime.
+
+Same process, same batch of real photo crops, best of several runs each:
+- our FP32 executor (NumPy) vs onnxruntime's CPU session (target: within 2x);
+- our INT8 executor vs our FP32 executor (target: within 2x).
+
+    .venv/bin/python benchmarks/bench_runtime.py [--model models/efficientnet_lite0.onnx] [--batch 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import numpy as np
+import onnxruntime as ort
+
+from kernels.thresholds import ThresholdSettings
+from tasks.datasets.photos import photo_crops
+from tasks.graph.executor import GraphExecutor
+from tasks.graph.int8_ops import INT8_OPS
+from tasks.graph.load import load_graph
+from tasks.graph.quantize_pass import calibration_tensors, quantize_graph
+from tasks.graph.simplify import simplify
+from tasks.observe import observe
+from tasks.threshold import build_calibration_table
+
+
+def best_time(run: Callable[[], object], repeats: int) -> float:
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="models/efficientnet_lite0.onnx")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+
+    graph, _ = load_graph(args.model)
+    graph = simplify(graph)
+    name = graph.inputs[0].name
+    batch = {name: photo_crops(args.batch, seed=1)}
+    fp32 = GraphExecutor(graph)
+    session = ort.InferenceSession(args.model, providers=["CPUExecutionProvider"])
+
+    calibration = [{name: photo_crops(args.batch, seed=100 + i)} for i in range(2)]
+    histograms = observe(fp32, calibration, calibration_tensors(graph))
+    table = build_calibration_table(histograms, ThresholdSettings(method="entropy"), {})
+    int8 = GraphExecutor(quantize_graph(graph, table), ops=INT8_OPS)
+
+    ort_seconds = best_time(lambda: session.run(None, batch), args.repeats)
+    fp32_seconds = best_time(lambda: fp32.run(batch), args.repeats)
+    int8_seconds = best_time(lambda: int8.run(batch), args.repeats)
+    print(f"EfficientNet-Lite0, batch {args.batch}, best of {args.repeats}:")
+    print(f"  onnxruntime FP32 {ort_seconds * 1e3:.0f} ms | ours FP32 {fp32_seconds * 1e3:.0f} ms | ours INT8 {int8_seconds * 1e3:.0f} ms")
+    print(f"  ours FP32 / onnxruntime FP32 = {fp32_seconds / ort_seconds:.2f} (target <= 2)")
+    print(f"  ours INT8 / ours FP32 = {int8_seconds / fp32_seconds:.2f} (target <= 2)")
+    outputs = fp32.run(batch)[graph.outputs[0].name]
+    reference = session.run(None, batch)[0]
+    print(f"  max |ours - onnxruntime| / max |onnxruntime| = {np.abs(outputs - reference).max() / np.abs(reference).max():.2e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""Running an IR graph batch by batch, freeing every tensor after its last reader.
+
+The same loop runs the FP32 graph and the INT8 graph: only the op table differs. An observer sees
+each watched tensor once, as it is produced, so calibration keeps one batch of activations plus the
+histograms, whatever the number of examples.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Collection, Mapping
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from tasks.graph.fp32_ops import FP32_OPS, OpFunction, check_supported
+from tasks.graph.ir import Graph, TensorInfo
+
+Observer = Callable[[str, Any], None]
+
+
+class InputMismatchError(ValueError):
+    """A batch does not fit the model's declared inputs."""
+
+
+class GraphExecutor:
+    """Runs a graph whose every op is in ``ops``; constants are moved to the backend once."""
+
+    def __init__(self, graph: Graph, xp: ModuleType = np, ops: Mapping[str, OpFunction] = FP32_OPS) -> None:
+        if ops is FP32_OPS:
+            check_supported(graph)
+        self.graph = graph
+        self.xp = xp
+        self.ops = ops
+        self.constants = {name: xp.asarray(value) for name, value in graph.initializers.items()}
+        self.use_counts = graph.use_counts()
+
+    def run(
+        self,
+        inputs: Mapping[str, Any],
+        observer: Observer | None = None,
+        observed: Collection[str] = (),
+    ) -> dict[str, Any]:
+        """Outputs of the graph for one batch; ``observer(name, array)`` sees the ``observed`` tensors."""
+        values: dict[str, Any] = {}
+        for info in self.graph.inputs:
+            values[info.name] = self.xp.asarray(check_input(info, inputs, self.graph.source))
+            if observer is not None and info.name in observed:
+                observer(info.name, values[info.name])
+        remaining = Counter(self.use_counts)
+        opset = self.graph.opset
+        for node in self.graph.nodes:
+            arguments = [values[name] if name in values else self.constants.get(name) for name in node.inputs]
+            results = self.ops[node.op_type](node, arguments, opset)
+            for name, value in zip(node.outputs, results):
+                values[name] = value
+                if observer is not None and name in observed:
+                    observer(name, value)
+            for name in node.inputs:
+                remaining[name] -= 1
+                if remaining[name] <= 0:
+                    values.pop(name, None)
+        return {info.name: values[info.name] for info in self.graph.outputs}
+
+
+def check_input(info: TensorInfo, inputs: Mapping[str, Any], source: str) -> Any:
+    if info.name not in inputs:
+        raise InputMismatchError(
+            f"{source}: the model's input {info.name!r} (shape {_shape_text(info.shape)}) was not given; "
+            f"got {sorted(inputs)}"
+        )
+    array = inputs[info.name]
+    fits = len(array.shape) == len(info.shape) and all(
+        want is None or want == got for want, got in zip(info.shape, array.shape)
+    )
+    if not fits or array.dtype != info.dtype:
+        raise InputMismatchError(
+            f"{source}: input {info.name!r} expects shape {_shape_text(info.shape)} {np.dtype(info.dtype).name}, "
+            f"got {tuple(array.shape)} {array.dtype}; check the preprocessing (size, channels, layout NCHW, dtype)"
+        )
+    return array
+
+
+def _shape_text(shape: tuple[int | None, ...]) -> str:
+    return "(" + ", ".join("N" if dim is None else str(dim) for dim in shape) + ")"

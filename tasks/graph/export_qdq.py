@@ -1,0 +1,171 @@
+"""The quantized graph as a standard ONNX QDQ model (QuantizeLinear/DequantizeLinear).
+
+Each ``Int8*`` node becomes DequantizeLinear on its int8 inputs, the float op it replaced (with the
+fused ReLU/Clip), and QuantizeLinear to its output scale; weights stay int8 with per-channel scales
+on their output axis, biases int32 with scale input_scale x weight_scale. onnxruntime recognises
+these groups and runs them as QLinear ops, and any ONNX consumer can read the scales back.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from tasks.graph.ir import Graph, Node
+from tasks.graph.onnx_build import graph_to_model
+from tasks.graph.quantize_pass import int8_tensor_scales
+
+QDQ_MIN_OPSET = 13
+CONV_ATTRIBUTES = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
+INT8_NODE_ATTRIBUTES = ("input_scale", "output_scale", "low", "high", "activation", "float_op", "scale", "input_scales")
+
+
+class QDQExportError(ValueError):
+    """The quantized graph cannot be written as QDQ ONNX."""
+
+
+def export_qdq(graph: Graph) -> onnx.ModelProto:
+    if graph.opset < QDQ_MIN_OPSET:
+        raise QDQExportError(
+            f"{graph.source}: QDQ export needs opset >= {QDQ_MIN_OPSET} (per-channel DequantizeLinear); the model "
+            f"has opset {graph.opset}: re-export it with a newer opset"
+        )
+    builder = _QDQBuilder(graph)
+    for node in graph.nodes:
+        builder.add(node)
+    exported = Graph(builder.nodes, builder.initializers, graph.inputs, graph.outputs, graph.opset, graph.source)
+    model = graph_to_model(exported, name="int8flow-qdq")
+    onnx.checker.check_model(model)
+    return model
+
+
+class _QDQBuilder:
+    def __init__(self, graph: Graph) -> None:
+        self.scales = int8_tensor_scales(graph)
+        self.opset = graph.opset
+        self.initializers = dict(graph.initializers)
+        self.nodes: list[Node] = []
+
+    def constant(self, name: str, value: np.ndarray) -> str:
+        self.initializers[name] = value
+        return name
+
+    def dequantize(self, tensor: str, scale: float | str, prefix: str, axis: int | None = None, zero: str | None = None) -> str:
+        scale_name = scale if isinstance(scale, str) else self.constant(f"{prefix}/scale", np.float32(scale))
+        zero_name = zero or self.constant(f"{prefix}/zero_point", np.int8(0))
+        output = f"{prefix}/dequantized"
+        attributes = {} if axis is None else {"axis": axis}
+        self.nodes.append(Node(f"{prefix}/DequantizeLinear", "DequantizeLinear", [tensor, scale_name, zero_name], [output], attributes))
+        return output
+
+    def quantize(self, tensor: str, scale: float, output: str, prefix: str) -> None:
+        scale_name = self.constant(f"{prefix}/scale", np.float32(scale))
+        zero_name = self.constant(f"{prefix}/zero_point", np.int8(0))
+        self.nodes.append(Node(f"{prefix}/QuantizeLinear", "QuantizeLinear", [tensor, scale_name, zero_name], [output]))
+
+    def activation(self, node: Node, tensor: str) -> str:
+        """The fused ReLU/Clip as a float op, bounds taken from the integer limits."""
+        kind = node.attributes.get("activation", "")
+        if not kind:
+            return tensor
+        output = f"{node.name}/activation"
+        if kind == "Relu":
+            self.nodes.append(Node(f"{node.name}/Relu", "Relu", [tensor], [output]))
+            return output
+        scale = node.attributes["output_scale"]
+        low = self.constant(f"{node.name}/clip_min", np.float32(node.attributes["low"] * scale))
+        high = self.constant(f"{node.name}/clip_max", np.float32(node.attributes["high"] * scale))
+        self.nodes.append(Node(f"{node.name}/Clip", "Clip", [tensor, low, high], [output]))
+        return output
+
+    def add(self, node: Node) -> None:
+        handler = getattr(self, f"_{node.op_type}", None)
+        if handler is not None:
+            handler(node)
+        elif node.op_type in ("Flatten", "Reshape", "Transpose") or node.op_type == "Int8MaxPool":
+            op_type = "MaxPool" if node.op_type == "Int8MaxPool" else node.op_type
+            self.nodes.append(Node(node.name, op_type, list(node.inputs), list(node.outputs), dict(node.attributes)))
+        elif node.op_type == "Pad" and node.inputs[0] in self.scales:
+            inputs = list(node.inputs)
+            if len(inputs) > 2 and inputs[2]:
+                inputs[2] = self.constant(f"{node.name}/int8_zero", np.int8(0))
+            self.nodes.append(Node(node.name, "Pad", inputs, list(node.outputs), dict(node.attributes)))
+        else:
+            self.nodes.append(node)
+
+    def _QuantizeTensor(self, node: Node) -> None:
+        self.quantize(node.inputs[0], node.attributes["scale"], node.outputs[0], node.name)
+
+    def _DequantizeTensor(self, node: Node) -> None:
+        scale = self.constant(f"{node.name}/scale", np.float32(node.attributes["scale"]))
+        zero = self.constant(f"{node.name}/zero_point", np.int8(0))
+        self.nodes.append(Node(f"{node.name}/DequantizeLinear", "DequantizeLinear", [node.inputs[0], scale, zero], list(node.outputs)))
+
+    def _layer(self, node: Node, weight_axis: int) -> tuple[str, str, str | None]:
+        x_name, weight, weight_scales = node.inputs[:3]
+        input_scale = node.attributes["input_scale"]
+        x = self.dequantize(x_name, input_scale, f"{node.name}/input")
+        channels = self.initializers[weight_scales].shape[0]
+        weight_zero = self.constant(f"{node.name}/weight_zero_point", np.zeros(channels, dtype=np.int8))
+        w = self.dequantize(weight, weight_scales, f"{node.name}/weight", axis=weight_axis, zero=weight_zero)
+        bias = None
+        if len(node.inputs) > 3:
+            bias_scale = (input_scale * self.initializers[weight_scales].astype(np.float64)).astype(np.float32)
+            bias_scale_name = self.constant(f"{node.name}/bias/scale", bias_scale)
+            bias_zero = self.constant(f"{node.name}/bias_zero_point", np.zeros(channels, dtype=np.int32))
+            bias = self.dequantize(node.inputs[3], bias_scale_name, f"{node.name}/bias", axis=0, zero=bias_zero)
+        return x, w, bias
+
+    def _Int8Conv(self, node: Node) -> None:
+        x, w, bias = self._layer(node, weight_axis=0)
+        attributes = {key: value for key, value in node.attributes.items() if key in CONV_ATTRIBUTES}
+        if attributes.get("auto_pad", "NOTSET") != "NOTSET":
+            attributes.pop("pads", None)
+        output = f"{node.name}/float_output"
+        self.nodes.append(Node(node.name, "Conv", [x, w] + ([bias] if bias else []), [output], attributes))
+        self.quantize(self.activation(node, output), node.attributes["output_scale"], node.outputs[0], f"{node.name}/output")
+
+    def _Int8MatMul(self, node: Node) -> None:
+        x, w, bias = self._layer(node, weight_axis=1)
+        output = f"{node.name}/float_output"
+        self.nodes.append(Node(node.name, "MatMul", [x, w], [output]))
+        if bias:
+            self.nodes.append(Node(f"{node.name}/bias_add", "Add", [output, bias], [f"{node.name}/biased"]))
+            output = f"{node.name}/biased"
+        self.quantize(self.activation(node, output), node.attributes["output_scale"], node.outputs[0], f"{node.name}/output")
+
+    def _Int8Add(self, node: Node) -> None:
+        a = self.dequantize(node.inputs[0], node.attributes["a_scale"], f"{node.name}/a")
+        b = self.dequantize(node.inputs[1], node.attributes["b_scale"], f"{node.name}/b")
+        output = f"{node.name}/float_output"
+        self.nodes.append(Node(node.name, "Add", [a, b], [output]))
+        self.quantize(self.activation(node, output), node.attributes["output_scale"], node.outputs[0], f"{node.name}/output")
+
+    def _Int8Concat(self, node: Node) -> None:
+        parts = [
+            self.dequantize(name, scale, f"{node.name}/input{index}")
+            for index, (name, scale) in enumerate(zip(node.inputs, node.attributes["input_scales"]))
+        ]
+        output = f"{node.name}/float_output"
+        self.nodes.append(Node(node.name, "Concat", parts, [output], {"axis": node.attributes["axis"]}))
+        self.quantize(output, node.attributes["output_scale"], node.outputs[0], f"{node.name}/output")
+
+    def _Int8AveragePool(self, node: Node) -> None:
+        x = self.dequantize(node.inputs[0], node.attributes["input_scale"], f"{node.name}/input")
+        attributes = {key: value for key, value in node.attributes.items() if key not in INT8_NODE_ATTRIBUTES}
+        kind = node.attributes["float_op"]
+        output = f"{node.name}/float_output"
+        if kind == "ReduceMean":
+            if self.opset >= 18:
+                axes = self.constant(f"{node.name}/axes", np.array([2, 3], dtype=np.int64))
+                self.nodes.append(Node(node.name, "ReduceMean", [x, axes], [output], attributes))
+            else:
+                self.nodes.append(Node(node.name, "ReduceMean", [x], [output], {**attributes, "axes": [2, 3]}))
+        else:
+            self.nodes.append(Node(node.name, kind, [x], [output], attributes))
+        self.quantize(output, node.attributes["output_scale"], node.outputs[0], f"{node.name}/output")
+
+    def _Int8Clip(self, node: Node) -> None:
+        low = self.constant(f"{node.name}/min", np.int8(node.attributes["low"]))
+        high = self.constant(f"{node.name}/max", np.int8(node.attributes["high"]))
+        self.nodes.append(Node(node.name, "Clip", [node.inputs[0], low, high], list(node.outputs)))

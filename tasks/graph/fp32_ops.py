@@ -1,0 +1,225 @@
+"""FP32 implementations of the supported ONNX ops, on NumPy or CuPy arrays.
+
+Each op is ``fn(node, inputs, opset) -> list of outputs``; the array module follows the inputs.
+The set is what image classifiers exported from PyTorch/TensorFlow use after simplification;
+anything else is refused at load time (``check_supported``) rather than run wrongly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from kernels.backend import array_module
+from kernels.conv import conv2d, pad_amounts
+from kernels.pooling import average_pool2d, global_average_pool, max_pool2d
+from tasks.graph.ir import Graph, Node
+
+OpFunction = Callable[[Node, list[Any], int], list[Any]]
+
+
+class UnsupportedModelError(ValueError):
+    """The graph holds an op, or an op setting, that int8flow cannot run."""
+
+
+def window_geometry(node: Node, in_hw: tuple[int, int], kernel_hw: tuple[int, int]) -> tuple[tuple, tuple, tuple]:
+    """(strides, pads as top/left/bottom/right, dilations) of a Conv or pool node."""
+    strides = tuple(node.attribute("strides", [1, 1]))
+    dilations = tuple(node.attribute("dilations", [1, 1]))
+    auto_pad = node.attribute("auto_pad", "NOTSET")
+    if auto_pad != "NOTSET":
+        pads = pad_amounts(auto_pad, in_hw, kernel_hw, strides, dilations)
+    else:
+        pads = tuple(node.attribute("pads", [0, 0, 0, 0]))
+    return strides, pads, dilations
+
+
+def _conv(node: Node, inputs: list[Any], opset: int) -> list[Any]:
+    x, weight = inputs[0], inputs[1]
+    bias = inputs[2] if len(inputs) > 2 else None
+    strides, pads, dilations = window_geometry(node, x.shape[2:], weight.shape[2:])
+    return [conv2d(x, weight, bias, strides, pads, dilations, int(node.attribute("group", 1)))]
+
+
+def _gemm(node: Node, inputs: list[Any], opset: int) -> list[Any]:
+    a, b = inputs[0], inputs[1]
+    if node.attribute("transA", 0):
+        a = a.T
+    if node.attribute("transB", 0):
+        b = b.T
+    result = a @ b
+    alpha, beta = node.attribute("alpha", 1.0), node.attribute("beta", 1.0)
+    if alpha != 1.0:
+        result = result * np.float32(alpha)
+    if len(inputs) > 2 and inputs[2] is not None:
+        result = result + (inputs[2] if beta == 1.0 else inputs[2] * np.float32(beta))
+    return [result]
+
+
+def _clip_bounds(node: Node, inputs: list[Any], opset: int) -> tuple[float | None, float | None]:
+    if opset < 11:
+        return node.attribute("min"), node.attribute("max")
+    low = float(inputs[1]) if len(inputs) > 1 and inputs[1] is not None else None
+    high = float(inputs[2]) if len(inputs) > 2 and inputs[2] is not None else None
+    return low, high
+
+
+def _clip(node: Node, inputs: list[Any], opset: int) -> list[Any]:
+    xp = array_module(inputs[0])
+    low, high = _clip_bounds(node, inputs, opset)
+    return [xp.clip(inputs[0], low, high)]
+
+
+def _hard_sigmoid(x: Any, alpha: float, beta: float) -> Any:
+    xp = array_module(x)
+    return xp.clip(x * np.float32(alpha) + np.float32(beta), 0.0, 1.0)
+
+
+def _unary(fn: Callable[[Node, Any], Any]) -> OpFunction:
+    return lambda node, inputs, opset: [fn(node, inputs[0])]
+
+
+def _binary(fn: Callable[[Any, Any], Any]) -> OpFunction:
+    return lambda node, inputs, opset: [fn(inputs[0], inputs[1])]
+
+
+def _max_pool(node: Node, inputs: list[Any], opset: int) -> list[Any]:
+    x = inputs[0]
+    kernel = tuple(node.attribute("kernel_shape"))
+    strides, pads, dilations = window_geometry(node, x.shape[2:], kernel)
+    return [max_pool2d(x, kernel, strides, pads, dilations, bool(node.attribute("ceil_mode", 0)))]
+
+
+def _average_pool(node: Node, inputs: list[Any], opset: int) -> list[Any]:
+    x = inputs[0]
+    kernel = tuple(node.attribute("kernel_shape"))
+    strides, pads, _ = window_geometry(node, x.shape[2:], kernel)
+    include = bool(node.attribute("count_include_pad", 0))
+    return [average_pool2d(x, kernel, strides, pads, include, bool(node.attribute("ceil_mode", 0)))]
+
+
+def reduce_axes(node: Node, inputs: list[Any], opset: int, rank: int) -> tuple[int, ...]:
+    axes = inputs[1] if opset >= 18 and len(inputs) > 1 and inputs[1] is not None else node.attribute("axes")
+    if axes is None or len(axes) == 0:
+        return () if node.attribute("noop_with_empty_axes", 0) else tuple(range(rank))
+    return tuple(int(axis) % rank for axis in np.asarray(axes).tolist())
+
+
+def _reduce_mean(node: Node, inputs: list[Any], opset: int) -> list[Any]:
+    x = inputs[0]
+    axes = reduce_axes(node, inputs, opset, x.ndim)
+    if not axes:
+        return [x]
+    return [x.mean(axis=axes, keepdims=bool(node.attribute("keepdims", 1)), dtype=np.float32)]
+
+
+def _flatten(node: Node, inputs: list[Any], opset: int) -> list[Any]:
+    x = inputs[0]
+    axis = int(node.attribute("axis", 1)) % max(x.ndim, 1)
+    return [x.reshape(int(np.prod(x.shape[:axis])), -1)]
+
+
+def reshape_target(node: Node, data_shape: tuple[int, ...], shape: Any) -> tuple[int, ...]:
+    target = [int(v) for v in np.asarray(shape).tolist()]
+    if not node.attribute("allowzero", 0):
+        target = [data_shape[i] if v == 0 else v for i, v in enumerate(target)]
+    return tuple(target)
+
+
+def _reshape(node: Node, inputs: list[Any], opset: int) -> list[Any]:
+    return [inputs[0].reshape(reshape_target(node, inputs[0].shape, inputs[1]))]
+
+
+def _transpose(node: Node, inputs: list[Any], opset: int) -> list[Any]:
+    perm = node.attribute("perm")
+    return [inputs[0].transpose(perm) if perm is not None else inputs[0].T]
+
+
+def pad_widths(node: Node, inputs: list[Any], opset: int, rank: int) -> list[tuple[int, int]]:
+    pads = node.attribute("pads") if opset < 11 else np.asarray(inputs[1]).tolist()
+    axes = list(range(rank))
+    if opset >= 18 and len(inputs) > 3 and inputs[3] is not None:
+        axes = [int(a) % rank for a in np.asarray(inputs[3]).tolist()]
+    widths = [(0, 0)] * rank
+    for position, axis in enumerate(axes):
+        widths[axis] = (int(pads[position]), int(pads[position + len(axes)]))
+    return widths
+
+
+def _pad(node: Node, inputs: list[Any], opset: int) -> list[Any]:
+    x = inputs[0]
+    xp = array_module(x)
+    widths = pad_widths(node, inputs, opset, x.ndim)
+    if any(low < 0 or high < 0 for low, high in widths):
+        raise UnsupportedModelError(f"node {node.name!r} (Pad): negative pads (cropping) are not supported")
+    mode = node.attribute("mode", "constant")
+    if mode == "constant":
+        value = node.attribute("value", 0.0) if opset < 11 else (float(inputs[2]) if len(inputs) > 2 and inputs[2] is not None else 0.0)
+        return [xp.pad(x, widths, mode="constant", constant_values=value)]
+    return [xp.pad(x, widths, mode={"reflect": "reflect", "edge": "edge", "wrap": "wrap"}[mode])]
+
+
+def _softmax(node: Node, inputs: list[Any], opset: int) -> list[Any]:
+    x = inputs[0]
+    xp = array_module(x)
+    axis = int(node.attribute("axis", -1 if opset >= 13 else 1)) % x.ndim
+    shape = x.shape
+    if opset < 13:
+        x = x.reshape(int(np.prod(shape[:axis])), -1)
+        axis = 1
+    shifted = xp.exp(x - x.max(axis=axis, keepdims=True))
+    return [(shifted / shifted.sum(axis=axis, keepdims=True)).reshape(shape)]
+
+
+def _concat(node: Node, inputs: list[Any], opset: int) -> list[Any]:
+    xp = array_module(*inputs)
+    return [xp.concatenate(inputs, axis=int(node.attribute("axis")))]
+
+
+def _sigmoid(node: Node, x: Any) -> Any:
+    xp = array_module(x)
+    return (1.0 / (1.0 + xp.exp(-x))).astype(x.dtype)
+
+
+FP32_OPS: dict[str, OpFunction] = {
+    "Conv": _conv,
+    "Gemm": _gemm,
+    "MatMul": _binary(lambda a, b: a @ b),
+    "Relu": _unary(lambda node, x: array_module(x).maximum(x, np.float32(0.0))),
+    "Clip": _clip,
+    "LeakyRelu": _unary(
+        lambda node, x: array_module(x).where(x >= 0, x, x * np.float32(node.attribute("alpha", 0.01)))
+    ),
+    "Sigmoid": _unary(_sigmoid),
+    "HardSigmoid": _unary(lambda node, x: _hard_sigmoid(x, node.attribute("alpha", 0.2), node.attribute("beta", 0.5))),
+    "HardSwish": _unary(lambda node, x: x * _hard_sigmoid(x, 1.0 / 6.0, 0.5)),
+    "Add": _binary(lambda a, b: a + b),
+    "Mul": _binary(lambda a, b: a * b),
+    "Concat": _concat,
+    "MaxPool": _max_pool,
+    "AveragePool": _average_pool,
+    "GlobalAveragePool": _unary(lambda node, x: global_average_pool(x)),
+    "ReduceMean": _reduce_mean,
+    "Flatten": _flatten,
+    "Reshape": _reshape,
+    "Transpose": _transpose,
+    "Pad": _pad,
+    "Softmax": _softmax,
+}
+SUPPORTED_OPS: tuple[str, ...] = tuple(sorted(FP32_OPS))
+
+
+def check_supported(graph: Graph) -> None:
+    """Refuse, up front, any node the executors cannot run (naming it and listing what can)."""
+    for node in graph.nodes:
+        if node.op_type not in FP32_OPS:
+            raise UnsupportedModelError(
+                f"{graph.source}: node {node.name!r} has op type {node.op_type!r}, which int8flow does not "
+                f"support; supported ops: {', '.join(SUPPORTED_OPS)}"
+            )
+        if node.op_type == "Conv" and len(node.attribute("kernel_shape", [0, 0]) or [0, 0]) != 2:
+            raise UnsupportedModelError(f"{graph.source}: node {node.name!r}: only 2-D (NCHW) Conv is supported")
+        if node.op_type == "Pad" and node.attribute("mode", "constant") not in ("constant", "reflect", "edge", "wrap"):
+            raise UnsupportedModelError(f"{graph.source}: node {node.name!r}: Pad mode {node.attribute('mode')!r}")

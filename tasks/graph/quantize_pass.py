@@ -1,0 +1,384 @@
+"""Rewriting an FP32 graph to INT8 from a calibration table.
+
+Every tensor of the new graph is either float32 or int8 with a per-tensor scale (threshold / 127,
+symmetric, zero point 0). Compute ops (Conv, Gemm, MatMul, Add, Concat, pools, spatial ReduceMean)
+become ``Int8*`` nodes that read and write int8; a ReLU/Clip right after Conv/Gemm/MatMul/Add is
+fused into its requantization bounds; Flatten/Reshape/Transpose/MaxPool/zero Pad pass int8 through
+unchanged (exact). Everything else, and every excluded node, runs in FP32: conversions are inserted
+lazily, one Quantize or Dequantize per tensor, where a reader needs the other kind.
+
+Weights are int8 per output channel (per tensor as an option); biases int32 with scale
+input_scale x weight_scale, so the int32 accumulator needs no rescaling before the bias.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from kernels.quantize import quantize, quantize_bias, quantize_weights_per_channel, quantize_weights_per_tensor
+from schemas.calibration_table import INT8_MAX, CalibrationTable
+from tasks.graph.fp32_ops import reduce_axes
+from tasks.graph.ir import Graph, Node
+
+COMPUTE_OPS = ("Conv", "Gemm", "MatMul", "Add", "Concat", "MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean")
+ACTIVATION_OPS = ("Relu", "Clip")
+PASS_THROUGH_OPS = ("Flatten", "Reshape", "Transpose", "Pad")
+FUSABLE_PRODUCERS = ("Conv", "Gemm", "MatMul", "Add")
+INT32_MAX = 2**31 - 1
+FIRST_CONV = ":first-conv"
+LAST_LAYER = ":last-layer"
+
+
+class QuantizationError(ValueError):
+    """The graph cannot be quantized with the given table or options."""
+
+
+@dataclass(frozen=True)
+class QuantizationOptions:
+    """``exclude``: node names, op types, or the policies ':first-conv' and ':last-layer'."""
+
+    exclude: tuple[str, ...] = ()
+    per_channel: bool = True
+
+
+def calibration_tensors(graph: Graph) -> list[str]:
+    """Tensors that may need an activation scale: inputs and outputs of the ops that run in int8.
+
+    Independent of exclusions, so a fallback that excludes more nodes needs no new calibration.
+    """
+    wanted: set[str] = set()
+    for node in graph.nodes:
+        if node.op_type in COMPUTE_OPS or node.op_type in ACTIVATION_OPS:
+            first_inputs = node.inputs if node.op_type in ("Add", "Concat") else node.inputs[:1]
+            wanted.update(name for name in first_inputs if name and name not in graph.initializers)
+            wanted.update(node.outputs[:1])
+    order = [info.name for info in graph.inputs] + [out for node in graph.nodes for out in node.outputs]
+    return [name for name in order if name in wanted]
+
+
+def excluded_nodes(graph: Graph, exclude: Iterable[str]) -> set[str]:
+    """Names of the nodes that stay FP32; an entry that matches nothing is an error (likely a typo)."""
+    names = {node.name for node in graph.nodes}
+    op_types = {node.op_type for node in graph.nodes}
+    chosen: set[str] = set()
+    for entry in exclude:
+        if entry == FIRST_CONV:
+            chosen.update([node.name for node in graph.nodes if node.op_type == "Conv"][:1])
+        elif entry == LAST_LAYER:
+            layers = [node.name for node in graph.nodes if node.op_type in ("Conv", "Gemm", "MatMul")]
+            chosen.update(layers[-1:])
+        elif entry in names:
+            chosen.add(entry)
+        elif entry in op_types:
+            chosen.update(node.name for node in graph.nodes if node.op_type == entry)
+        else:
+            raise QuantizationError(
+                f"--exclude {entry!r} matches no node name or op type of {graph.source}; op types present: "
+                f"{', '.join(sorted(op_types))}"
+            )
+    return chosen
+
+
+def quantize_graph(graph: Graph, table: CalibrationTable, options: QuantizationOptions = QuantizationOptions()) -> Graph:
+    """The INT8 graph: same inputs and outputs (float32), int8 inside wherever possible."""
+    return _Rewriter(graph, table, options).run()
+
+
+class _Rewriter:
+    def __init__(self, graph: Graph, table: CalibrationTable, options: QuantizationOptions) -> None:
+        self.source = graph
+        self.thresholds = {record.name: record.threshold for record in table.tensors}
+        self.options = options
+        self.excluded = excluded_nodes(graph, options.exclude)
+        self.consumers = graph.consumers()
+        self.graph_outputs = {info.name for info in graph.outputs}
+        self.nodes: list[Node] = []
+        self.initializers: dict[str, np.ndarray] = {}
+        self.int8: dict[str, tuple[str, float]] = {}  # original tensor -> (int8 tensor name, scale)
+        self.float: set[str] = {info.name for info in graph.inputs}  # original tensors available as float
+        self.fused: set[str] = set()  # activation nodes folded into their producer
+
+    def run(self) -> Graph:
+        for node in self.source.nodes:
+            if node.name in self.fused:
+                continue
+            if node.name not in self.excluded and self._rewrite(node):
+                continue
+            self._keep_float(node)
+        for info in self.source.outputs:
+            self._float_version(info.name)
+        result = Graph(
+            self.nodes, self.initializers, list(self.source.inputs), list(self.source.outputs), self.source.opset,
+            self.source.source, dict(self.source.shapes),
+        )
+        result.remove_unused()
+        return result
+
+    # -- tensors -------------------------------------------------------------------------------
+
+    def _scale(self, tensor: str) -> float:
+        if tensor not in self.thresholds:
+            raise QuantizationError(
+                f"tensor {tensor!r} has no threshold in the calibration table; calibrate this model "
+                "again (the table belongs to another model or version)"
+            )
+        return self.thresholds[tensor] / INT8_MAX
+
+    def _is_constant(self, tensor: str) -> bool:
+        return tensor in self.source.initializers
+
+    def _int8_version(self, tensor: str) -> tuple[str, float]:
+        if tensor not in self.int8:
+            scale = self._scale(tensor)
+            name = f"{tensor}_int8"
+            self.nodes.append(Node(f"{tensor}/quantize", "QuantizeTensor", [self._float_version(tensor)], [name], {"scale": scale}))
+            self.int8[tensor] = (name, scale)
+        return self.int8[tensor]
+
+    def _float_version(self, tensor: str) -> str:
+        if tensor in self.float or self._is_constant(tensor) or not tensor:
+            if self._is_constant(tensor):
+                self.initializers[tensor] = self.source.initializers[tensor]
+            return tensor
+        name, scale = self.int8[tensor]
+        self.nodes.append(Node(f"{tensor}/dequantize", "DequantizeTensor", [name], [tensor], {"scale": scale}))
+        self.float.add(tensor)
+        return tensor
+
+    def _produce_int8(self, tensor: str, scale: float) -> str:
+        name = f"{tensor}_int8"
+        self.int8[tensor] = (name, scale)
+        return name
+
+    def _keep_float(self, node: Node) -> None:
+        inputs = [self._float_version(name) for name in node.inputs]
+        self.nodes.append(Node(node.name, node.op_type, inputs, list(node.outputs), dict(node.attributes)))
+        self.float.update(node.outputs)
+
+    def _constant(self, name: str, value: np.ndarray) -> str:
+        self.initializers[name] = value
+        return name
+
+    # -- fusion --------------------------------------------------------------------------------
+
+    def _fused_activation(self, node: Node) -> tuple[str, int, int, str]:
+        """(output tensor, low, high, activation) after fusing a following ReLU/Clip, if any."""
+        output = node.outputs[0]
+        readers = self.consumers.get(output, [])
+        if node.op_type in FUSABLE_PRODUCERS and len(readers) == 1 and output not in self.graph_outputs:
+            activation = readers[0]
+            bounds = self._activation_bounds(activation)
+            if activation.name not in self.excluded and bounds is not None:
+                self.fused.add(activation.name)
+                final = activation.outputs[0]
+                scale = self._scale(final)
+                low, high = _int_bounds(bounds, scale)
+                return final, low, high, activation.op_type
+        return output, -INT8_MAX, INT8_MAX, ""
+
+    def _activation_bounds(self, node: Node) -> tuple[float | None, float | None] | None:
+        if node.op_type == "Relu":
+            return 0.0, None
+        if node.op_type == "Clip":
+            if self.source.opset < 11:
+                return node.attribute("min"), node.attribute("max")
+            bounds = []
+            for position in (1, 2):
+                name = node.inputs[position] if len(node.inputs) > position else ""
+                if name and not self._is_constant(name):
+                    return None
+                bounds.append(float(self.source.initializers[name]) if name else None)
+            return bounds[0], bounds[1]
+        return None
+
+    # -- rewriting -----------------------------------------------------------------------------
+
+    def _rewrite(self, node: Node) -> bool:
+        op = node.op_type
+        if op == "Conv" and self._is_constant(node.inputs[1]) and not self._is_constant(node.inputs[0]):
+            self._conv(node)
+        elif op in ("Gemm", "MatMul") and self._linear_weight(node) is not None:
+            self._linear(node)
+        elif op == "Add" and not all(self._is_constant(name) for name in node.inputs):
+            self._add(node)
+        elif op == "Concat" and not any(self._is_constant(name) for name in node.inputs):
+            self._concat(node)
+        elif op == "MaxPool" and len(node.outputs) == 1:
+            self._pass_through(node, "Int8MaxPool", require_int8=False)
+        elif op in ("AveragePool", "GlobalAveragePool") or (op == "ReduceMean" and self._spatial_mean(node)):
+            self._average(node)
+        elif op in ACTIVATION_OPS and self._activation_bounds(node) is not None and node.inputs[0] in self.int8:
+            self._standalone_activation(node)
+        elif op in PASS_THROUGH_OPS and node.inputs[0] in self.int8 and self._zero_pad(node):
+            self._pass_through(node, op, require_int8=True)
+        else:
+            return False
+        return True
+
+    def _conv(self, node: Node) -> None:
+        x_name, x_scale = self._int8_version(node.inputs[0])
+        weight = self.source.initializers[node.inputs[1]]
+        bias = self._bias(node, 2, weight.shape[0])
+        weight_q, weight_scales = self._quantize_weight(weight, 0, bias, x_scale)
+        output, low, high, activation = self._fused_activation(node)
+        out_scale = self._scale(output)
+        attributes = {
+            **node.attributes,
+            "kernel_shape": list(weight.shape[2:]),
+            "input_scale": x_scale, "output_scale": out_scale, "low": low, "high": high, "activation": activation,
+        }
+        self._emit_layer(node, "Int8Conv", x_name, x_scale, weight_q, weight_scales, bias, output, out_scale, attributes)
+
+    def _linear_weight(self, node: Node) -> np.ndarray | None:
+        """The weight as (K, N) so that the layer is ``x @ weight``; None if not a constant 2-D weight."""
+        if len(node.inputs) < 2 or not self._is_constant(node.inputs[1]) or self._is_constant(node.inputs[0]):
+            return None
+        weight = self.source.initializers[node.inputs[1]]
+        if weight.ndim != 2:
+            return None
+        if node.op_type == "Gemm":
+            if node.attribute("transA", 0):
+                return None
+            if node.attribute("transB", 0):
+                weight = weight.T
+            weight = weight * np.float32(node.attribute("alpha", 1.0))
+        return np.ascontiguousarray(weight)
+
+    def _linear(self, node: Node) -> None:
+        weight = self._linear_weight(node)
+        x_name, x_scale = self._int8_version(node.inputs[0])
+        bias = None
+        if node.op_type == "Gemm" and len(node.inputs) > 2 and node.inputs[2]:
+            bias_value = np.broadcast_to(self.source.initializers[node.inputs[2]], (weight.shape[1],))
+            bias = (bias_value * np.float32(node.attribute("beta", 1.0))).astype(np.float32)
+        weight_q, weight_scales = self._quantize_weight(weight, 1, bias, x_scale)
+        output, low, high, activation = self._fused_activation(node)
+        out_scale = self._scale(output)
+        attributes = {"input_scale": x_scale, "output_scale": out_scale, "low": low, "high": high, "activation": activation}
+        self._emit_layer(node, "Int8MatMul", x_name, x_scale, weight_q, weight_scales, bias, output, out_scale, attributes)
+
+    def _emit_layer(
+        self, node: Node, op_type: str, x_name: str, x_scale: float, weight_q: np.ndarray, weight_scales: np.ndarray,
+        bias: np.ndarray | None, output: str, out_scale: float, attributes: dict,
+    ) -> None:
+        inputs = [x_name, self._constant(f"{node.name}/weight_int8", weight_q), self._constant(f"{node.name}/weight_scale", weight_scales)]
+        if bias is not None:
+            inputs.append(self._constant(f"{node.name}/bias_int32", quantize_bias(bias, x_scale, weight_scales)))
+        self.nodes.append(Node(node.name, op_type, inputs, [self._produce_int8(output, out_scale)], attributes))
+
+    def _quantize_weight(
+        self, weight: np.ndarray, axis: int, bias: np.ndarray | None, x_scale: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Int8 weights and their scales, widened where the bias would not fit int32.
+
+        The bias is stored at input_scale x weight_scale; a channel with near-zero weights (a dead
+        depthwise filter) and a real bias would need more than 32 bits, so its weight scale grows
+        until the bias fits, as onnxruntime's quantizer does. Such weights are ~0 anyway.
+        """
+        if self.options.per_channel:
+            weight_q, scales = quantize_weights_per_channel(weight, axis=axis)
+        else:
+            weight_q, scale = quantize_weights_per_tensor(weight)
+            scales = np.full(weight.shape[axis], scale, dtype=np.float32)
+        if bias is None:
+            return weight_q, scales
+        needed = np.abs(bias.astype(np.float64)) / (x_scale * INT32_MAX) * (1.0 + 1e-6)
+        widened = np.maximum(scales.astype(np.float64), needed)
+        if not self.options.per_channel:
+            widened = np.full_like(widened, widened.max())
+        if (widened > scales).any():
+            scales = widened.astype(np.float32)
+            shape = [1] * weight.ndim
+            shape[axis] = -1
+            weight_q = quantize(np.asarray(weight, dtype=np.float32), scales.reshape(shape))
+        return weight_q, scales
+
+    def _bias(self, node: Node, position: int, channels: int) -> np.ndarray | None:
+        if len(node.inputs) > position and node.inputs[position]:
+            return np.asarray(self.source.initializers[node.inputs[position]], dtype=np.float32)
+        return None
+
+    def _add(self, node: Node) -> None:
+        operands = []
+        for name in node.inputs:
+            if self._is_constant(name):
+                value = np.asarray(self.source.initializers[name], dtype=np.float32)
+                weight_q, scale = quantize_weights_per_tensor(value)
+                operands.append((self._constant(f"{node.name}/{name}_int8", weight_q), float(scale)))
+            else:
+                operands.append(self._int8_version(name))
+        output, low, high, activation = self._fused_activation(node)
+        out_scale = self._scale(output)
+        attributes = {
+            "a_scale": operands[0][1], "b_scale": operands[1][1], "output_scale": out_scale,
+            "low": low, "high": high, "activation": activation,
+        }
+        self.nodes.append(Node(node.name, "Int8Add", [operands[0][0], operands[1][0]], [self._produce_int8(output, out_scale)], attributes))
+
+    def _concat(self, node: Node) -> None:
+        operands = [self._int8_version(name) for name in node.inputs]
+        out_scale = self._scale(node.outputs[0])
+        attributes = {"axis": int(node.attribute("axis")), "input_scales": [scale for _, scale in operands], "output_scale": out_scale}
+        self.nodes.append(Node(node.name, "Int8Concat", [name for name, _ in operands], [self._produce_int8(node.outputs[0], out_scale)], attributes))
+
+    def _spatial_mean(self, node: Node) -> bool:
+        shape = self.source.shapes.get(node.inputs[0])
+        if shape is None or len(shape) != 4:
+            return False
+        axes = reduce_axes(node, [None, self.source.initializers.get(node.inputs[1]) if len(node.inputs) > 1 else None], self.source.opset, 4)
+        return set(axes) == {2, 3}
+
+    def _average(self, node: Node) -> None:
+        x_name, x_scale = self._int8_version(node.inputs[0])
+        out_scale = self._scale(node.outputs[0])
+        attributes = dict(node.attributes)
+        if node.op_type == "ReduceMean":
+            attributes = {"keepdims": int(node.attribute("keepdims", 1))}
+        attributes.update({"input_scale": x_scale, "output_scale": out_scale, "float_op": node.op_type})
+        self.nodes.append(Node(node.name, "Int8AveragePool", [x_name], [self._produce_int8(node.outputs[0], out_scale)], attributes))
+
+    def _standalone_activation(self, node: Node) -> None:
+        x_name, x_scale = self.int8[node.inputs[0]]
+        low, high = _int_bounds(self._activation_bounds(node), x_scale)
+        attributes = {"low": low, "high": high, "scale": x_scale, "float_op": node.op_type}
+        self.nodes.append(Node(node.name, "Int8Clip", [x_name], [self._produce_int8(node.outputs[0], x_scale)], attributes))
+
+    def _zero_pad(self, node: Node) -> bool:
+        if node.op_type != "Pad":
+            return True
+        if node.attribute("mode", "constant") != "constant":
+            return True
+        value_name = node.inputs[2] if len(node.inputs) > 2 else ""
+        value = self.source.initializers.get(value_name, 0.0) if self.source.opset >= 11 else node.attribute("value", 0.0)
+        return float(np.asarray(value)) == 0.0
+
+    def _pass_through(self, node: Node, op_type: str, require_int8: bool) -> None:
+        x_name, x_scale = self._int8_version(node.inputs[0])
+        inputs = [x_name] + [self._float_version(name) for name in node.inputs[1:]]
+        self.nodes.append(Node(node.name, op_type, inputs, [self._produce_int8(node.outputs[0], x_scale)], dict(node.attributes)))
+
+
+def _int_bounds(bounds: tuple[float | None, float | None], scale: float) -> tuple[int, int]:
+    low, high = bounds
+    int_low = -INT8_MAX if low is None else int(np.clip(np.rint(low / scale), -INT8_MAX, INT8_MAX))
+    int_high = INT8_MAX if high is None else int(np.clip(np.rint(high / scale), -INT8_MAX, INT8_MAX))
+    return int_low, int_high
+
+
+def int8_tensor_scales(graph: Graph) -> Mapping[str, float]:
+    """Scale of every int8 tensor of a quantized graph, read back from its nodes (for exports)."""
+    scales: dict[str, float] = {}
+    for node in graph.nodes:
+        attributes = node.attributes
+        if node.op_type == "QuantizeTensor":
+            scales[node.outputs[0]] = attributes["scale"]
+        elif "output_scale" in attributes:
+            scales[node.outputs[0]] = attributes["output_scale"]
+        elif node.op_type == "Int8Clip":
+            scales[node.outputs[0]] = attributes["scale"]
+        elif node.op_type in ("Int8MaxPool", *PASS_THROUGH_OPS) and node.inputs[0] in scales:
+            scales[node.outputs[0]] = scales[node.inputs[0]]
+    return scales

@@ -1,0 +1,49 @@
+"""The observe step: run the FP32 model over batches and stream the watched tensors into histograms.
+
+Each activation is histogrammed as soon as it is produced and then dropped by the executor, so
+memory holds one batch of activations plus one histogram per tensor, however many examples pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from kernels.histogram import DEFAULT_NUM_BINS, Histogram, NonFiniteValuesError
+from tasks.graph.executor import GraphExecutor
+
+
+class NonFiniteActivationError(ValueError):
+    """A tensor of the model produced NaN or Inf on calibration data."""
+
+
+class HistogramCollector:
+    """An executor observer that merges each batch of a tensor into that tensor's histogram."""
+
+    def __init__(self, tensors: Sequence[str], num_bins: int = DEFAULT_NUM_BINS) -> None:
+        self.num_bins = num_bins
+        self.histograms = {name: Histogram.empty(num_bins) for name in tensors}
+
+    def __call__(self, name: str, values: Any) -> None:
+        try:
+            batch = Histogram.of(values, self.num_bins)
+        except NonFiniteValuesError as error:
+            raise NonFiniteActivationError(
+                f"tensor {name!r}: {error.nan_count} NaN and {error.inf_count} infinite values on calibration "
+                "data; check the model and the preprocessing of its inputs"
+            ) from None
+        self.histograms[name] = self.histograms[name].merge(batch)
+
+
+def observe(
+    executor: GraphExecutor,
+    batches: Iterable[Mapping[str, Any]],
+    tensors: Sequence[str],
+    num_bins: int = DEFAULT_NUM_BINS,
+) -> dict[str, Histogram]:
+    """Histograms of ``tensors`` over every batch, on the executor's backend."""
+    collector = HistogramCollector(tensors, num_bins)
+    watched = frozenset(tensors)
+    for batch in batches:
+        executor.run(batch, collector, watched)
+    return collector.histograms

@@ -1,0 +1,136 @@
+"""Quantization pass, INT8 executor and QDQ export on the generated graphs."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from graph_builders import INPUT_SHAPES, MODELS
+
+from kernels.thresholds import ThresholdSettings
+from tasks.graph.executor import GraphExecutor
+from tasks.graph.export_qdq import export_qdq
+from tasks.graph.int8_ops import INT8_OPS
+from tasks.graph.ir import Graph
+from tasks.graph.load import import_model
+from tasks.graph.quantize_pass import (
+    FIRST_CONV,
+    LAST_LAYER,
+    QuantizationError,
+    QuantizationOptions,
+    calibration_tensors,
+    quantize_graph,
+)
+from tasks.graph.simplify import simplify
+from tasks.observe import NonFiniteActivationError, observe
+from tasks.threshold import build_calibration_table
+
+
+def batches(name: str, count: int = 6, size: int = 16, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [{"input": rng.normal(0, 1, (size, *INPUT_SHAPES[name])).astype(np.float32)} for _ in range(count)]
+
+
+def calibrated(name: str, method: str = "entropy") -> tuple[Graph, object]:
+    graph = simplify(import_model(MODELS[name](), name))
+    histograms = observe(GraphExecutor(graph), batches(name), calibration_tensors(graph), 2048)
+    return graph, build_calibration_table(histograms, ThresholdSettings(method=method), {})
+
+
+def run(graph: Graph, batch: np.ndarray) -> np.ndarray:
+    ops = INT8_OPS if any(node.op_type.startswith("Int8") for node in graph.nodes) else None
+    executor = GraphExecutor(graph, ops=ops) if ops else GraphExecutor(graph)
+    return next(iter(executor.run({"input": batch}).values()))
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_int8_output_tracks_fp32(name: str) -> None:
+    graph, table = calibrated(name, "naive")
+    quantized = quantize_graph(graph, table)
+    batch = batches(name)[0]["input"]  # a calibration batch: naive thresholds clip nothing there
+    fp32, int8 = run(graph, batch), run(quantized, batch)
+    error = np.abs(int8 - fp32).max() / np.abs(fp32).max()
+    assert int8.dtype == np.float32 and int8.shape == fp32.shape
+    assert error < 0.05
+
+
+def test_cnn_quantizes_conv_chain_with_fused_activations() -> None:
+    graph, table = calibrated("cnn")
+    counts = quantize_graph(graph, table).op_counts()
+    assert counts["Int8Conv"] == 3 and counts["Int8MatMul"] == 1
+    assert counts["Relu"] == 0 and counts["Clip"] == 0  # fused into the convs
+    assert counts["LeakyRelu"] == 1 and counts["Softmax"] == 1  # FP32 islands
+    assert counts["Int8MaxPool"] == 1 and counts["Int8AveragePool"] == 2
+    assert counts["QuantizeTensor"] == 2 and counts["DequantizeTensor"] == 2
+
+
+def test_exclusions_keep_nodes_in_fp32() -> None:
+    graph, table = calibrated("cnn")
+    first_conv = next(node.name for node in graph.nodes if node.op_type == "Conv")
+    for exclude in ((first_conv,), (FIRST_CONV,)):
+        quantized = quantize_graph(graph, table, QuantizationOptions(exclude=exclude))
+        assert quantized.op_counts()["Int8Conv"] == 2
+        assert any(node.name == first_conv and node.op_type == "Conv" for node in quantized.nodes)
+    by_type = quantize_graph(graph, table, QuantizationOptions(exclude=("Conv", LAST_LAYER))).op_counts()
+    assert by_type["Int8Conv"] == 0 and by_type["Int8MatMul"] == 0 and by_type["Conv"] == 3
+
+
+def test_unknown_exclusion_is_refused_with_the_ops_present() -> None:
+    graph, table = calibrated("cnn")
+    with pytest.raises(QuantizationError, match="'conv_7' matches no node name or op type.*Conv"):
+        quantize_graph(graph, table, QuantizationOptions(exclude=("conv_7",)))
+
+
+def test_table_of_another_model_is_refused() -> None:
+    graph, _ = calibrated("cnn")
+    _, other_table = calibrated("layout")
+    with pytest.raises(QuantizationError, match="no threshold in the calibration table"):
+        quantize_graph(graph, other_table)
+
+
+def test_per_tensor_weights_use_one_scale_per_layer() -> None:
+    graph, table = calibrated("cnn")
+    quantized = quantize_graph(graph, table, QuantizationOptions(per_channel=False))
+    for node in quantized.nodes:
+        if node.op_type == "Int8Conv":
+            scales = quantized.initializers[node.inputs[2]]
+            assert np.unique(scales).size == 1
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_qdq_export_runs_in_onnxruntime_and_agrees(name: str) -> None:
+    graph, table = calibrated(name)
+    quantized = quantize_graph(graph, table)
+    model = export_qdq(quantized)
+    op_types = {node.op_type for node in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= op_types
+    batch = batches(name, 1, 32, seed=4)[0]["input"]
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    theirs = session.run(None, {"input": batch})[0]
+    ours = run(quantized, batch)
+    if name == "cnn":  # the output is a softmax, computed in FP32 from int8 logits
+        assert (theirs.argmax(axis=1) == ours.argmax(axis=1)).mean() >= 0.95
+        np.testing.assert_allclose(ours, theirs, atol=0.02)
+    else:  # two int8 engines may round a value differently: at most two output steps apart
+        output = quantized.outputs[0].name
+        step = next(n.attributes["scale"] for n in quantized.nodes if n.outputs == [output])
+        assert np.abs(ours - theirs).max() <= 2 * step + 1e-7
+
+
+def test_qdq_weights_are_int8_per_channel() -> None:
+    graph, table = calibrated("cnn")
+    model = export_qdq(quantize_graph(graph, table))
+    initializers = {tensor.name: onnx.numpy_helper.to_array(tensor) for tensor in model.graph.initializer}
+    weight_dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0].endswith("weight_int8")]
+    assert len(weight_dq) == 4
+    for node in weight_dq:
+        assert initializers[node.input[0]].dtype == np.int8
+        assert initializers[node.input[1]].ndim == 1
+
+
+def test_nan_activations_name_the_tensor() -> None:
+    graph = simplify(import_model(MODELS["layout"](), "layout"))
+    bad = {"input": np.full((2, *INPUT_SHAPES["layout"]), np.nan, dtype=np.float32)}
+    with pytest.raises(NonFiniteActivationError, match="tensor 'pad2_0': 256 NaN"):
+        observe(GraphExecutor(graph), [bad], calibration_tensors(graph))
