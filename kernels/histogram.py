@@ -95,11 +95,6 @@ class Histogram:
         log2_bins = self.num_bins.bit_length() - 1
         return math.ldexp(1.0, self.exponent + int(self.signed) - log2_bins)
 
-    @property
-    def zero_bin(self) -> int:
-        """Index of the bin that holds exact zeros."""
-        return self.num_bins // 2 if self.signed else 0
-
     @classmethod
     def empty(cls, num_bins: int = DEFAULT_NUM_BINS, xp: Any = np) -> Histogram:
         check_num_bins(num_bins)

@@ -35,10 +35,10 @@ def _add_threshold_options(parser: argparse.ArgumentParser) -> None:
         "--percentile", type=float, default=defaults.percentile, help="percentile of |x| (default: %(default)s)"
     )
     parser.add_argument(
-        "--no-zero-bin-fix",
+        "--no-spike-fix",
         dest="spike_fix",
         action="store_false",
-        help="entropy: keep the exact-zero spike in the histogram (the published search; unsafe on ReLU outputs)",
+        help="entropy: keep spikes of repeated values (exact zeros, constants) in the histogram: the published search, unsafe on ReLU outputs",
     )
 
 

@@ -1,0 +1,186 @@
+"""CUDA versions of the INT8 kernels, for CuPy arrays: the same results as the NumPy paths, bit for bit.
+
+Imported only by the public functions of ``kernels.quantize`` and ``kernels.int8_gemm`` once they
+see CuPy arrays, so the NumPy paths never import CuPy. Kernels are defined at module level and
+compiled on first use.
+
+- quantize / requantize: ElementwiseKernels with the NumPy path's arithmetic, float32 division and
+  float64 multiplication, both IEEE correctly rounded on the GPU as on the CPU, and ``rint`` (half to
+  even) for rounding;
+- int8 GEMM: cuBLAS ``cublasGemmEx`` with int8 inputs and int32 compute and output (exact integer
+  arithmetic; tensor cores where the shapes allow). Row-major ``C = A @ B`` is asked for as the
+  column-major ``C^T = B^T A^T``, which needs no transposes. Int8 GEMM requires leading dimensions
+  that are multiples of 4 and 4-byte aligned pointers, so K and N are zero-padded when needed (zeros
+  add nothing to a dot product); if cuBLAS still refuses, an exact float64 matmul takes over;
+- depthwise convolution: a RawKernel, one thread per output, int32 accumulation.
+"""
+
+from __future__ import annotations
+
+import cupy
+import numpy as np
+from cupy_backends.cuda.libs import cublas
+
+from kernels.conv import Windows, convolve
+
+# cudaDataType_t and cublasComputeType_t values (library_types.h, cublas_api.h).
+CUDA_R_8I = 3
+CUDA_R_32I = 10
+CUBLAS_COMPUTE_32I = 72
+CUBLAS_GEMM_DEFAULT = -1
+# cublasGemmEx with int8 inputs: lda and ldb multiples of 4, A and B 32-bit aligned.
+INT8_GEMM_ALIGNMENT = 4
+THREADS_PER_BLOCK = 256
+MAX_BLOCKS = 65535 * 16
+
+_QUANTIZE = cupy.ElementwiseKernel(
+    "float32 x, float32 scale",
+    "int8 q",
+    "q = (signed char)fminf(fmaxf(rintf(x / scale), -127.0f), 127.0f)",
+    "int8flow_quantize",
+)
+
+_REQUANTIZE = cupy.ElementwiseKernel(
+    "int32 acc, float64 multiplier, float64 low, float64 high",
+    "int8 q",
+    "q = (signed char)fmin(fmax(rint((double)acc * multiplier), low), high)",
+    "int8flow_requantize",
+)
+
+_DEPTHWISE = cupy.RawKernel(
+    r"""
+extern "C" __global__ void int8flow_depthwise(
+    const signed char* x, const signed char* w, int* y,
+    const int channels, const int height, const int width, const int multiplier,
+    const int kernel_h, const int kernel_w, const int out_h, const int out_w,
+    const int stride_h, const int stride_w, const int pad_top, const int pad_left,
+    const int dilation_h, const int dilation_w, const long long total)
+{
+    const long long step = (long long)blockDim.x * gridDim.x;
+    for (long long index = (long long)blockIdx.x * blockDim.x + threadIdx.x; index < total; index += step) {
+        const int ox = (int)(index % out_w);
+        long long rest = index / out_w;
+        const int oy = (int)(rest % out_h);
+        rest /= out_h;
+        const int out_channel = (int)(rest % ((long long)channels * multiplier));
+        const long long image = rest / ((long long)channels * multiplier);
+        const int channel = out_channel / multiplier;
+        const signed char* plane = x + (image * channels + channel) * (long long)height * width;
+        const signed char* taps = w + (long long)out_channel * kernel_h * kernel_w;
+        int acc = 0;
+        for (int i = 0; i < kernel_h; ++i) {
+            const int iy = oy * stride_h - pad_top + i * dilation_h;
+            if (iy < 0 || iy >= height) continue;
+            for (int j = 0; j < kernel_w; ++j) {
+                const int ix = ox * stride_w - pad_left + j * dilation_w;
+                if (ix < 0 || ix >= width) continue;
+                acc += (int)plane[(long long)iy * width + ix] * (int)taps[i * kernel_w + j];
+            }
+        }
+        y[index] = acc;
+    }
+}
+""",
+    "int8flow_depthwise",
+)
+
+
+def quantize(x: cupy.ndarray, scale: cupy.ndarray) -> cupy.ndarray:
+    """``clip(rint(x / scale), -127, 127)`` as int8; float32 ``x`` and ``scale`` (broadcast)."""
+    return _QUANTIZE(x, scale)
+
+
+def requantize(acc: cupy.ndarray, multiplier: cupy.ndarray, low: int, high: int) -> cupy.ndarray:
+    """``clip(rint(acc * multiplier), low, high)`` as int8, in float64."""
+    return _REQUANTIZE(acc, multiplier, float(low), float(high))
+
+
+def int8_matmul(a: cupy.ndarray, b: cupy.ndarray) -> cupy.ndarray:
+    """``a`` (..., K) int8 @ ``b`` (K, N) int8 -> int32 (..., N): one cuBLAS int8 GEMM."""
+    k, n = b.shape
+    return gemm_int8(a.reshape(-1, k), b).reshape(*a.shape[:-1], n)
+
+
+def int8_conv2d(x: cupy.ndarray, weight: cupy.ndarray, windows: Windows, groups: int) -> cupy.ndarray:
+    """Int32 accumulators of an int8 convolution: the depthwise kernel when every group holds one
+    input channel, else im2col (``kernels.conv.convolve``) with cuBLAS int8 GEMMs."""
+    if weight.shape[1] == 1 and x.shape[1] == groups:
+        return depthwise(x, weight, windows)
+    return convolve(x, weight, windows, groups, batched_gemm_int8, cupy.int8, cupy.int32)
+
+
+def depthwise(x: cupy.ndarray, weight: cupy.ndarray, windows: Windows) -> cupy.ndarray:
+    """Depthwise int8 convolution (one or more output channels per input channel), int32 out."""
+    n, channels, height, width = x.shape
+    out_channels = weight.shape[0]
+    (out_h, out_w), (kernel_h, kernel_w) = windows.out_hw, windows.kernel_hw
+    out = cupy.empty((n, out_channels, out_h, out_w), dtype=cupy.int32)
+    if out.size == 0:
+        return out
+    blocks = min(-(-out.size // THREADS_PER_BLOCK), MAX_BLOCKS)
+    scalars = (
+        channels, height, width, out_channels // channels, kernel_h, kernel_w, out_h, out_w,
+        *windows.strides, windows.pads[0], windows.pads[1], *windows.dilations,
+    )
+    _DEPTHWISE(
+        (blocks,), (THREADS_PER_BLOCK,),
+        (cupy.ascontiguousarray(x), cupy.ascontiguousarray(weight), out, *(np.int32(v) for v in scalars), np.int64(out.size)),
+    )
+    return out
+
+
+def batched_gemm_int8(weights: cupy.ndarray, columns: cupy.ndarray) -> cupy.ndarray:
+    """``weights`` (G, Mg, K) @ ``columns`` (n, G, K, L) -> int32 (n, G, Mg, L), one GEMM per
+    image and group (the ``product`` of ``kernels.conv.convolve``)."""
+    n, groups, _, length = columns.shape
+    out = cupy.empty((n, groups, weights.shape[1], length), dtype=cupy.int32)
+    for image in range(n):
+        for group in range(groups):
+            out[image, group] = gemm_int8(weights[group], columns[image, group])
+    return out
+
+
+def gemm_int8(a: cupy.ndarray, b: cupy.ndarray) -> cupy.ndarray:
+    """Row-major ``a`` (M, K) int8 @ ``b`` (K, N) int8 -> int32 (M, N), exact."""
+    m, k = a.shape
+    n = b.shape[1]
+    if m == 0 or n == 0 or k == 0:
+        return cupy.zeros((m, n), dtype=cupy.int32)
+    k_padded, n_padded = _round_up(k), _round_up(n)
+    a = _aligned(a, m, k_padded)
+    b = _aligned(b, k_padded, n_padded)
+    c = cupy.empty((m, n_padded), dtype=cupy.int32)
+    one, zero = np.array(1, dtype=np.int32), np.array(0, dtype=np.int32)
+    handle = cupy.cuda.device.get_cublas_handle()
+    cublas.setStream(handle, cupy.cuda.get_current_stream().ptr)
+    mode = cublas.getPointerMode(handle)
+    cublas.setPointerMode(handle, cublas.CUBLAS_POINTER_MODE_HOST)
+    try:
+        # Column-major view: C^T (n_padded x m) = B^T (n_padded x k_padded) @ A^T (k_padded x m).
+        cublas.gemmEx(
+            handle, cublas.CUBLAS_OP_N, cublas.CUBLAS_OP_N, n_padded, m, k_padded,
+            one.ctypes.data, b.data.ptr, CUDA_R_8I, n_padded,
+            a.data.ptr, CUDA_R_8I, k_padded,
+            zero.ctypes.data, c.data.ptr, CUDA_R_32I, n_padded,
+            CUBLAS_COMPUTE_32I, CUBLAS_GEMM_DEFAULT,
+        )
+    except cublas.CUBLASError:
+        # Exact too: |products| <= 2**14, so float64 sums are exact for K < 2**39.
+        c = cupy.matmul(a.astype(cupy.float64), b.astype(cupy.float64)).astype(cupy.int32)
+    finally:
+        cublas.setPointerMode(handle, mode)
+    return cupy.ascontiguousarray(c[:, :n]) if n_padded != n else c
+
+
+def _aligned(matrix: cupy.ndarray, rows: int, cols: int) -> cupy.ndarray:
+    """``matrix`` as a C-contiguous, 4-byte aligned (rows, cols) int8 array, zero-padded."""
+    if matrix.shape == (rows, cols) and matrix.flags.c_contiguous and matrix.data.ptr % INT8_GEMM_ALIGNMENT == 0:
+        return matrix
+    padded = cupy.zeros((rows, cols), dtype=cupy.int8)
+    padded[: matrix.shape[0], : matrix.shape[1]] = matrix
+    return padded
+
+
+def _round_up(size: int) -> int:
+    return -(-size // INT8_GEMM_ALIGNMENT) * INT8_GEMM_ALIGNMENT
+

@@ -1,0 +1,77 @@
+"""Exact int8 x int8 -> int32 matrix products and convolutions, fast on a CPU through float32 BLAS.
+
+NumPy has no fast integer matmul, but float32 BLAS is exact here: a product of two int8 values is
+at most 128 * 128 = 2**14 in magnitude, so any partial sum of at most 1024 of them is at most 2**24,
+and every integer up to 2**24 is a float32. Whatever order BLAS adds in, every intermediate is an
+integer it represents exactly. So K is cut into chunks of at most 1024, each chunk is one float32
+matmul, and the chunk results are summed in int32: bit-identical to an integer reference (int32
+accumulators, which overflow only past 131072 products of 2**14).
+
+The convolution shares the FP32 structure of ``kernels.conv``: 1x1 as one matmul per block of
+images, everything else (depthwise included: its K is kH*kW) as cache-sized im2col blocks + the
+same exact product; the int8 to float32 conversion happens inside the im2col copy, and the float32
+results become int32 as the blocks are copied out. On CuPy arrays the work goes to
+``kernels.cuda_kernels`` (cuBLAS int8 GEMM, a depthwise kernel accumulating int32).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from kernels.backend import array_module
+from kernels.conv import Pads, Pair, check_conv, convolve
+
+# Largest K whose float32 dot products of int8 values are exact: 1024 * 2**14 = 2**24.
+EXACT_CHUNK = 1024
+
+
+def int8_matmul(a: Any, b: Any) -> Any:
+    """``a`` (..., K) int8 @ ``b`` (K, N) int8 -> int32 (..., N), exact."""
+    xp = array_module(a, b)
+    _check_int8(a=a, b=b)
+    if b.ndim != 2 or a.shape[-1] != b.shape[0]:
+        raise ValueError(f"int8_matmul: a {tuple(a.shape)} and b {tuple(b.shape)} do not chain: need a (..., K), b (K, N)")
+    if xp is not np:
+        from kernels import cuda_kernels
+
+        return cuda_kernels.int8_matmul(a, b)
+    return exact_product(a.astype(np.float32), b.astype(np.float32)).astype(np.int32, copy=False)
+
+
+def int8_conv2d(
+    x: Any, weight: Any, strides: Pair = (1, 1), pads: Pads = (0, 0, 0, 0), dilations: Pair = (1, 1), groups: int = 1
+) -> Any:
+    """Int32 accumulators of an ONNX Conv of int8 ``x`` (N, C, H, W) with int8 ``weight``
+    (M, C/groups, kH, kW); no bias, zero padding (symmetric quantization has zero point 0)."""
+    xp = array_module(x, weight)
+    _check_int8(x=x, weight=weight)
+    windows = check_conv(x, weight, strides, pads, dilations, groups)
+    if xp is not np:
+        from kernels import cuda_kernels
+
+        return cuda_kernels.int8_conv2d(x, weight, windows, groups)
+    return convolve(x, weight, windows, groups, exact_product, np.float32, np.int32)
+
+
+def exact_product(a: Any, b: Any) -> Any:
+    """``a @ b`` (batched, broadcasting) for float32 operands holding int8 values, exactly: float32
+    while K <= 1024 (every value an exact integer), else int32 sums of K chunks of at most 1024."""
+    xp = array_module(a, b)
+    k = a.shape[-1]
+    if k <= EXACT_CHUNK:
+        return xp.matmul(a, b)
+    chunks = -(-k // EXACT_CHUNK)
+    bounds = [k * i // chunks for i in range(chunks + 1)]
+    total = None
+    for lo, hi in zip(bounds, bounds[1:]):
+        part = xp.matmul(a[..., lo:hi], b[..., lo:hi, :]).astype(xp.int32)
+        total = part if total is None else xp.add(total, part, out=total)
+    return total
+
+
+def _check_int8(**arrays: Any) -> None:
+    for name, array in arrays.items():
+        if array.dtype.name != "int8":
+            raise TypeError(f"{name} must be int8 (a symmetric-quantized tensor); got {array.dtype}")

@@ -1,0 +1,181 @@
+"""Symmetric INT8 arithmetic: quantize, dequantize, requantize, rescale, and weight/bias quantization.
+
+Symmetric means zero point 0 and the range -127..127 (-128 is never produced, so negation and the
+int8 x int8 products stay symmetric). Rounding is ``rint``, round half to even, everywhere.
+
+Which precision, and why:
+
+- ``quantize`` divides in float32, as ONNX QuantizeLinear does, so our int8 tensors equal those of
+  the exported QDQ model run by onnxruntime;
+- ``requantize``, ``rescale`` and ``add_int8`` compute in float64: an int32 accumulator times a
+  multiplier is exact to the last bit of float32 only in float64, and float64 IEEE multiplication,
+  addition and rint give the same bits in NumPy and in the CUDA kernels (``kernels.cuda_kernels``).
+
+Large element-wise passes are done in row blocks so that their float temporaries stay in cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from kernels.backend import array_module
+
+INT8_MAX = 127
+INT32_MAX = 2**31 - 1
+
+# Elements per block of an element-wise pass: its float64 temporaries (2 MiB) stay in L2.
+BLOCK_ELEMENTS = 1 << 18
+
+
+class BiasOverflowError(ValueError):
+    """A bias does not fit int32 at the scale input_scale x weight_scale."""
+
+
+def quantize(x: Any, scale: Any) -> Any:
+    """``clip(rint(x / scale), -127, 127)`` as int8, divided in float32 (ONNX QuantizeLinear).
+
+    ``scale`` is a scalar or an array the caller has shaped to broadcast against ``x``."""
+    xp = array_module(x, scale)
+    scale = _as_float32(xp, scale)
+    if xp is not np:
+        from kernels import cuda_kernels
+
+        return cuda_kernels.quantize(x.astype(xp.float32, copy=False), scale)
+
+    def block(x_part: np.ndarray, scale_part: np.ndarray) -> np.ndarray:
+        values = np.divide(x_part, scale_part, dtype=np.float32)
+        np.rint(values, out=values)
+        return np.clip(values, -INT8_MAX, INT8_MAX, out=values)
+
+    return _by_blocks(block, np.int8, x, scale)
+
+
+def dequantize(q: Any, scale: Any) -> Any:
+    """``q * scale`` in float32 (ONNX DequantizeLinear with zero point 0)."""
+    xp = array_module(q, scale)
+    return q.astype(xp.float32) * _as_float32(xp, scale)
+
+
+def requantize(acc: Any, multiplier: Any, low: int = -INT8_MAX, high: int = INT8_MAX) -> Any:
+    """``clip(rint(acc * multiplier), low, high)`` as int8, in float64.
+
+    ``multiplier`` is in_scale * w_scale / out_scale, a scalar or per channel (broadcastable).
+    A fused ReLU is ``low=0``; a fused ReLU6 is ``high=min(127, rint(6 / out_scale))``."""
+    _check_bounds(low, high)
+    xp = array_module(acc, multiplier)
+    multiplier = xp.asarray(multiplier, dtype=xp.float64)
+    if xp is not np:
+        from kernels import cuda_kernels
+
+        return cuda_kernels.requantize(acc, multiplier, low, high)
+
+    def block(acc_part: np.ndarray, multiplier_part: np.ndarray) -> np.ndarray:
+        values = np.multiply(acc_part, multiplier_part, dtype=np.float64)
+        np.rint(values, out=values)
+        return np.clip(values, low, high, out=values)
+
+    return _by_blocks(block, np.int8, acc, multiplier)
+
+
+def rescale(q: Any, from_scale: float, to_scale: float) -> Any:
+    """An int8 tensor moved from one scale to another (Concat inputs): ``clip(rint(q * from/to))``."""
+    xp = array_module(q)
+    ratio = float(from_scale) / float(to_scale)
+
+    def block(q_part: Any) -> Any:
+        return xp.clip(xp.rint(q_part.astype(xp.float64) * ratio), -INT8_MAX, INT8_MAX)
+
+    return _by_blocks(block, xp.int8, q)
+
+
+def add_int8(
+    a: Any, a_scale: float, b: Any, b_scale: float, out_scale: float, low: int = -INT8_MAX, high: int = INT8_MAX
+) -> Any:
+    """Int8 Add: ``clip(rint(a * (a_scale/out_scale) + b * (b_scale/out_scale)), low, high)`` in float64."""
+    _check_bounds(low, high)
+    xp = array_module(a, b)
+    ratio_a, ratio_b = float(a_scale) / float(out_scale), float(b_scale) / float(out_scale)
+
+    def block(a_part: Any, b_part: Any) -> Any:
+        total = a_part.astype(xp.float64) * ratio_a + b_part.astype(xp.float64) * ratio_b
+        return xp.clip(xp.rint(total), low, high)
+
+    return _by_blocks(block, xp.int8, a, b)
+
+
+def quantize_weights_per_channel(w: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(int8 weights, float32 scale per channel of ``axis``): scale = max|w| / 127 over the channel.
+
+    An all-zero channel gets scale 1.0: its weights are exactly 0 whatever the scale, and a finite
+    scale keeps the requantization multiplier and the bias scale finite."""
+    w = np.asarray(w, dtype=np.float32)
+    axis = axis % w.ndim
+    others = tuple(i for i in range(w.ndim) if i != axis)
+    scales = np.max(np.abs(w), axis=others) / np.float32(INT8_MAX) if others else np.abs(w) / np.float32(INT8_MAX)
+    scales = np.where(scales > 0, scales, np.float32(1.0)).astype(np.float32)
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    return quantize(w, scales.reshape(shape)), scales
+
+
+def quantize_weights_per_tensor(w: np.ndarray) -> tuple[np.ndarray, np.float32]:
+    """(int8 weights, one float32 scale = max|w| / 127; 1.0 for an all-zero tensor)."""
+    w = np.asarray(w, dtype=np.float32)
+    scale = np.float32(np.max(np.abs(w)) / np.float32(INT8_MAX)) if w.size else np.float32(0.0)
+    scale = scale if scale > 0 else np.float32(1.0)
+    return quantize(w, scale), scale
+
+
+def quantize_bias(bias: np.ndarray, input_scale: float, weight_scales: Any) -> np.ndarray:
+    """Bias as int32 at scale input_scale x weight_scale, so it adds straight onto the accumulator.
+
+    Raises BiasOverflowError, naming the channel, where ``rint(bias / scale)`` leaves int32 (a
+    bias enormous against a tiny input or weight scale) instead of silently saturating."""
+    scales = np.float64(input_scale) * np.asarray(weight_scales, dtype=np.float64)
+    if not np.all(np.isfinite(scales) & (scales > 0)):
+        raise ValueError(f"bias scale input_scale x weight_scale must be finite and > 0; got {scales}")
+    values = np.rint(np.asarray(bias, dtype=np.float64) / scales)
+    outside = np.flatnonzero(~(np.abs(values) <= INT32_MAX))
+    if outside.size:
+        channel = int(outside[0])
+        flat_bias = np.broadcast_to(np.asarray(bias, dtype=np.float64), values.shape).ravel()
+        flat_scale = np.broadcast_to(scales, values.shape).ravel()
+        raise BiasOverflowError(
+            f"bias of channel {channel} ({flat_bias[channel]!r}) at scale {flat_scale[channel]!r} "
+            f"(input_scale x weight_scale) is {values.ravel()[channel]:.4g}, outside int32 "
+            f"({outside.size} channel(s) overflow): check the calibration of the layer's input, or "
+            "keep this layer in float"
+        )
+    return values.astype(np.int32)
+
+
+def _by_blocks(func: Callable[..., Any], dtype: Any, *arrays: Any) -> Any:
+    """``func(*arrays).astype(dtype)`` over blocks of the leading axis of their broadcast shape, so
+    that the float temporaries of a large tensor stay in cache. One call on CuPy arrays."""
+    xp = array_module(*arrays)
+    shape = np.broadcast_shapes(*(np.shape(array) for array in arrays))
+    size = int(np.prod(shape))
+    if xp is not np or not shape or size <= BLOCK_ELEMENTS or shape[0] == 1:
+        return xp.asarray(func(*arrays)).astype(dtype)
+    arrays = tuple(np.broadcast_to(array, shape) for array in arrays)
+    out = np.empty(shape, dtype=dtype)
+    step = max(1, BLOCK_ELEMENTS // (size // shape[0]))
+    for start in range(0, shape[0], step):
+        rows = slice(start, start + step)
+        out[rows] = func(*(array[rows] for array in arrays))
+    return out
+
+
+def _as_float32(xp: Any, scale: Any) -> Any:
+    scale = xp.asarray(scale, dtype=xp.float32)
+    if not bool(xp.all(scale > 0)):
+        raise ValueError(f"quantization scale must be > 0; got {scale}")
+    return scale
+
+
+def _check_bounds(low: int, high: int) -> None:
+    if not -128 <= low <= high <= INT8_MAX:
+        raise ValueError(f"clip bounds low={low}, high={high} must satisfy -128 <= low <= high <= 127")

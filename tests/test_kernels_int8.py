@@ -1,0 +1,289 @@
+"""INT8 kernels are exact: bit-identical to plain integer and float64 references."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from skimage import data
+
+from kernels.conv import Windows
+from kernels.int8_gemm import int8_conv2d, int8_matmul
+from kernels.pooling import max_pool2d, window_sums_int32
+from kernels.quantize import (
+    BLOCK_ELEMENTS,
+    BiasOverflowError,
+    add_int8,
+    dequantize,
+    quantize,
+    quantize_bias,
+    quantize_weights_per_channel,
+    quantize_weights_per_tensor,
+    requantize,
+    rescale,
+)
+
+RNG = np.random.default_rng(11)
+
+
+def int8_values(*shape: int) -> np.ndarray:
+    return RNG.integers(-127, 128, shape, dtype=np.int8)
+
+
+def photo_int8(channels: int, height: int, width: int, batch: int = 2) -> np.ndarray:
+    """A real photo (scikit-image's chelsea), quantized with scale 1/127: int8 activations."""
+    photo = (data.chelsea().astype(np.float32) - 127.0) / 128.0
+    crops = np.stack([photo[30 * i : 30 * i + height, 50 * i : 50 * i + width] for i in range(batch)])
+    planes = np.tile(crops.transpose(0, 3, 1, 2), (1, -(-channels // 3), 1, 1))[:, :channels]
+    return quantize(np.ascontiguousarray(planes), np.float32(1 / 127))
+
+
+def reference_conv(x: np.ndarray, w: np.ndarray, strides, pads, dilations, groups) -> np.ndarray:
+    """Integer convolution in int64, one tap at a time over a zero-padded input."""
+    (sh, sw), (dh, dw), (top, left, bottom, right) = strides, dilations, pads
+    n, _, h, width = x.shape
+    m, group_channels, kh, kw = w.shape
+    padded = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (top, bottom), (left, right)))
+    ho = (h + top + bottom - dh * (kh - 1) - 1) // sh + 1
+    wo = (width + left + right - dw * (kw - 1) - 1) // sw + 1
+    out = np.zeros((n, m, ho, wo), dtype=np.int64)
+    for channel in range(m):
+        group = channel // (m // groups)
+        inputs = padded[:, group * group_channels : (group + 1) * group_channels]
+        for i in range(kh):
+            for j in range(kw):
+                patch = inputs[:, :, i * dh : i * dh + sh * (ho - 1) + 1 : sh, j * dw : j * dw + sw * (wo - 1) + 1 : sw]
+                out[:, channel] += np.einsum("nchw,c->nhw", patch, w[channel, :, i, j].astype(np.int64))
+    return out
+
+
+def test_int8_matmul_equals_the_integer_product() -> None:
+    a, b = int8_values(3, 7, 300), int8_values(300, 9)
+    got = int8_matmul(a, b)
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, a.astype(np.int64) @ b.astype(np.int64))
+
+
+def test_int8_matmul_is_exact_at_the_largest_sums_beyond_one_chunk() -> None:
+    # K = 3000 > 1024: every product is +-127*127 and all of one sign, the largest partial sums.
+    a = np.full((4, 3000), 127, dtype=np.int8)
+    b = np.stack([np.full(3000, 127), np.full(3000, -127), np.tile([127, -127], 1500)], axis=1).astype(np.int8)
+    np.testing.assert_array_equal(int8_matmul(a, b), np.tile([127 * 127 * 3000, -127 * 127 * 3000, 0], (4, 1)))
+
+
+def test_int8_matmul_is_exact_with_minus_128_at_the_chunk_bound() -> None:
+    # 1024 products of (-128)^2 = 2**24 exactly: the float32 bound, still exact.
+    a, b = np.full((2, 1024), -128, dtype=np.int8), np.full((1024, 3), -128, dtype=np.int8)
+    np.testing.assert_array_equal(int8_matmul(a, b), np.full((2, 3), 2**24))
+
+
+def test_int8_matmul_equals_the_integer_product_for_random_long_rows() -> None:
+    a, b = RNG.integers(-128, 128, (5, 2500), dtype=np.int8), RNG.integers(-128, 128, (2500, 6), dtype=np.int8)
+    np.testing.assert_array_equal(int8_matmul(a, b), a.astype(np.int64) @ b.astype(np.int64))
+
+
+def test_int8_matmul_rejects_float_operands() -> None:
+    with pytest.raises(TypeError, match="int8"):
+        int8_matmul(np.zeros((2, 3), np.float32), np.zeros((3, 2), np.int8))
+
+
+# (id, input channels, output channels, kernel, strides, pads, dilations, groups, (H, W))
+INT8_CONV_CASES = [
+    ("pointwise", 16, 24, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1, (9, 11)),
+    ("pointwise_stride2", 16, 8, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), 1, (9, 11)),
+    ("pointwise_k1100", 1100, 5, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1, (4, 5)),
+    ("stem_3x3_stride2", 3, 16, (3, 3), (2, 2), (0, 0, 1, 1), (1, 1), 1, (20, 20)),
+    ("conv3x3_k1170", 130, 4, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, (5, 6)),
+    ("depthwise_3x3", 12, 12, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 12, (14, 14)),
+    ("depthwise_3x3_stride2", 12, 12, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 12, (15, 14)),
+    ("depthwise_5x5", 12, 12, (5, 5), (1, 1), (2, 2, 2, 2), (1, 1), 12, (14, 13)),
+    ("depthwise_5x5_stride2", 12, 12, (5, 5), (2, 2), (2, 2, 2, 2), (1, 1), 12, (14, 14)),
+    ("depthwise_multiplier2", 6, 12, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 6, (10, 10)),
+    ("grouped_2", 8, 6, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 2, (10, 9)),
+    ("dilation_2", 5, 7, (3, 3), (1, 1), (2, 2, 2, 2), (2, 2), 1, (12, 12)),
+    ("asymmetric_pads", 4, 6, (3, 3), (1, 1), (0, 2, 1, 0), (1, 1), 1, (9, 8)),
+    ("rectangular_kernel_strides", 4, 6, (2, 5), (3, 1), (1, 0, 0, 2), (1, 1), 1, (11, 12)),
+]
+
+
+@pytest.mark.parametrize(("case", "cin", "cout", "kernel", "strides", "pads", "dilations", "groups", "size"), INT8_CONV_CASES, ids=[c[0] for c in INT8_CONV_CASES])
+def test_int8_conv2d_equals_the_integer_convolution(case, cin, cout, kernel, strides, pads, dilations, groups, size) -> None:
+    x = photo_int8(cin, *size)
+    weight = int8_values(cout, cin // groups, *kernel)
+    got = int8_conv2d(x, weight, strides, pads, dilations, groups)
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, reference_conv(x, weight, strides, pads, dilations, groups))
+
+
+def test_int8_conv2d_is_exact_at_full_scale() -> None:
+    # Every input and weight at +-127: 3x3x130 = 1170 products of 127^2 per output, all one sign.
+    x = np.full((1, 130, 4, 4), 127, dtype=np.int8)
+    weight = np.stack([np.full((130, 3, 3), 127), np.full((130, 3, 3), -127)]).astype(np.int8)
+    got = int8_conv2d(x, weight, pads=(1, 1, 1, 1))
+    np.testing.assert_array_equal(got, reference_conv(x, weight, (1, 1), (1, 1, 1, 1), (1, 1), 1))
+    assert got[0, 0, 1, 1] == 127 * 127 * 1170
+
+
+def quantize_linear_onnxruntime(x: np.ndarray, scale: float) -> np.ndarray:
+    node = helper.make_node("QuantizeLinear", ["x", "scale", "zero"], ["y"])
+    graph = helper.make_graph(
+        [node], "q", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+        [helper.make_tensor_value_info("y", TensorProto.INT8, None)],
+        [numpy_helper.from_array(np.float32(scale), "scale"), numpy_helper.from_array(np.int8(0), "zero")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+def test_quantize_equals_onnx_quantize_linear_inside_the_range() -> None:
+    x = (data.camera().astype(np.float32) - 127.5) / 40.0  # a real photo, values in [-3.19, 3.19]
+    scale = 3.19 / 127
+    np.testing.assert_array_equal(quantize(x, scale), quantize_linear_onnxruntime(x, scale))
+
+
+def test_quantize_rounds_half_to_even() -> None:
+    x = np.array([0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 0.49, 126.5], dtype=np.float32)
+    np.testing.assert_array_equal(quantize(x, 1.0), np.array([0, 2, 2, 0, -2, -2, 0, 126], dtype=np.int8))
+
+
+def test_quantize_clips_symmetrically_to_127() -> None:
+    np.testing.assert_array_equal(quantize(np.array([300.0, -300.0, -127.6], np.float32), 1.0), [127, -127, -127])
+
+
+def test_quantize_broadcasts_a_per_channel_scale() -> None:
+    x = np.array([[[1.0, -2.0]], [[1.0, -2.0]]], dtype=np.float32)
+    np.testing.assert_array_equal(quantize(x, np.array([1.0, 0.5], np.float32).reshape(2, 1, 1)), [[[1, -2]], [[2, -4]]])
+
+
+def test_quantize_rejects_a_zero_scale() -> None:
+    with pytest.raises(ValueError, match="scale must be > 0"):
+        quantize(np.ones(3, np.float32), 0.0)
+
+
+def test_dequantize_multiplies_in_float32() -> None:
+    got = dequantize(np.array([-127, 0, 3], np.int8), 0.1)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, np.array([-127, 0, 3], np.float32) * np.float32(0.1))
+
+
+def test_requantize_rounds_half_to_even() -> None:
+    acc = np.array([1, 3, 5, 7, -1, -3, -5], dtype=np.int32)
+    np.testing.assert_array_equal(requantize(acc, 0.5), np.array([0, 2, 2, 4, 0, -2, -2], dtype=np.int8))
+
+
+def test_requantize_clips_to_plus_minus_127() -> None:
+    np.testing.assert_array_equal(requantize(np.array([2**31 - 1, -(2**31)], np.int32), 1.0), [127, -127])
+
+
+def test_requantize_with_fused_relu_and_relu6_bounds() -> None:
+    out_scale = 6.0 / 100  # ReLU6: high = min(127, rint(6 / out_scale)) = 100
+    acc = np.array([-50, 40, 5000], dtype=np.int32)
+    np.testing.assert_array_equal(requantize(acc, 0.1, low=0), [0, 4, 127])
+    np.testing.assert_array_equal(requantize(acc, 0.1, low=0, high=int(min(127, np.rint(6 / out_scale)))), [0, 4, 100])
+
+
+def test_requantize_equals_the_float64_formula_per_channel() -> None:
+    # Large tensor (several blocks) of large accumulators, a per-channel multiplier.
+    acc = RNG.integers(-(2**30), 2**30, (3, 4, 160, 160), dtype=np.int32)
+    assert acc.size > BLOCK_ELEMENTS
+    multiplier = RNG.uniform(1e-9, 2e-7, (1, 4, 1, 1))
+    expected = np.clip(np.rint(acc.astype(np.float64) * multiplier), -127, 127).astype(np.int8)
+    np.testing.assert_array_equal(requantize(acc, multiplier), expected)
+
+
+def test_requantize_rejects_bounds_outside_int8() -> None:
+    with pytest.raises(ValueError, match="low=0, high=200"):
+        requantize(np.zeros(2, np.int32), 1.0, 0, 200)
+
+
+def test_per_channel_weights_use_max_abs_over_127_and_scale_one_for_a_zero_channel() -> None:
+    w = np.zeros((3, 2, 2, 2), np.float32)
+    w[0] = [[[0.5, -1.0], [0.25, 0.0]], [[0.1, 0.2], [0.3, 0.4]]]
+    w[2] = -2.54
+    q, scales = quantize_weights_per_channel(w)
+    np.testing.assert_array_equal(scales, np.array([1.0 / 127, 1.0, 2.54 / 127], dtype=np.float32))
+    assert q.dtype == np.int8 and q[0].min() == -127 and q[0, 0, 0, 0] == 64  # 63.5 rounds to even
+    np.testing.assert_array_equal(q[1], 0)
+    np.testing.assert_array_equal(q[2], -127)
+
+
+def test_per_channel_weights_along_axis_1_for_a_linear_layer() -> None:
+    w = np.array([[1.0, 0.0, -4.0], [-2.0, 0.0, 2.0]], np.float32)  # (K, N): channels are columns
+    q, scales = quantize_weights_per_channel(w, axis=1)
+    np.testing.assert_array_equal(scales, np.array([2 / 127, 1.0, 4 / 127], np.float32))
+    np.testing.assert_array_equal(q, [[64, 0, -127], [-127, 0, 64]])
+
+
+def test_per_tensor_weights_share_one_scale() -> None:
+    q, scale = quantize_weights_per_tensor(np.array([[0.5, -1.27], [1.0, 0.0]], np.float32))
+    assert scale == np.float32(1.27 / 127)
+    np.testing.assert_array_equal(q, [[50, -127], [100, 0]])
+
+
+def test_quantize_bias_uses_input_scale_times_weight_scale() -> None:
+    got = quantize_bias(np.array([0.3, -0.25, 1.0], np.float32), 0.1, np.array([0.01, 0.05, 0.5], np.float32))
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, [300, -50, 20])
+
+
+def test_quantize_bias_names_the_channel_that_overflows_int32() -> None:
+    with pytest.raises(BiasOverflowError, match="channel 1"):
+        quantize_bias(np.array([1.0, 5000.0]), 1e-4, np.array([1e-3, 1e-3]))
+
+
+def test_add_int8_equals_the_float64_formula_on_every_pair() -> None:
+    values = np.arange(-127, 128, dtype=np.int8)
+    a, b = np.meshgrid(values, values, indexing="ij")
+    a_scale, b_scale, out_scale = 0.037, 0.052, 0.061
+    expected = np.rint(a * (a_scale / out_scale) + b.astype(np.float64) * (b_scale / out_scale))
+    np.testing.assert_array_equal(add_int8(a, a_scale, b, b_scale, out_scale), np.clip(expected, -127, 127).astype(np.int8))
+    np.testing.assert_array_equal(add_int8(a, a_scale, b, b_scale, out_scale, low=0, high=90), np.clip(expected, 0, 90).astype(np.int8))
+
+
+def test_add_int8_broadcasts_either_operand() -> None:
+    a, b = photo_int8(4, 200, 200, batch=2), int8_values(1, 4, 1, 1)  # large enough for several blocks
+    assert a.size > BLOCK_ELEMENTS
+    expected = np.clip(np.rint(a * (0.02 / 0.03) + b.astype(np.float64) * (0.05 / 0.03)), -127, 127).astype(np.int8)
+    np.testing.assert_array_equal(add_int8(a, 0.02, b, 0.05, 0.03), expected)
+    np.testing.assert_array_equal(add_int8(b, 0.05, a, 0.02, 0.03), expected)
+
+
+def test_add_int8_rounds_a_half_to_even() -> None:
+    # 1 * 0.5 + 2 * 0.25 = 1.0; 1 * 0.5 + 0 = 0.5 -> 0; 3 * 0.5 = 1.5 -> 2
+    got = add_int8(np.array([1, 1, 3], np.int8), 0.5, np.array([2, 0, 0], np.int8), 0.25, 1.0)
+    np.testing.assert_array_equal(got, [1, 0, 2])
+
+
+def test_rescale_equals_the_float64_formula() -> None:
+    q = np.arange(-127, 128, dtype=np.int8)
+    expected = np.clip(np.rint(q * (0.05 / 0.03)), -127, 127).astype(np.int8)
+    np.testing.assert_array_equal(rescale(q, 0.05, 0.03), expected)
+    np.testing.assert_array_equal(rescale(np.array([1, 3, 5], np.int8), 1.0, 2.0), [0, 2, 2])
+
+
+def test_int8_max_pool_is_exact_and_never_returns_the_pad() -> None:
+    x = photo_int8(3, 13, 12)
+    got = max_pool2d(x, (3, 3), (2, 2), (1, 1, 1, 1))
+    padded = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=-128)
+    expected = np.lib.stride_tricks.sliding_window_view(padded, (3, 3), axis=(2, 3))[:, :, ::2, ::2].max(axis=(4, 5))
+    assert got.dtype == np.int8
+    np.testing.assert_array_equal(got, expected)
+    assert max_pool2d(np.full((1, 1, 4, 4), -127, np.int8), (3, 3), (1, 1), (1, 1, 1, 1)).min() == -127
+
+
+@pytest.mark.parametrize("count_include_pad", [False, True], ids=["exclude_pad", "include_pad"])
+def test_window_sums_are_exact_with_their_element_counts(count_include_pad: bool) -> None:
+    x = photo_int8(3, 9, 10)
+    sums, counts = window_sums_int32(x, (3, 3), (2, 2), (1, 1, 1, 1), count_include_pad, ceil_mode=True)
+    padded = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (1, 2), (1, 2)))
+    expected = np.lib.stride_tricks.sliding_window_view(padded, (3, 3), axis=(2, 3))[:, :, ::2, ::2].sum(axis=(4, 5))
+    assert sums.dtype == np.int32 and counts.dtype == np.int32
+    np.testing.assert_array_equal(sums, expected)
+    # 9x10 input, pads 1, 3x3 windows, stride 2, ceil mode: windows start at rows -1, 1, 3, 5, 7 and
+    # at columns -1, 1, ..., 9; the last column window (9..11) reaches past the right pad.
+    rows = [3, 3, 3, 3, 3] if count_include_pad else [2, 3, 3, 3, 2]
+    cols = [3, 3, 3, 3, 3, 2] if count_include_pad else [2, 3, 3, 3, 3, 1]
+    np.testing.assert_array_equal(counts, np.outer(rows, cols))
+    assert Windows.of((9, 10), (3, 3), (2, 2), (1, 1, 1, 1), ceil_mode=True).out_hw == (5, 6)
