@@ -26,7 +26,7 @@ test: $(STAMP) $(EFFICIENTNET)
 
 # GPU machines bring their own CuPy and NumPy; the GPU tests need nothing else from the venv.
 test-gpu:
-	PYTHONPATH=. $(PYTHON) -m pytest -m gpu -p no:cacheprovider tests/test_gpu_kernels.py tests/test_kernels_cuda.py
+	PYTHONPATH=. $(PYTHON) -m pytest -m gpu -p no:cacheprovider tests/test_gpu_kernels.py tests/test_kernels_cuda.py tests/test_gpu_executor.py
 
 demo: $(STAMP)
 	$(BIN)/int8flow demo --out demo-out

@@ -6,12 +6,13 @@ confident crops (FP32 top-1 probability >= 0.5). Same calibration crops and vali
 everyone, same run.
 
 - int8flow: one observe pass (8192-bin histograms), then entropy / naive / percentile / mse
-  thresholds; symmetric int8 activations, per-channel int8 weights, run by our INT8 executor.
+  thresholds; symmetric int8 activations (and, as "uint8", the option that stores tensors
+  calibrated non-negative as uint8), per-channel int8 weights, run by our INT8 executor.
 - onnxruntime.quantization.quantize_static: QDQ, per-channel, QInt8 weights and activations,
   calibration methods MinMax, Entropy (its defaults: num_bins=128, num_quantized_bins=128) and
   Percentile (its default 99.999), run by onnxruntime.
 
-    .venv/bin/python benchmarks/bench_accuracy_efficientnet.py [--calib 256] [--val 512]
+    .venv/bin/python benchmarks/bench_accuracy_efficientnet.py [--calib 256] [--val 1024]
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from tasks.datasets.photos import photo_crops
 from tasks.graph.executor import GraphExecutor
 from tasks.graph.int8_ops import INT8_OPS
 from tasks.graph.load import load_graph
-from tasks.graph.quantize_pass import calibration_tensors, quantize_graph
+from tasks.graph.quantize_pass import QuantizationOptions, calibration_tensors, quantize_graph
 from tasks.graph.simplify import simplify
 from tasks.observe import observe
 from tasks.threshold import build_calibration_table
@@ -59,7 +60,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="models/efficientnet_lite0.onnx")
     parser.add_argument("--calib", type=int, default=256)
-    parser.add_argument("--val", type=int, default=512)
+    parser.add_argument("--val", type=int, default=1024)
     args = parser.parse_args()
 
     calib = photo_crops(args.calib, seed=11)
@@ -79,12 +80,15 @@ def main() -> None:
     histograms = observe(executor, [{name: calib[i : i + BATCH]} for i in range(0, len(calib), BATCH)], calibration_tensors(graph))
     observe_seconds = time.perf_counter() - start
     for method in METHODS:
-        start = time.perf_counter()
-        table = build_calibration_table(histograms, ThresholdSettings(method=method), {})
-        seconds = observe_seconds + time.perf_counter() - start
-        int8 = GraphExecutor(quantize_graph(graph, table), ops=INT8_OPS)
-        predicted = top1(lambda feed: int8.run(feed)[graph.outputs[0].name], name, val)
-        rows.append((f"int8flow {method}", seconds, predicted))
+        for unsigned in (False, True):
+            start = time.perf_counter()
+            settings = ThresholdSettings(method=method, unsigned_activations=unsigned)
+            table = build_calibration_table(histograms, settings, {})
+            seconds = observe_seconds + time.perf_counter() - start
+            options = QuantizationOptions(unsigned_activations=unsigned)
+            int8 = GraphExecutor(quantize_graph(graph, table, options), ops=INT8_OPS)
+            predicted = top1(lambda feed: int8.run(feed)[graph.outputs[0].name], name, val)
+            rows.append((f"int8flow {method}{' uint8' if unsigned else ''}", seconds, predicted))
 
     with tempfile.TemporaryDirectory() as folder:
         for label, method in (

@@ -40,11 +40,25 @@ _QUANTIZE = cupy.ElementwiseKernel(
     "int8flow_quantize",
 )
 
+_QUANTIZE_UNSIGNED = cupy.ElementwiseKernel(
+    "float32 x, float32 scale",
+    "uint8 q",
+    "q = (unsigned char)fminf(fmaxf(rintf(x / scale), 0.0f), 255.0f)",
+    "int8flow_quantize_unsigned",
+)
+
 _REQUANTIZE = cupy.ElementwiseKernel(
     "int32 acc, float64 multiplier, float64 low, float64 high",
     "int8 q",
     "q = (signed char)fmin(fmax(rint((double)acc * multiplier), low), high)",
     "int8flow_requantize",
+)
+
+_REQUANTIZE_UNSIGNED = cupy.ElementwiseKernel(
+    "int32 acc, float64 multiplier, float64 low, float64 high",
+    "uint8 q",
+    "q = (unsigned char)fmin(fmax(rint((double)acc * multiplier), low), high)",
+    "int8flow_requantize_unsigned",
 )
 
 _DEPTHWISE = cupy.RawKernel(
@@ -85,14 +99,15 @@ extern "C" __global__ void int8flow_depthwise(
 )
 
 
-def quantize(x: cupy.ndarray, scale: cupy.ndarray) -> cupy.ndarray:
-    """``clip(rint(x / scale), -127, 127)`` as int8; float32 ``x`` and ``scale`` (broadcast)."""
-    return _QUANTIZE(x, scale)
+def quantize(x: cupy.ndarray, scale: cupy.ndarray, unsigned: bool = False) -> cupy.ndarray:
+    """``clip(rint(x / scale), -127, 127)`` as int8 (0..255 as uint8 when ``unsigned``)."""
+    return (_QUANTIZE_UNSIGNED if unsigned else _QUANTIZE)(x, scale)
 
 
 def requantize(acc: cupy.ndarray, multiplier: cupy.ndarray, low: int, high: int) -> cupy.ndarray:
-    """``clip(rint(acc * multiplier), low, high)`` as int8, in float64."""
-    return _REQUANTIZE(acc, multiplier, float(low), float(high))
+    """``clip(rint(acc * multiplier), low, high)`` as int8 (uint8 when ``high > 127``), in float64."""
+    kernel = _REQUANTIZE_UNSIGNED if high > 127 else _REQUANTIZE
+    return kernel(acc.astype(cupy.int32, copy=False), multiplier, float(low), float(high))
 
 
 def int8_matmul(a: cupy.ndarray, b: cupy.ndarray) -> cupy.ndarray:

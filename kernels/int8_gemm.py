@@ -16,6 +16,7 @@ results become int32 as the blocks are copied out. On CuPy arrays the work goes 
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -23,46 +24,51 @@ import numpy as np
 from kernels.backend import array_module
 from kernels.conv import Pads, Pair, check_conv, convolve
 
-# Largest K whose float32 dot products of int8 values are exact: 1024 * 2**14 = 2**24.
+# Largest K whose float32 dot products of int8 values are exact: 1024 * 2**14 = 2**24; with uint8
+# activations (0..255, non-negative tensors) a product reaches 255 * 128 < 2**15, so 512.
 EXACT_CHUNK = 1024
+EXACT_CHUNK_UINT8 = 512
 
 
 def int8_matmul(a: Any, b: Any) -> Any:
-    """``a`` (..., K) int8 @ ``b`` (K, N) int8 -> int32 (..., N), exact."""
+    """``a`` (..., K) int8 or uint8 @ ``b`` (K, N) int8 -> int32 (..., N), exact."""
     xp = array_module(a, b)
-    _check_int8(a=a, b=b)
+    _check_operands(a, b)
     if b.ndim != 2 or a.shape[-1] != b.shape[0]:
         raise ValueError(f"int8_matmul: a {tuple(a.shape)} and b {tuple(b.shape)} do not chain: need a (..., K), b (K, N)")
-    if xp is not np:
+    if xp is not np and a.dtype == xp.int8:
         from kernels import cuda_kernels
 
         return cuda_kernels.int8_matmul(a, b)
-    return exact_product(a.astype(np.float32), b.astype(np.float32)).astype(np.int32, copy=False)
+    product = _exact_product_for(a)
+    return product(a.astype(xp.float32), b.astype(xp.float32)).astype(xp.int32, copy=False)
 
 
 def int8_conv2d(
     x: Any, weight: Any, strides: Pair = (1, 1), pads: Pads = (0, 0, 0, 0), dilations: Pair = (1, 1), groups: int = 1
 ) -> Any:
-    """Int32 accumulators of an ONNX Conv of int8 ``x`` (N, C, H, W) with int8 ``weight``
-    (M, C/groups, kH, kW); no bias, zero padding (symmetric quantization has zero point 0)."""
+    """Int32 accumulators of an ONNX Conv of int8 or uint8 ``x`` (N, C, H, W) with int8 ``weight``
+    (M, C/groups, kH, kW); no bias, zero padding (our quantization has zero point 0).
+
+    On CuPy, uint8 inputs take the exact float32 path (cuBLAS's int8 GEMM takes signed inputs only)."""
     xp = array_module(x, weight)
-    _check_int8(x=x, weight=weight)
+    _check_operands(x, weight)
     windows = check_conv(x, weight, strides, pads, dilations, groups)
-    if xp is not np:
+    if xp is not np and x.dtype == xp.int8:
         from kernels import cuda_kernels
 
         return cuda_kernels.int8_conv2d(x, weight, windows, groups)
-    return convolve(x, weight, windows, groups, exact_product, np.float32, np.int32)
+    return convolve(x, weight, windows, groups, _exact_product_for(x), xp.float32, xp.int32)
 
 
-def exact_product(a: Any, b: Any) -> Any:
+def exact_product(a: Any, b: Any, chunk: int = EXACT_CHUNK) -> Any:
     """``a @ b`` (batched, broadcasting) for float32 operands holding int8 values, exactly: float32
-    while K <= 1024 (every value an exact integer), else int32 sums of K chunks of at most 1024."""
+    while K <= chunk (every value an exact integer), else int32 sums of K chunks of at most chunk."""
     xp = array_module(a, b)
     k = a.shape[-1]
-    if k <= EXACT_CHUNK:
+    if k <= chunk:
         return xp.matmul(a, b)
-    chunks = -(-k // EXACT_CHUNK)
+    chunks = -(-k // chunk)
     bounds = [k * i // chunks for i in range(chunks + 1)]
     total = None
     for lo, hi in zip(bounds, bounds[1:]):
@@ -71,7 +77,14 @@ def exact_product(a: Any, b: Any) -> Any:
     return total
 
 
-def _check_int8(**arrays: Any) -> None:
-    for name, array in arrays.items():
-        if array.dtype.name != "int8":
-            raise TypeError(f"{name} must be int8 (a symmetric-quantized tensor); got {array.dtype}")
+def _exact_product_for(activations: Any) -> Any:
+    if activations.dtype.name == "uint8":
+        return functools.partial(exact_product, chunk=EXACT_CHUNK_UINT8)
+    return exact_product
+
+
+def _check_operands(activations: Any, weight: Any) -> None:
+    if activations.dtype.name not in ("int8", "uint8"):
+        raise TypeError(f"activations must be int8 or uint8 (a quantized tensor); got {activations.dtype}")
+    if weight.dtype.name != "int8":
+        raise TypeError(f"weights must be int8 (symmetric, per channel); got {weight.dtype}")

@@ -21,15 +21,15 @@ from kernels.conv import BLOCK_BYTES, Pads, Pair, Windows
 def max_pool2d(
     x: Any, kernel: Pair, strides: Pair, pads: Pads, dilations: Pair = (1, 1), ceil_mode: bool = False
 ) -> Any:
-    """ONNX MaxPool. Float pads are -inf; int8 pads are -128, so int8 max pooling is exact and
-    returns int8 (max commutes with the monotone quantization)."""
+    """ONNX MaxPool. Float pads are -inf; int8/uint8 pads are the type's minimum, so quantized max
+    pooling is exact and keeps the dtype (max commutes with the monotone quantization)."""
     xp = array_module(x)
-    if x.dtype == xp.int8:
-        fill = -128
+    if x.dtype in (xp.int8, xp.uint8):
+        fill = int(np.iinfo(x.dtype).min)
     elif x.dtype.kind == "f":
         fill = -np.inf
     else:
-        raise TypeError(f"max_pool2d takes a float or int8 tensor; got {x.dtype}")
+        raise TypeError(f"max_pool2d takes a float, int8 or uint8 tensor; got {x.dtype}")
     windows = _windows(x, kernel, strides, pads, dilations, ceil_mode)
     return _reduce(x, windows, fill, x.dtype, xp.maximum)
 
@@ -57,11 +57,11 @@ def global_average_pool(x: Any) -> Any:
 def window_sums_int32(
     x: Any, kernel: Pair, strides: Pair, pads: Pads, count_include_pad: bool = False, ceil_mode: bool = False
 ) -> tuple[Any, np.ndarray]:
-    """Exact int32 sums of the windows of an int8 tensor (zero padding), and the element count of
-    each window as an int32 (Ho, Wo) array: the INT8 average pool divides by it when it requantizes."""
+    """Exact int32 sums of the windows of an int8 or uint8 tensor (zero padding), and the element count
+    of each window as an int32 (Ho, Wo) array: the INT8 average pool divides by it when it requantizes."""
     xp = array_module(x)
-    if x.dtype != xp.int8:
-        raise TypeError(f"window_sums_int32 takes an int8 tensor; got {x.dtype}")
+    if x.dtype not in (xp.int8, xp.uint8):
+        raise TypeError(f"window_sums_int32 takes an int8 or uint8 tensor; got {x.dtype}")
     windows = _windows(x, kernel, strides, pads, (1, 1), ceil_mode)
     return _reduce(x, windows, 0, xp.int32, xp.add), window_counts(windows, count_include_pad)
 

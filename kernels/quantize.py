@@ -24,6 +24,7 @@ import numpy as np
 from kernels.backend import array_module
 
 INT8_MAX = 127
+UINT8_MAX = 255
 INT32_MAX = 2**31 - 1
 
 # Elements per block of an element-wise pass: its float64 temporaries (2 MiB) stay in L2.
@@ -34,23 +35,30 @@ class BiasOverflowError(ValueError):
     """A bias does not fit int32 at the scale input_scale x weight_scale."""
 
 
-def quantize(x: Any, scale: Any) -> Any:
+def quantize(x: Any, scale: Any, unsigned: bool = False) -> Any:
     """``clip(rint(x / scale), -127, 127)`` as int8, divided in float32 (ONNX QuantizeLinear).
 
-    ``scale`` is a scalar or an array the caller has shaped to broadcast against ``x``."""
+    ``unsigned``: a tensor known to be non-negative goes to uint8, ``clip(..., 0, 255)``: twice the
+    levels over its range. ``scale`` is a scalar or an array shaped to broadcast against ``x``."""
     xp = array_module(x, scale)
     scale = _as_float32(xp, scale)
+    low, high = (0, UINT8_MAX) if unsigned else (-INT8_MAX, INT8_MAX)
     if xp is not np:
         from kernels import cuda_kernels
 
-        return cuda_kernels.quantize(x.astype(xp.float32, copy=False), scale)
+        return cuda_kernels.quantize(x.astype(xp.float32, copy=False), scale, unsigned)
 
     def block(x_part: np.ndarray, scale_part: np.ndarray) -> np.ndarray:
         values = np.divide(x_part, scale_part, dtype=np.float32)
         np.rint(values, out=values)
-        return np.clip(values, -INT8_MAX, INT8_MAX, out=values)
+        return np.clip(values, low, high, out=values)
 
-    return _by_blocks(block, np.int8, x, scale)
+    return _by_blocks(block, quantized_dtype(high), x, scale)
+
+
+def quantized_dtype(high: int) -> Any:
+    """uint8 for ranges above 127 (non-negative tensors), int8 otherwise."""
+    return np.dtype(np.uint8) if high > INT8_MAX else np.dtype(np.int8)
 
 
 def dequantize(q: Any, scale: Any) -> Any:
@@ -60,7 +68,7 @@ def dequantize(q: Any, scale: Any) -> Any:
 
 
 def requantize(acc: Any, multiplier: Any, low: int = -INT8_MAX, high: int = INT8_MAX) -> Any:
-    """``clip(rint(acc * multiplier), low, high)`` as int8, in float64.
+    """``clip(rint(acc * multiplier), low, high)`` as int8 (uint8 when ``high > 127``), in float64.
 
     ``multiplier`` is in_scale * w_scale / out_scale, a scalar or per channel (broadcastable).
     A fused ReLU is ``low=0``; a fused ReLU6 is ``high=min(127, rint(6 / out_scale))``."""
@@ -77,18 +85,19 @@ def requantize(acc: Any, multiplier: Any, low: int = -INT8_MAX, high: int = INT8
         np.rint(values, out=values)
         return np.clip(values, low, high, out=values)
 
-    return _by_blocks(block, np.int8, acc, multiplier)
+    return _by_blocks(block, quantized_dtype(high), acc, multiplier)
 
 
-def rescale(q: Any, from_scale: float, to_scale: float) -> Any:
-    """An int8 tensor moved from one scale to another (Concat inputs): ``clip(rint(q * from/to))``."""
+def rescale(q: Any, from_scale: float, to_scale: float, low: int = -INT8_MAX, high: int = INT8_MAX) -> Any:
+    """A quantized tensor moved to another scale (Concat inputs): ``clip(rint(q * from/to))``."""
+    _check_bounds(low, high)
     xp = array_module(q)
     ratio = float(from_scale) / float(to_scale)
 
     def block(q_part: Any) -> Any:
-        return xp.clip(xp.rint(q_part.astype(xp.float64) * ratio), -INT8_MAX, INT8_MAX)
+        return xp.clip(xp.rint(q_part.astype(xp.float64) * ratio), low, high)
 
-    return _by_blocks(block, xp.int8, q)
+    return _by_blocks(block, quantized_dtype(high), q)
 
 
 def add_int8(
@@ -103,7 +112,7 @@ def add_int8(
         total = a_part.astype(xp.float64) * ratio_a + b_part.astype(xp.float64) * ratio_b
         return xp.clip(xp.rint(total), low, high)
 
-    return _by_blocks(block, xp.int8, a, b)
+    return _by_blocks(block, quantized_dtype(high), a, b)
 
 
 def quantize_weights_per_channel(w: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -177,5 +186,9 @@ def _as_float32(xp: Any, scale: Any) -> Any:
 
 
 def _check_bounds(low: int, high: int) -> None:
-    if not -128 <= low <= high <= INT8_MAX:
-        raise ValueError(f"clip bounds low={low}, high={high} must satisfy -128 <= low <= high <= 127")
+    """int8 bounds (-128..127), or uint8 bounds (0..255) for a non-negative tensor."""
+    if not (-128 <= low <= high <= INT8_MAX or 0 <= low <= high <= UINT8_MAX):
+        raise ValueError(
+            f"clip bounds low={low}, high={high} must satisfy -128 <= low <= high <= 127 (int8) or "
+            "0 <= low <= high <= 255 (uint8)"
+        )

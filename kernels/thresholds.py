@@ -25,6 +25,7 @@ from kernels.kl_search import kl_divergence_curve
 
 METHODS: tuple[str, ...] = ("entropy", "naive", "percentile", "mse")
 INT8_LEVELS = 127
+UINT8_LEVELS = 255
 ZERO_TENSOR_THRESHOLD = 1.0
 DEFAULT_NUM_QUANTIZED_BINS = 255
 DEFAULT_PERCENTILE = 99.99
@@ -48,6 +49,9 @@ class ThresholdSettings:
     num_quantized_bins: int = DEFAULT_NUM_QUANTIZED_BINS
     percentile: float = DEFAULT_PERCENTILE
     spike_fix: bool = True
+    # Non-negative tensors will be stored as uint8 (0..255, QuantizationOptions.unsigned_activations):
+    # choose their thresholds for 255 steps over [0, t] instead of 127.
+    unsigned_activations: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -83,14 +87,17 @@ def choose_thresholds(
     regular = {name: h for name, h in histograms.items() if h.abs_max > 0.0}
     choices = {name: ThresholdChoice(ZERO_TENSOR_THRESHOLD, 0.0) for name in histograms if name not in regular}
     if settings.method == "entropy":
-        choices.update(entropy_thresholds(regular, settings.num_quantized_bins, settings.spike_fix))
-    else:
-        method = {"naive": naive_threshold, "mse": mse_threshold}.get(settings.method)
-        for name, histogram in regular.items():
-            if settings.method == "percentile":
-                choices[name] = percentile_threshold(histogram, settings.percentile)
-            else:
-                choices[name] = method(histogram)
+        choices.update(
+            entropy_thresholds(regular, settings.num_quantized_bins, settings.spike_fix, settings.unsigned_activations)
+        )
+    for name, histogram in regular.items():
+        if settings.method == "naive":
+            choices[name] = naive_threshold(histogram)
+        elif settings.method == "percentile":
+            choices[name] = percentile_threshold(histogram, settings.percentile)
+        elif settings.method == "mse":
+            unsigned = settings.unsigned_activations and not histogram.signed
+            choices[name] = mse_threshold(histogram, UINT8_LEVELS if unsigned else INT8_LEVELS)
     return {name: choices[name] for name in histograms}
 
 
@@ -109,10 +116,10 @@ def percentile_threshold(histogram: Histogram, percentile: float) -> ThresholdCh
     return ThresholdChoice(min((index + 1) * histogram.bin_width, histogram.abs_max), math.nan)
 
 
-def mse_threshold(histogram: Histogram) -> ThresholdChoice:
+def mse_threshold(histogram: Histogram, levels: int = INT8_LEVELS) -> ThresholdChoice:
     """The bin edge minimising the expected squared error of symmetric int8 quantization.
 
-    For a candidate threshold ``t`` (scale ``s = t / 127``), every |x| bin is represented by its
+    For a candidate threshold ``t`` (scale ``s = t / levels``: 127, or 255 for uint8), every |x| bin is represented by its
     centre ``c``: bins beyond ``t`` cost the clipping error ``(c - t)**2``; bins that round to zero
     (``c < s / 2``) cost ``c**2``; the others cost ``s**2 / 12``, the mean rounding error of a value
     spread evenly over a step. All candidates come from prefix sums at once.
@@ -123,7 +130,7 @@ def mse_threshold(histogram: Histogram) -> ThresholdChoice:
     top = _top_candidate(histogram)
     candidates = np.arange(1, top + 1)
     thresholds = candidates * width
-    scales = thresholds / INT8_LEVELS
+    scales = thresholds / levels
     cum_n = np.concatenate([[0.0], np.cumsum(counts)])
     cum_c = np.concatenate([[0.0], np.cumsum(counts * centres)])
     cum_c2 = np.concatenate([[0.0], np.cumsum(counts * centres**2)])
@@ -141,13 +148,14 @@ def mse_threshold(histogram: Histogram) -> ThresholdChoice:
 
 
 def entropy_thresholds(
-    histograms: Mapping[str, Histogram], num_quantized_bins: int, spike_fix: bool
+    histograms: Mapping[str, Histogram], num_quantized_bins: int, spike_fix: bool, unsigned_activations: bool = False
 ) -> dict[str, ThresholdChoice]:
     """KL-divergence thresholds, batched over the tensors that share a layout.
 
     Signed tensors use the two-sided search of MXNet (``num_quantized_bins`` groups over a slice
     symmetric around zero); non-negative tensors use TensorRT's one-sided search over ``[0, t)``
-    with ``num_quantized_bins // 2 + 1`` groups (the levels 0..127 of symmetric int8).
+    with ``num_quantized_bins // 2 + 1`` groups (the levels 0..127 of symmetric int8), or
+    ``num_quantized_bins`` groups when they will be stored as uint8 (``unsigned_activations``).
     """
     layouts: dict[tuple[int, bool], list[str]] = {}
     for name, histogram in histograms.items():
@@ -159,7 +167,7 @@ def entropy_thresholds(
         counts = xp.stack([xp.asarray(h.counts) for h in batch])
         if spike_fix:
             counts = flatten_spikes(counts, [extreme_bins(h) for h in batch])
-        groups = num_quantized_bins if signed else num_quantized_bins // 2 + 1
+        groups = num_quantized_bins if signed or unsigned_activations else num_quantized_bins // 2 + 1
         starts, stops, widths = candidate_slices(num_bins, signed, groups)
         reachable = widths <= max(_top_candidate(h) for h in batch)
         starts, stops, widths = starts[reachable], stops[reachable], widths[reachable]

@@ -34,6 +34,7 @@ def build_calibration_table(
         "num_quantized_bins": str(settings.num_quantized_bins),
         "percentile": repr(settings.percentile),
         "spike_fix": str(settings.spike_fix).lower(),
+        "unsigned_activations": str(settings.unsigned_activations).lower(),
         **metadata,
     }
     return CalibrationTable(records, recorded)

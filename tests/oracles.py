@@ -77,12 +77,12 @@ def first_minimum(values: list[float]) -> int:
 
 
 def entropy_threshold_loop(
-    hist: np.ndarray, signed: bool, bin_width: float, abs_max: float, num_quantized_bins: int
+    hist: np.ndarray, signed: bool, bin_width: float, abs_max: float, num_quantized_bins: int, unsigned_levels: bool = False
 ) -> tuple[float, float]:
     """The published search over our histogram layout: (threshold, its KL divergence)."""
     num_bins = hist.size
     top = int(math.floor(abs_max / bin_width)) + 1
-    groups = num_quantized_bins if signed else num_quantized_bins // 2 + 1
+    groups = num_quantized_bins if signed or unsigned_levels else num_quantized_bins // 2 + 1
     divergences, widths = [], []
     if signed:
         zero = num_bins // 2
@@ -98,14 +98,14 @@ def entropy_threshold_loop(
     return min(widths[best] * bin_width, abs_max), divergences[best]
 
 
-def mse_threshold_loop(abs_counts: np.ndarray, bin_width: float, abs_max: float) -> float:
+def mse_threshold_loop(abs_counts: np.ndarray, bin_width: float, abs_max: float, levels: int = INT8_LEVELS) -> float:
     """Direct sum of the error model of ``kernels.thresholds.mse_threshold`` for every candidate."""
     centres = (np.arange(abs_counts.size) + 0.5) * bin_width
     top = int(math.floor(abs_max / bin_width)) + 1
     errors = []
     for i in range(1, top + 1):
         threshold = i * bin_width
-        scale = threshold / INT8_LEVELS
+        scale = threshold / levels
         total = 0.0
         for count, centre in zip(abs_counts, centres):
             if not count:

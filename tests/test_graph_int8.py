@@ -21,6 +21,7 @@ from tasks.graph.quantize_pass import (
     QuantizationOptions,
     calibration_tensors,
     quantize_graph,
+    quantized_tensors,
 )
 from tasks.graph.simplify import simplify
 from tasks.observe import NonFiniteActivationError, observe
@@ -134,3 +135,32 @@ def test_nan_activations_name_the_tensor() -> None:
     bad = {"input": np.full((2, *INPUT_SHAPES["layout"]), np.nan, dtype=np.float32)}
     with pytest.raises(NonFiniteActivationError, match="tensor 'pad2_0': 256 NaN"):
         observe(GraphExecutor(graph), [bad], calibration_tensors(graph))
+
+
+def test_unsigned_option_stores_non_negative_tensors_as_uint8() -> None:
+    graph, table = calibrated("cnn")
+    quantized = quantize_graph(graph, table, QuantizationOptions(unsigned_activations=True))
+    encodings = quantized_tensors(quantized)
+    signed = {record.name: record.signed for record in table.tensors}
+    relu_output = next(node.outputs[0] for node in graph.nodes if node.op_type == "Relu")
+    assert encodings[f"{relu_output}_int8"].unsigned and not signed[relu_output]
+    assert encodings[f"{relu_output}_int8"].scale == table.by_name()[relu_output].threshold / 255
+    for name, encoding in encodings.items():
+        assert encoding.unsigned == (not signed[name.removesuffix("_int8")])
+    captured: dict[str, np.ndarray] = {}
+    executor = GraphExecutor(quantized, ops=INT8_OPS)
+    executor.run({"input": batches("cnn")[0]["input"]}, lambda name, value: captured.__setitem__(name, value), set(encodings))
+    assert {captured[name].dtype.name for name, e in encodings.items() if e.unsigned} == {"uint8"}
+    assert {captured[name].dtype.name for name, e in encodings.items() if not e.unsigned} == {"int8"}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_unsigned_option_tracks_fp32_and_exports(name: str) -> None:
+    graph, table = calibrated(name, "naive")
+    quantized = quantize_graph(graph, table, QuantizationOptions(unsigned_activations=True))
+    batch = batches(name)[0]["input"]
+    fp32, ours = run(graph, batch), run(quantized, batch)
+    assert np.abs(ours - fp32).max() / np.abs(fp32).max() < 0.05
+    session = ort.InferenceSession(export_qdq(quantized).SerializeToString(), providers=["CPUExecutionProvider"])
+    theirs = session.run(None, {"input": batch})[0]
+    assert np.abs(ours - theirs).max() <= 0.03 * np.abs(fp32).max()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 import pytest
+from conv_cases import CONV_CASES, CONV_FIELDS, CONV_IDS
 from onnx import TensorProto, helper, numpy_helper
 from skimage import data
 
@@ -39,27 +40,10 @@ def photo_batch(channels: int, size: int, batch: int = 2) -> np.ndarray:
     return np.ascontiguousarray(np.tile(planes, (1, -(-channels // 3), 1, 1))[:, :channels])
 
 
-# (id, input channels, output channels, kernel (kH, kW), strides, pads, dilations, groups, size (H, W))
-CONV_CASES = [
-    ("pointwise", 16, 24, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1, (9, 11)),
-    ("pointwise_stride2", 16, 8, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), 1, (9, 11)),
-    ("stem_3x3_stride2", 3, 32, (3, 3), (2, 2), (0, 0, 1, 1), (1, 1), 1, (32, 32)),
-    ("depthwise_3x3", 12, 12, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 12, (14, 14)),
-    ("depthwise_3x3_stride2", 12, 12, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 12, (15, 14)),
-    ("depthwise_5x5", 12, 12, (5, 5), (1, 1), (2, 2, 2, 2), (1, 1), 12, (14, 13)),
-    ("depthwise_5x5_stride2", 12, 12, (5, 5), (2, 2), (2, 2, 2, 2), (1, 1), 12, (14, 14)),
-    ("depthwise_multiplier2", 6, 12, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 6, (10, 10)),
-    ("grouped_2", 8, 6, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 2, (10, 9)),
-    ("dilation_2", 5, 7, (3, 3), (1, 1), (2, 2, 2, 2), (2, 2), 1, (12, 12)),
-    ("dilation_2_stride2", 5, 7, (3, 3), (2, 2), (1, 2, 2, 1), (2, 2), 1, (12, 13)),
-    ("asymmetric_pads", 4, 6, (3, 3), (1, 1), (0, 2, 1, 0), (1, 1), 1, (9, 8)),
-    ("rectangular_kernel_strides", 4, 6, (2, 5), (3, 1), (1, 0, 0, 2), (1, 1), 1, (11, 12)),
-    ("padded_pointwise", 4, 6, (1, 1), (1, 1), (1, 1, 0, 0), (1, 1), 1, (5, 6)),
-]
 
 
 @pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no_bias"])
-@pytest.mark.parametrize(("case", "cin", "cout", "kernel", "strides", "pads", "dilations", "groups", "size"), CONV_CASES, ids=[c[0] for c in CONV_CASES])
+@pytest.mark.parametrize(CONV_FIELDS, CONV_CASES, ids=CONV_IDS)
 def test_conv2d_matches_onnxruntime(case, cin, cout, kernel, strides, pads, dilations, groups, size, with_bias) -> None:
     x = photo_batch(cin, max(size))[:, :, : size[0], : size[1]].copy()
     weight = RNG.normal(0.0, 0.3, (cout, cin // groups, *kernel)).astype(np.float32)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conv_cases import CONV_CASES, CONV_FIELDS, CONV_IDS
 
 from kernels.backend import gpu_available
 from kernels.int8_gemm import int8_conv2d, int8_matmul
@@ -74,25 +75,9 @@ def test_batched_int8_matmul_on_the_gpu_is_bit_identical() -> None:
     assert_same_bits(int8_matmul(on_gpu(a), on_gpu(b)), int8_matmul(a, b))
 
 
-# (id, input channels, output channels, kernel, strides, pads, dilations, groups, (H, W))
-CONV_CASES = [
-    ("pointwise", 16, 24, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1, (9, 11)),
-    ("pointwise_stride2", 16, 8, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), 1, (9, 11)),
-    ("stem_3x3_stride2", 3, 32, (3, 3), (2, 2), (0, 0, 1, 1), (1, 1), 1, (32, 32)),
-    ("conv3x3_k1170", 130, 4, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, (5, 6)),
-    ("depthwise_3x3", 24, 24, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 24, (28, 28)),
-    ("depthwise_3x3_stride2", 24, 24, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 24, (15, 14)),
-    ("depthwise_5x5", 24, 24, (5, 5), (1, 1), (2, 2, 2, 2), (1, 1), 24, (14, 13)),
-    ("depthwise_5x5_stride2", 24, 24, (5, 5), (2, 2), (2, 2, 2, 2), (1, 1), 24, (14, 14)),
-    ("depthwise_multiplier2", 6, 12, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 6, (10, 10)),
-    ("depthwise_dilated_asymmetric", 6, 6, (3, 3), (1, 2), (0, 2, 1, 0), (2, 1), 6, (12, 11)),
-    ("grouped_2", 8, 6, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 2, (10, 9)),
-    ("dilation_2", 5, 7, (3, 3), (1, 1), (2, 2, 2, 2), (2, 2), 1, (12, 12)),
-    ("rectangular_kernel_strides", 4, 6, (2, 5), (3, 1), (1, 0, 0, 2), (1, 1), 1, (11, 12)),
-]
 
 
-@pytest.mark.parametrize(("case", "cin", "cout", "kernel", "strides", "pads", "dilations", "groups", "size"), CONV_CASES, ids=[c[0] for c in CONV_CASES])
+@pytest.mark.parametrize(CONV_FIELDS, CONV_CASES, ids=CONV_IDS)
 def test_int8_conv2d_on_the_gpu_is_bit_identical(case, cin, cout, kernel, strides, pads, dilations, groups, size) -> None:
     x, weight = int8_values(3, cin, *size), int8_values(cout, cin // groups, *kernel)
     expected = int8_conv2d(x, weight, strides, pads, dilations, groups)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 import pytest
+from conv_cases import CONV_CASES, CONV_FIELDS, CONV_IDS
 from onnx import TensorProto, helper, numpy_helper
 from skimage import data
 
@@ -88,26 +89,9 @@ def test_int8_matmul_rejects_float_operands() -> None:
         int8_matmul(np.zeros((2, 3), np.float32), np.zeros((3, 2), np.int8))
 
 
-# (id, input channels, output channels, kernel, strides, pads, dilations, groups, (H, W))
-INT8_CONV_CASES = [
-    ("pointwise", 16, 24, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1, (9, 11)),
-    ("pointwise_stride2", 16, 8, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), 1, (9, 11)),
-    ("pointwise_k1100", 1100, 5, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1, (4, 5)),
-    ("stem_3x3_stride2", 3, 16, (3, 3), (2, 2), (0, 0, 1, 1), (1, 1), 1, (20, 20)),
-    ("conv3x3_k1170", 130, 4, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, (5, 6)),
-    ("depthwise_3x3", 12, 12, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 12, (14, 14)),
-    ("depthwise_3x3_stride2", 12, 12, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 12, (15, 14)),
-    ("depthwise_5x5", 12, 12, (5, 5), (1, 1), (2, 2, 2, 2), (1, 1), 12, (14, 13)),
-    ("depthwise_5x5_stride2", 12, 12, (5, 5), (2, 2), (2, 2, 2, 2), (1, 1), 12, (14, 14)),
-    ("depthwise_multiplier2", 6, 12, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 6, (10, 10)),
-    ("grouped_2", 8, 6, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 2, (10, 9)),
-    ("dilation_2", 5, 7, (3, 3), (1, 1), (2, 2, 2, 2), (2, 2), 1, (12, 12)),
-    ("asymmetric_pads", 4, 6, (3, 3), (1, 1), (0, 2, 1, 0), (1, 1), 1, (9, 8)),
-    ("rectangular_kernel_strides", 4, 6, (2, 5), (3, 1), (1, 0, 0, 2), (1, 1), 1, (11, 12)),
-]
 
 
-@pytest.mark.parametrize(("case", "cin", "cout", "kernel", "strides", "pads", "dilations", "groups", "size"), INT8_CONV_CASES, ids=[c[0] for c in INT8_CONV_CASES])
+@pytest.mark.parametrize(CONV_FIELDS, CONV_CASES, ids=CONV_IDS)
 def test_int8_conv2d_equals_the_integer_convolution(case, cin, cout, kernel, strides, pads, dilations, groups, size) -> None:
     x = photo_int8(cin, *size)
     weight = int8_values(cout, cin // groups, *kernel)
@@ -193,9 +177,31 @@ def test_requantize_equals_the_float64_formula_per_channel() -> None:
     np.testing.assert_array_equal(requantize(acc, multiplier), expected)
 
 
-def test_requantize_rejects_bounds_outside_int8() -> None:
-    with pytest.raises(ValueError, match="low=0, high=200"):
-        requantize(np.zeros(2, np.int32), 1.0, 0, 200)
+def test_requantize_rejects_bounds_outside_int8_and_uint8() -> None:
+    with pytest.raises(ValueError, match="low=-1, high=200"):
+        requantize(np.zeros(2, np.int32), 1.0, -1, 200)
+    with pytest.raises(ValueError, match="low=0, high=256"):
+        requantize(np.zeros(2, np.int32), 1.0, 0, 256)
+
+
+def test_unsigned_ranges_give_uint8_with_twice_the_levels() -> None:
+    values = np.array([0.0, 0.3, 1.1, 1.5, 2.0], np.float32)
+    q = quantize(values, np.float32(2.0 / 255), unsigned=True)
+    assert q.dtype == np.uint8
+    np.testing.assert_array_equal(q, [0, 38, 140, 191, 255])
+    acc = np.array([-5, 100, 300, 1000], np.int32)
+    np.testing.assert_array_equal(requantize(acc, 0.5, 0, 255), np.array([0, 50, 150, 255], np.uint8))
+    assert requantize(acc, 0.5, 0, 255).dtype == np.uint8
+
+
+def test_uint8_activations_products_are_exact_past_the_uint8_chunk() -> None:
+    a = np.full((2, 3000), 255, np.uint8)
+    b = np.full((3000, 3), -128, np.int8)
+    assert (int8_matmul(a, b) == 3000 * 255 * -128).all()
+    x = np.random.default_rng(0).integers(0, 256, (2, 600, 3, 3), dtype=np.uint8)
+    w = np.random.default_rng(1).integers(-127, 128, (4, 600, 1, 1), dtype=np.int8)
+    expected = np.einsum("nchw,mc->nmhw", x.astype(np.int64), w[:, :, 0, 0].astype(np.int64))
+    np.testing.assert_array_equal(int8_conv2d(x, w), expected)
 
 
 def test_per_channel_weights_use_max_abs_over_127_and_scale_one_for_a_zero_channel() -> None:

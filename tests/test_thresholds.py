@@ -213,3 +213,16 @@ def test_bad_settings_are_refused(field: str, value: object, message: str) -> No
 def test_too_many_quantized_bins_for_the_histogram_is_refused() -> None:
     with pytest.raises(ValueError, match="num_quantized_bins"):
         entropy_thresholds({"t": Histogram.of(SMALL["gaussian"], 64)}, 255, True)
+
+
+@pytest.mark.parametrize("name", ["relu", "relu6"])
+def test_uint8_thresholds_match_the_loops_with_255_levels(name: str) -> None:
+    histogram = Histogram.of(SMALL[name], 1024)
+    counts = flatten_spikes(histogram.counts[None, :], [extreme_bins(histogram)])[0]
+    expected, _ = entropy_threshold_loop(counts, False, histogram.bin_width, histogram.abs_max, 255, unsigned_levels=True)
+    chosen = entropy_thresholds({name: histogram}, 255, True, unsigned_activations=True)[name]
+    assert abs(chosen.threshold - expected) <= histogram.bin_width
+    small = Histogram.of(SMALL[name], 256)
+    expected_mse = mse_threshold_loop(small.abs_counts(), small.bin_width, small.abs_max, levels=255)
+    settings = ThresholdSettings(method="mse", unsigned_activations=True)
+    assert abs(choose_thresholds({name: small}, settings)[name].threshold - expected_mse) <= small.bin_width

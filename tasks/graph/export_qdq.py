@@ -13,11 +13,14 @@ import onnx
 
 from tasks.graph.ir import Graph, Node
 from tasks.graph.onnx_build import graph_to_model
-from tasks.graph.quantize_pass import int8_tensor_scales
+from tasks.graph.quantize_pass import quantized_tensors
 
 QDQ_MIN_OPSET = 13
 CONV_ATTRIBUTES = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
-INT8_NODE_ATTRIBUTES = ("input_scale", "output_scale", "low", "high", "activation", "float_op", "scale", "input_scales")
+INT8_NODE_ATTRIBUTES = (
+    "input_scale", "input_unsigned", "output_scale", "output_unsigned", "low", "high", "activation", "float_op",
+    "scale", "unsigned", "input_scales",
+)
 
 
 class QDQExportError(ValueError):
@@ -41,7 +44,7 @@ def export_qdq(graph: Graph) -> onnx.ModelProto:
 
 class _QDQBuilder:
     def __init__(self, graph: Graph) -> None:
-        self.scales = int8_tensor_scales(graph)
+        self.encodings = quantized_tensors(graph)
         self.opset = graph.opset
         self.initializers = dict(graph.initializers)
         self.nodes: list[Node] = []
@@ -50,17 +53,22 @@ class _QDQBuilder:
         self.initializers[name] = value
         return name
 
+    def zero_point(self, prefix: str, unsigned: bool) -> str:
+        return self.constant(f"{prefix}/zero_point", np.uint8(0) if unsigned else np.int8(0))
+
     def dequantize(self, tensor: str, scale: float | str, prefix: str, axis: int | None = None, zero: str | None = None) -> str:
         scale_name = scale if isinstance(scale, str) else self.constant(f"{prefix}/scale", np.float32(scale))
-        zero_name = zero or self.constant(f"{prefix}/zero_point", np.int8(0))
+        encoding = self.encodings.get(tensor)
+        zero_name = zero or self.zero_point(prefix, bool(encoding and encoding.unsigned))
         output = f"{prefix}/dequantized"
         attributes = {} if axis is None else {"axis": axis}
         self.nodes.append(Node(f"{prefix}/DequantizeLinear", "DequantizeLinear", [tensor, scale_name, zero_name], [output], attributes))
         return output
 
-    def quantize(self, tensor: str, scale: float, output: str, prefix: str) -> None:
-        scale_name = self.constant(f"{prefix}/scale", np.float32(scale))
-        zero_name = self.constant(f"{prefix}/zero_point", np.int8(0))
+    def quantize(self, tensor: str, output: str, prefix: str) -> None:
+        encoding = self.encodings[output]
+        scale_name = self.constant(f"{prefix}/scale", np.float32(encoding.scale))
+        zero_name = self.zero_point(prefix, encoding.unsigned)
         self.nodes.append(Node(f"{prefix}/QuantizeLinear", "QuantizeLinear", [tensor, scale_name, zero_name], [output]))
 
     def activation(self, node: Node, tensor: str) -> str:
@@ -85,20 +93,20 @@ class _QDQBuilder:
         elif node.op_type in ("Flatten", "Reshape", "Transpose") or node.op_type == "Int8MaxPool":
             op_type = "MaxPool" if node.op_type == "Int8MaxPool" else node.op_type
             self.nodes.append(Node(node.name, op_type, list(node.inputs), list(node.outputs), dict(node.attributes)))
-        elif node.op_type == "Pad" and node.inputs[0] in self.scales:
+        elif node.op_type == "Pad" and node.inputs[0] in self.encodings:
             inputs = list(node.inputs)
             if len(inputs) > 2 and inputs[2]:
-                inputs[2] = self.constant(f"{node.name}/int8_zero", np.int8(0))
+                inputs[2] = self.zero_point(f"{node.name}/pad_value", self.encodings[node.inputs[0]].unsigned)
             self.nodes.append(Node(node.name, "Pad", inputs, list(node.outputs), dict(node.attributes)))
         else:
             self.nodes.append(node)
 
     def _QuantizeTensor(self, node: Node) -> None:
-        self.quantize(node.inputs[0], node.attributes["scale"], node.outputs[0], node.name)
+        self.quantize(node.inputs[0], node.outputs[0], node.name)
 
     def _DequantizeTensor(self, node: Node) -> None:
         scale = self.constant(f"{node.name}/scale", np.float32(node.attributes["scale"]))
-        zero = self.constant(f"{node.name}/zero_point", np.int8(0))
+        zero = self.zero_point(node.name, node.attributes["unsigned"])
         self.nodes.append(Node(f"{node.name}/DequantizeLinear", "DequantizeLinear", [node.inputs[0], scale, zero], list(node.outputs)))
 
     def _layer(self, node: Node, weight_axis: int) -> tuple[str, str, str | None]:
@@ -123,7 +131,7 @@ class _QDQBuilder:
             attributes.pop("pads", None)
         output = f"{node.name}/float_output"
         self.nodes.append(Node(node.name, "Conv", [x, w] + ([bias] if bias else []), [output], attributes))
-        self.quantize(self.activation(node, output), node.attributes["output_scale"], node.outputs[0], f"{node.name}/output")
+        self.quantize(self.activation(node, output), node.outputs[0], f"{node.name}/output")
 
     def _Int8MatMul(self, node: Node) -> None:
         x, w, bias = self._layer(node, weight_axis=1)
@@ -132,14 +140,14 @@ class _QDQBuilder:
         if bias:
             self.nodes.append(Node(f"{node.name}/bias_add", "Add", [output, bias], [f"{node.name}/biased"]))
             output = f"{node.name}/biased"
-        self.quantize(self.activation(node, output), node.attributes["output_scale"], node.outputs[0], f"{node.name}/output")
+        self.quantize(self.activation(node, output), node.outputs[0], f"{node.name}/output")
 
     def _Int8Add(self, node: Node) -> None:
         a = self.dequantize(node.inputs[0], node.attributes["a_scale"], f"{node.name}/a")
         b = self.dequantize(node.inputs[1], node.attributes["b_scale"], f"{node.name}/b")
         output = f"{node.name}/float_output"
         self.nodes.append(Node(node.name, "Add", [a, b], [output]))
-        self.quantize(self.activation(node, output), node.attributes["output_scale"], node.outputs[0], f"{node.name}/output")
+        self.quantize(self.activation(node, output), node.outputs[0], f"{node.name}/output")
 
     def _Int8Concat(self, node: Node) -> None:
         parts = [
@@ -148,7 +156,7 @@ class _QDQBuilder:
         ]
         output = f"{node.name}/float_output"
         self.nodes.append(Node(node.name, "Concat", parts, [output], {"axis": node.attributes["axis"]}))
-        self.quantize(output, node.attributes["output_scale"], node.outputs[0], f"{node.name}/output")
+        self.quantize(output, node.outputs[0], f"{node.name}/output")
 
     def _Int8AveragePool(self, node: Node) -> None:
         x = self.dequantize(node.inputs[0], node.attributes["input_scale"], f"{node.name}/input")
@@ -163,9 +171,10 @@ class _QDQBuilder:
                 self.nodes.append(Node(node.name, "ReduceMean", [x], [output], {**attributes, "axes": [2, 3]}))
         else:
             self.nodes.append(Node(node.name, kind, [x], [output], attributes))
-        self.quantize(output, node.attributes["output_scale"], node.outputs[0], f"{node.name}/output")
+        self.quantize(output, node.outputs[0], f"{node.name}/output")
 
     def _Int8Clip(self, node: Node) -> None:
-        low = self.constant(f"{node.name}/min", np.int8(node.attributes["low"]))
-        high = self.constant(f"{node.name}/max", np.int8(node.attributes["high"]))
+        dtype = np.uint8 if node.attributes["unsigned"] else np.int8
+        low = self.constant(f"{node.name}/min", dtype(node.attributes["low"]))
+        high = self.constant(f"{node.name}/max", dtype(node.attributes["high"]))
         self.nodes.append(Node(node.name, "Clip", [node.inputs[0], low, high], list(node.outputs)))

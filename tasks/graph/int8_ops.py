@@ -10,14 +10,14 @@ from typing import Any
 
 from kernels.backend import array_module
 from kernels.int8_gemm import int8_conv2d, int8_matmul
-from kernels.pooling import max_pool2d, window_sums_int32
+from kernels.pooling import window_sums_int32
 from kernels.quantize import add_int8, dequantize, quantize, requantize, rescale
 from tasks.graph.fp32_ops import FP32_OPS, OpFunction, window_geometry
 from tasks.graph.ir import Node
 
 
 def _quantize(node: Node, inputs: list[Any], opset: int) -> list[Any]:
-    return [quantize(inputs[0], node.attributes["scale"])]
+    return [quantize(inputs[0], node.attributes["scale"], bool(node.attributes.get("unsigned", False)))]
 
 
 def _dequantize(node: Node, inputs: list[Any], opset: int) -> list[Any]:
@@ -56,16 +56,9 @@ def _int8_add(node: Node, inputs: list[Any], opset: int) -> list[Any]:
 
 def _int8_concat(node: Node, inputs: list[Any], opset: int) -> list[Any]:
     xp = array_module(*inputs)
-    out_scale = node.attributes["output_scale"]
-    parts = [rescale(q, scale, out_scale) for q, scale in zip(inputs, node.attributes["input_scales"])]
+    a = node.attributes
+    parts = [rescale(q, scale, a["output_scale"], a["low"], a["high"]) for q, scale in zip(inputs, a["input_scales"])]
     return [xp.concatenate(parts, axis=node.attributes["axis"])]
-
-
-def _int8_max_pool(node: Node, inputs: list[Any], opset: int) -> list[Any]:
-    x = inputs[0]
-    kernel = tuple(node.attribute("kernel_shape"))
-    strides, pads, dilations = window_geometry(node, x.shape[2:], kernel)
-    return [max_pool2d(x, kernel, strides, pads, dilations, bool(node.attribute("ceil_mode", 0)))]
 
 
 def _int8_average(node: Node, inputs: list[Any], opset: int) -> list[Any]:
@@ -85,7 +78,7 @@ def _int8_average(node: Node, inputs: list[Any], opset: int) -> list[Any]:
         sums = x.sum(axis=(2, 3), dtype=xp.int32, keepdims=keepdims)
         counts = x.shape[2] * x.shape[3]
     multiplier = attributes["input_scale"] / (xp.asarray(counts, dtype=xp.float64) * attributes["output_scale"])
-    return [requantize(sums, multiplier)]
+    return [requantize(sums, multiplier, attributes["low"], attributes["high"])]
 
 
 def _int8_clip(node: Node, inputs: list[Any], opset: int) -> list[Any]:
@@ -101,7 +94,7 @@ INT8_OPS: dict[str, OpFunction] = {
     "Int8MatMul": _int8_matmul,
     "Int8Add": _int8_add,
     "Int8Concat": _int8_concat,
-    "Int8MaxPool": _int8_max_pool,
+    "Int8MaxPool": FP32_OPS["MaxPool"],  # max_pool2d pads int8 with -128 and returns int8: exact
     "Int8AveragePool": _int8_average,
     "Int8Clip": _int8_clip,
 }

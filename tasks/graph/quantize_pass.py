@@ -28,6 +28,7 @@ ACTIVATION_OPS = ("Relu", "Clip")
 PASS_THROUGH_OPS = ("Flatten", "Reshape", "Transpose", "Pad")
 FUSABLE_PRODUCERS = ("Conv", "Gemm", "MatMul", "Add")
 INT32_MAX = 2**31 - 1
+UINT8_MAX = 255
 FIRST_CONV = ":first-conv"
 LAST_LAYER = ":last-layer"
 
@@ -38,10 +39,27 @@ class QuantizationError(ValueError):
 
 @dataclass(frozen=True)
 class QuantizationOptions:
-    """``exclude``: node names, op types, or the policies ':first-conv' and ':last-layer'."""
+    """``exclude``: node names, op types, or the policies ':first-conv' and ':last-layer'.
+
+    ``unsigned_activations``: tensors calibrated non-negative (ReLU/ReLU6 outputs) become uint8 with
+    scale threshold / 255, twice the levels of symmetric int8 over the same range.
+    """
 
     exclude: tuple[str, ...] = ()
     per_channel: bool = True
+    unsigned_activations: bool = False
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """How one tensor is stored in the quantized graph: scale and int8 vs uint8 (zero point 0)."""
+
+    scale: float
+    unsigned: bool = False
+
+    @property
+    def limits(self) -> tuple[int, int]:
+        return (0, UINT8_MAX) if self.unsigned else (-INT8_MAX, INT8_MAX)
 
 
 def calibration_tensors(graph: Graph) -> list[str]:
@@ -90,14 +108,14 @@ def quantize_graph(graph: Graph, table: CalibrationTable, options: QuantizationO
 class _Rewriter:
     def __init__(self, graph: Graph, table: CalibrationTable, options: QuantizationOptions) -> None:
         self.source = graph
-        self.thresholds = {record.name: record.threshold for record in table.tensors}
+        self.records = table.by_name()
         self.options = options
         self.excluded = excluded_nodes(graph, options.exclude)
         self.consumers = graph.consumers()
         self.graph_outputs = {info.name for info in graph.outputs}
         self.nodes: list[Node] = []
         self.initializers: dict[str, np.ndarray] = {}
-        self.int8: dict[str, tuple[str, float]] = {}  # original tensor -> (int8 tensor name, scale)
+        self.int8: dict[str, tuple[str, Encoding]] = {}  # original tensor -> (quantized name, encoding)
         self.float: set[str] = {info.name for info in graph.inputs}  # original tensors available as float
         self.fused: set[str] = set()  # activation nodes folded into their producer
 
@@ -119,23 +137,27 @@ class _Rewriter:
 
     # -- tensors -------------------------------------------------------------------------------
 
-    def _scale(self, tensor: str) -> float:
-        if tensor not in self.thresholds:
+    def _encoding(self, tensor: str) -> Encoding:
+        if tensor not in self.records:
             raise QuantizationError(
                 f"tensor {tensor!r} has no threshold in the calibration table; calibrate this model "
                 "again (the table belongs to another model or version)"
             )
-        return self.thresholds[tensor] / INT8_MAX
+        record = self.records[tensor]
+        if self.options.unsigned_activations and not record.signed:
+            return Encoding(record.threshold / UINT8_MAX, True)
+        return Encoding(record.threshold / INT8_MAX)
 
     def _is_constant(self, tensor: str) -> bool:
         return tensor in self.source.initializers
 
-    def _int8_version(self, tensor: str) -> tuple[str, float]:
+    def _int8_version(self, tensor: str) -> tuple[str, Encoding]:
         if tensor not in self.int8:
-            scale = self._scale(tensor)
-            name = f"{tensor}_int8"
-            self.nodes.append(Node(f"{tensor}/quantize", "QuantizeTensor", [self._float_version(tensor)], [name], {"scale": scale}))
-            self.int8[tensor] = (name, scale)
+            encoding = self._encoding(tensor)
+            attributes = {"scale": encoding.scale, "unsigned": encoding.unsigned}
+            source = self._float_version(tensor)
+            name = self._produce_int8(tensor, encoding)
+            self.nodes.append(Node(f"{tensor}/quantize", "QuantizeTensor", [source], [name], attributes))
         return self.int8[tensor]
 
     def _float_version(self, tensor: str) -> str:
@@ -143,14 +165,15 @@ class _Rewriter:
             if self._is_constant(tensor):
                 self.initializers[tensor] = self.source.initializers[tensor]
             return tensor
-        name, scale = self.int8[tensor]
-        self.nodes.append(Node(f"{tensor}/dequantize", "DequantizeTensor", [name], [tensor], {"scale": scale}))
+        name, encoding = self.int8[tensor]
+        attributes = {"scale": encoding.scale, "unsigned": encoding.unsigned}
+        self.nodes.append(Node(f"{tensor}/dequantize", "DequantizeTensor", [name], [tensor], attributes))
         self.float.add(tensor)
         return tensor
 
-    def _produce_int8(self, tensor: str, scale: float) -> str:
+    def _produce_int8(self, tensor: str, encoding: Encoding) -> str:
         name = f"{tensor}_int8"
-        self.int8[tensor] = (name, scale)
+        self.int8[tensor] = (name, encoding)
         return name
 
     def _keep_float(self, node: Node) -> None:
@@ -164,8 +187,9 @@ class _Rewriter:
 
     # -- fusion --------------------------------------------------------------------------------
 
-    def _fused_activation(self, node: Node) -> tuple[str, int, int, str]:
-        """(output tensor, low, high, activation) after fusing a following ReLU/Clip, if any."""
+    def _fused_activation(self, node: Node) -> tuple[str, Encoding, dict]:
+        """(output tensor, its encoding, the requantization attributes) after fusing a following
+        ReLU/Clip, if any: the activation becomes the clip bounds of the requantization."""
         output = node.outputs[0]
         readers = self.consumers.get(output, [])
         if node.op_type in FUSABLE_PRODUCERS and len(readers) == 1 and output not in self.graph_outputs:
@@ -174,10 +198,11 @@ class _Rewriter:
             if activation.name not in self.excluded and bounds is not None:
                 self.fused.add(activation.name)
                 final = activation.outputs[0]
-                scale = self._scale(final)
-                low, high = _int_bounds(bounds, scale)
-                return final, low, high, activation.op_type
-        return output, -INT8_MAX, INT8_MAX, ""
+                encoding = self._encoding(final)
+                low, high = _int_bounds(bounds, encoding)
+                return final, encoding, _output_attributes(encoding, low, high, activation.op_type)
+        encoding = self._encoding(output)
+        return output, encoding, _output_attributes(encoding, *encoding.limits, "")
 
     def _activation_bounds(self, node: Node) -> tuple[float | None, float | None] | None:
         if node.op_type == "Relu":
@@ -219,18 +244,13 @@ class _Rewriter:
         return True
 
     def _conv(self, node: Node) -> None:
-        x_name, x_scale = self._int8_version(node.inputs[0])
+        x_name, x_encoding = self._int8_version(node.inputs[0])
         weight = self.source.initializers[node.inputs[1]]
         bias = self._bias(node, 2, weight.shape[0])
-        weight_q, weight_scales = self._quantize_weight(weight, 0, bias, x_scale)
-        output, low, high, activation = self._fused_activation(node)
-        out_scale = self._scale(output)
-        attributes = {
-            **node.attributes,
-            "kernel_shape": list(weight.shape[2:]),
-            "input_scale": x_scale, "output_scale": out_scale, "low": low, "high": high, "activation": activation,
-        }
-        self._emit_layer(node, "Int8Conv", x_name, x_scale, weight_q, weight_scales, bias, output, out_scale, attributes)
+        weight_q, weight_scales = self._quantize_weight(weight, 0, bias, x_encoding.scale)
+        output, encoding, requantization = self._fused_activation(node)
+        attributes = {**node.attributes, "kernel_shape": list(weight.shape[2:]), "input_scale": x_encoding.scale, **requantization}
+        self._emit_layer(node, "Int8Conv", x_name, x_encoding.scale, weight_q, weight_scales, bias, output, encoding, attributes)
 
     def _linear_weight(self, node: Node) -> np.ndarray | None:
         """The weight as (K, N) so that the layer is ``x @ weight``; None if not a constant 2-D weight."""
@@ -249,25 +269,24 @@ class _Rewriter:
 
     def _linear(self, node: Node) -> None:
         weight = self._linear_weight(node)
-        x_name, x_scale = self._int8_version(node.inputs[0])
+        x_name, x_encoding = self._int8_version(node.inputs[0])
         bias = None
         if node.op_type == "Gemm" and len(node.inputs) > 2 and node.inputs[2]:
             bias_value = np.broadcast_to(self.source.initializers[node.inputs[2]], (weight.shape[1],))
             bias = (bias_value * np.float32(node.attribute("beta", 1.0))).astype(np.float32)
-        weight_q, weight_scales = self._quantize_weight(weight, 1, bias, x_scale)
-        output, low, high, activation = self._fused_activation(node)
-        out_scale = self._scale(output)
-        attributes = {"input_scale": x_scale, "output_scale": out_scale, "low": low, "high": high, "activation": activation}
-        self._emit_layer(node, "Int8MatMul", x_name, x_scale, weight_q, weight_scales, bias, output, out_scale, attributes)
+        weight_q, weight_scales = self._quantize_weight(weight, 1, bias, x_encoding.scale)
+        output, encoding, requantization = self._fused_activation(node)
+        attributes = {"input_scale": x_encoding.scale, **requantization}
+        self._emit_layer(node, "Int8MatMul", x_name, x_encoding.scale, weight_q, weight_scales, bias, output, encoding, attributes)
 
     def _emit_layer(
         self, node: Node, op_type: str, x_name: str, x_scale: float, weight_q: np.ndarray, weight_scales: np.ndarray,
-        bias: np.ndarray | None, output: str, out_scale: float, attributes: dict,
+        bias: np.ndarray | None, output: str, encoding: Encoding, attributes: dict,
     ) -> None:
         inputs = [x_name, self._constant(f"{node.name}/weight_int8", weight_q), self._constant(f"{node.name}/weight_scale", weight_scales)]
         if bias is not None:
             inputs.append(self._constant(f"{node.name}/bias_int32", quantize_bias(bias, x_scale, weight_scales)))
-        self.nodes.append(Node(node.name, op_type, inputs, [self._produce_int8(output, out_scale)], attributes))
+        self.nodes.append(Node(node.name, op_type, inputs, [self._produce_int8(output, encoding)], attributes))
 
     def _quantize_weight(
         self, weight: np.ndarray, axis: int, bias: np.ndarray | None, x_scale: float
@@ -307,22 +326,28 @@ class _Rewriter:
             if self._is_constant(name):
                 value = np.asarray(self.source.initializers[name], dtype=np.float32)
                 weight_q, scale = quantize_weights_per_tensor(value)
-                operands.append((self._constant(f"{node.name}/{name}_int8", weight_q), float(scale)))
+                operands.append((self._constant(f"{node.name}/{name}_int8", weight_q), Encoding(float(scale))))
             else:
                 operands.append(self._int8_version(name))
-        output, low, high, activation = self._fused_activation(node)
-        out_scale = self._scale(output)
+        output, encoding, requantization = self._fused_activation(node)
         attributes = {
-            "a_scale": operands[0][1], "b_scale": operands[1][1], "output_scale": out_scale,
-            "low": low, "high": high, "activation": activation,
+            "a_scale": operands[0][1].scale, "a_unsigned": operands[0][1].unsigned,
+            "b_scale": operands[1][1].scale, "b_unsigned": operands[1][1].unsigned, **requantization,
         }
-        self.nodes.append(Node(node.name, "Int8Add", [operands[0][0], operands[1][0]], [self._produce_int8(output, out_scale)], attributes))
+        outputs = [self._produce_int8(output, encoding)]
+        self.nodes.append(Node(node.name, "Int8Add", [operands[0][0], operands[1][0]], outputs, attributes))
 
     def _concat(self, node: Node) -> None:
         operands = [self._int8_version(name) for name in node.inputs]
-        out_scale = self._scale(node.outputs[0])
-        attributes = {"axis": int(node.attribute("axis")), "input_scales": [scale for _, scale in operands], "output_scale": out_scale}
-        self.nodes.append(Node(node.name, "Int8Concat", [name for name, _ in operands], [self._produce_int8(node.outputs[0], out_scale)], attributes))
+        encoding = self._encoding(node.outputs[0])
+        attributes = {
+            "axis": int(node.attribute("axis")),
+            "input_scales": [operand.scale for _, operand in operands],
+            "input_unsigned": [int(operand.unsigned) for _, operand in operands],
+            **_output_attributes(encoding, *encoding.limits, ""),
+        }
+        outputs = [self._produce_int8(node.outputs[0], encoding)]
+        self.nodes.append(Node(node.name, "Int8Concat", [name for name, _ in operands], outputs, attributes))
 
     def _spatial_mean(self, node: Node) -> bool:
         shape = self.source.shapes.get(node.inputs[0])
@@ -332,19 +357,23 @@ class _Rewriter:
         return set(axes) == {2, 3}
 
     def _average(self, node: Node) -> None:
-        x_name, x_scale = self._int8_version(node.inputs[0])
-        out_scale = self._scale(node.outputs[0])
+        x_name, x_encoding = self._int8_version(node.inputs[0])
+        encoding = self._encoding(node.outputs[0])
         attributes = dict(node.attributes)
         if node.op_type == "ReduceMean":
             attributes = {"keepdims": int(node.attribute("keepdims", 1))}
-        attributes.update({"input_scale": x_scale, "output_scale": out_scale, "float_op": node.op_type})
-        self.nodes.append(Node(node.name, "Int8AveragePool", [x_name], [self._produce_int8(node.outputs[0], out_scale)], attributes))
+        attributes.update(
+            {"input_scale": x_encoding.scale, "input_unsigned": x_encoding.unsigned, "float_op": node.op_type,
+             **_output_attributes(encoding, *encoding.limits, "")}
+        )
+        outputs = [self._produce_int8(node.outputs[0], encoding)]
+        self.nodes.append(Node(node.name, "Int8AveragePool", [x_name], outputs, attributes))
 
     def _standalone_activation(self, node: Node) -> None:
-        x_name, x_scale = self.int8[node.inputs[0]]
-        low, high = _int_bounds(self._activation_bounds(node), x_scale)
-        attributes = {"low": low, "high": high, "scale": x_scale, "float_op": node.op_type}
-        self.nodes.append(Node(node.name, "Int8Clip", [x_name], [self._produce_int8(node.outputs[0], x_scale)], attributes))
+        x_name, encoding = self.int8[node.inputs[0]]
+        low, high = _int_bounds(self._activation_bounds(node), encoding)
+        attributes = {"low": low, "high": high, "scale": encoding.scale, "unsigned": encoding.unsigned, "float_op": node.op_type}
+        self.nodes.append(Node(node.name, "Int8Clip", [x_name], [self._produce_int8(node.outputs[0], encoding)], attributes))
 
     def _zero_pad(self, node: Node) -> bool:
         if node.op_type != "Pad":
@@ -356,29 +385,32 @@ class _Rewriter:
         return float(np.asarray(value)) == 0.0
 
     def _pass_through(self, node: Node, op_type: str, require_int8: bool) -> None:
-        x_name, x_scale = self._int8_version(node.inputs[0])
+        x_name, encoding = self._int8_version(node.inputs[0])
         inputs = [x_name] + [self._float_version(name) for name in node.inputs[1:]]
-        self.nodes.append(Node(node.name, op_type, inputs, [self._produce_int8(node.outputs[0], x_scale)], dict(node.attributes)))
+        self.nodes.append(Node(node.name, op_type, inputs, [self._produce_int8(node.outputs[0], encoding)], dict(node.attributes)))
 
 
-def _int_bounds(bounds: tuple[float | None, float | None], scale: float) -> tuple[int, int]:
+def _int_bounds(bounds: tuple[float | None, float | None], encoding: Encoding) -> tuple[int, int]:
+    floor, ceiling = encoding.limits
     low, high = bounds
-    int_low = -INT8_MAX if low is None else int(np.clip(np.rint(low / scale), -INT8_MAX, INT8_MAX))
-    int_high = INT8_MAX if high is None else int(np.clip(np.rint(high / scale), -INT8_MAX, INT8_MAX))
+    int_low = floor if low is None else int(np.clip(np.rint(low / encoding.scale), floor, ceiling))
+    int_high = ceiling if high is None else int(np.clip(np.rint(high / encoding.scale), floor, ceiling))
     return int_low, int_high
 
 
-def int8_tensor_scales(graph: Graph) -> Mapping[str, float]:
-    """Scale of every int8 tensor of a quantized graph, read back from its nodes (for exports)."""
-    scales: dict[str, float] = {}
+def _output_attributes(encoding: Encoding, low: int, high: int, activation: str) -> dict:
+    return {"output_scale": encoding.scale, "output_unsigned": encoding.unsigned, "low": low, "high": high, "activation": activation}
+
+
+def quantized_tensors(graph: Graph) -> Mapping[str, Encoding]:
+    """Encoding of every int8/uint8 tensor of a quantized graph, read back from its nodes (exports)."""
+    encodings: dict[str, Encoding] = {}
     for node in graph.nodes:
         attributes = node.attributes
-        if node.op_type == "QuantizeTensor":
-            scales[node.outputs[0]] = attributes["scale"]
+        if node.op_type in ("QuantizeTensor", "Int8Clip"):
+            encodings[node.outputs[0]] = Encoding(attributes["scale"], attributes["unsigned"])
         elif "output_scale" in attributes:
-            scales[node.outputs[0]] = attributes["output_scale"]
-        elif node.op_type == "Int8Clip":
-            scales[node.outputs[0]] = attributes["scale"]
-        elif node.op_type in ("Int8MaxPool", *PASS_THROUGH_OPS) and node.inputs[0] in scales:
-            scales[node.outputs[0]] = scales[node.inputs[0]]
-    return scales
+            encodings[node.outputs[0]] = Encoding(attributes["output_scale"], attributes["output_unsigned"])
+        elif node.op_type in ("Int8MaxPool", *PASS_THROUGH_OPS) and node.inputs[0] in encodings:
+            encodings[node.outputs[0]] = encodings[node.inputs[0]]
+    return encodings

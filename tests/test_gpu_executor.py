@@ -1,0 +1,56 @@
+"""The executors on CuPy: FP32 close to NumPy, INT8 bit-identical to NumPy. Skipped without a GPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from graph_builders import INPUT_SHAPES, MODELS
+
+from kernels.backend import gpu_available
+from kernels.thresholds import ThresholdSettings
+from tasks.graph.executor import GraphExecutor
+from tasks.graph.int8_ops import INT8_OPS
+from tasks.graph.load import import_model, load_graph
+from tasks.graph.quantize_pass import calibration_tensors, quantize_graph
+from tasks.graph.simplify import simplify
+from tasks.observe import observe
+from tasks.threshold import build_calibration_table
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not gpu_available(), reason="needs a CUDA GPU and CuPy")]
+
+FASHION_MODEL = Path(__file__).resolve().parent.parent / "examples" / "models" / "fashion_mnist_resnet.onnx"
+
+
+def run_both(graph, batch: np.ndarray, ops=None) -> tuple[np.ndarray, np.ndarray]:
+    import cupy
+
+    name = graph.inputs[0].name
+    kwargs = {"ops": ops} if ops else {}
+    on_cpu = GraphExecutor(graph, **kwargs).run({name: batch})[graph.outputs[0].name]
+    on_gpu = GraphExecutor(graph, xp=cupy, **kwargs).run({name: cupy.asarray(batch)})[graph.outputs[0].name]
+    return on_cpu, cupy.asnumpy(on_gpu)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_fp32_on_the_gpu_matches_numpy(name: str) -> None:
+    graph = simplify(import_model(MODELS[name](), name))
+    batch = np.random.default_rng(0).normal(0, 1, (8, *INPUT_SHAPES[name])).astype(np.float32)
+    on_cpu, on_gpu = run_both(graph, batch)
+    np.testing.assert_allclose(on_gpu, on_cpu, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("source", ["layout", "fashion"])
+def test_int8_on_the_gpu_is_bit_identical(source: str) -> None:
+    if source == "fashion":
+        graph = simplify(load_graph(str(FASHION_MODEL))[0])
+        batch = np.random.default_rng(1).random((16, 1, 28, 28), dtype=np.float32)
+    else:
+        graph = simplify(import_model(MODELS[source](), source))
+        batch = np.random.default_rng(1).normal(0, 1, (16, *INPUT_SHAPES[source])).astype(np.float32)
+    name = graph.inputs[0].name
+    histograms = observe(GraphExecutor(graph), [{name: batch}], calibration_tensors(graph))
+    quantized = quantize_graph(graph, build_calibration_table(histograms, ThresholdSettings(), {}))
+    on_cpu, on_gpu = run_both(quantized, batch, INT8_OPS)
+    np.testing.assert_array_equal(on_gpu, on_cpu)
