@@ -119,8 +119,12 @@ class Histogram:
         signed = low < 0.0
         exponent = range_exponent(max(-low, high))
         log2_bins = num_bins.bit_length() - 1
-        # ldexp scales by a power of two exactly, so floor() sees the true position of every value.
+        # ldexp scales by a power of two exactly, so floor() sees the true position of every value;
+        # the one inexact case is a tiny value whose scaled magnitude underflows, where only its
+        # sign matters: a negative one must land just below zero (-1), not on -0.0.
         scaled = xp.floor(xp.ldexp(flat, log2_bins - exponent - int(signed)))
+        if signed:
+            scaled = xp.where((flat < 0) & (scaled == 0), -1.0, scaled)
         index = scaled.astype(xp.int64)
         if signed:
             index += num_bins // 2

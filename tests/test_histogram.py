@@ -101,6 +101,16 @@ def test_shards_of_batches_match_one_pass_for_activation_like_data(
     assert merge_all(shard_histograms[::-1]).same_as(whole)
 
 
+def test_negative_values_too_small_to_scale_stay_below_zero() -> None:
+    """Scaling 5e-324 down underflows to -0.0; the bin must still be the one just below zero."""
+    values = np.array([8.0, -5e-324])
+    whole = Histogram.of(values, 16)
+    assert whole.counts[7] == 1 and whole.counts[12] == 1
+    assert Histogram.of(values[:1], 16).merge(Histogram.of(values[1:], 16)).same_as(whole)
+    tiny32 = Histogram.of(np.array([3.0e4, -1e-45], dtype=np.float32), 16)
+    assert tiny32.counts[7] == 1
+
+
 def test_merging_non_negative_into_signed_pairs_bins_exactly() -> None:
     positive = np.array([0.0, 0.1, 0.2, 0.7, 1.5])
     negative = np.array([-0.3])
