@@ -56,7 +56,7 @@ class ThresholdSettings:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
-        if not 2 <= self.num_quantized_bins:
+        if self.num_quantized_bins < 2:
             raise ValueError(f"num_quantized_bins={self.num_quantized_bins} must be at least 2")
         if not 0.0 < self.percentile <= 100.0:
             raise ValueError(f"percentile={self.percentile} must be in (0, 100]")

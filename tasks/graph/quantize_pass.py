@@ -246,7 +246,7 @@ class _Rewriter:
     def _conv(self, node: Node) -> None:
         x_name, x_encoding = self._int8_version(node.inputs[0])
         weight = self.source.initializers[node.inputs[1]]
-        bias = self._bias(node, 2, weight.shape[0])
+        bias = self._bias(node, 2)
         weight_q, weight_scales = self._quantize_weight(weight, 0, bias, x_encoding.scale)
         output, encoding, requantization = self._fused_activation(node)
         attributes = {**node.attributes, "kernel_shape": list(weight.shape[2:]), "input_scale": x_encoding.scale, **requantization}
@@ -315,7 +315,7 @@ class _Rewriter:
             weight_q = quantize(np.asarray(weight, dtype=np.float32), scales.reshape(shape))
         return weight_q, scales
 
-    def _bias(self, node: Node, position: int, channels: int) -> np.ndarray | None:
+    def _bias(self, node: Node, position: int) -> np.ndarray | None:
         if len(node.inputs) > position and node.inputs[position]:
             return np.asarray(self.source.initializers[node.inputs[position]], dtype=np.float32)
         return None
