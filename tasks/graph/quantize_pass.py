@@ -232,13 +232,13 @@ class _Rewriter:
         elif op == "Concat" and not any(self._is_constant(name) for name in node.inputs):
             self._concat(node)
         elif op == "MaxPool" and len(node.outputs) == 1:
-            self._pass_through(node, "Int8MaxPool", require_int8=False)
+            self._pass_through(node, "Int8MaxPool")
         elif op in ("AveragePool", "GlobalAveragePool") or (op == "ReduceMean" and self._spatial_mean(node)):
             self._average(node)
         elif op in ACTIVATION_OPS and self._activation_bounds(node) is not None and node.inputs[0] in self.int8:
             self._standalone_activation(node)
         elif op in PASS_THROUGH_OPS and node.inputs[0] in self.int8 and self._zero_pad(node):
-            self._pass_through(node, op, require_int8=True)
+            self._pass_through(node, op)
         else:
             return False
         return True
@@ -384,7 +384,7 @@ class _Rewriter:
         value = self.source.initializers.get(value_name, 0.0) if self.source.opset >= 11 else node.attribute("value", 0.0)
         return float(np.asarray(value)) == 0.0
 
-    def _pass_through(self, node: Node, op_type: str, require_int8: bool) -> None:
+    def _pass_through(self, node: Node, op_type: str) -> None:
         x_name, encoding = self._int8_version(node.inputs[0])
         inputs = [x_name] + [self._float_version(name) for name in node.inputs[1:]]
         self.nodes.append(Node(node.name, op_type, inputs, [self._produce_int8(node.outputs[0], encoding)], dict(node.attributes)))
