@@ -40,6 +40,11 @@ def _add_threshold_options(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="entropy: keep spikes of repeated values (exact zeros, constants) in the histogram: the published search, unsafe on ReLU outputs",
     )
+    parser.add_argument(
+        "--unsigned-activations",
+        action="store_true",
+        help="choose thresholds of non-negative tensors for uint8 storage (255 steps over [0, t] instead of 127)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,7 +102,9 @@ def _run_demo(args: argparse.Namespace, console: Console) -> int:
 
 
 def _run_rethreshold(args: argparse.Namespace, console: Console) -> int:
-    settings = ThresholdSettings(args.method, args.num_quantized_bins, args.percentile, args.spike_fix)
+    settings = ThresholdSettings(
+        args.method, args.num_quantized_bins, args.percentile, args.spike_fix, args.unsigned_activations
+    )
     table = rethreshold(args.histogram_dir, settings, args.out)
     _print_table(console, f"{args.method} thresholds from {args.histogram_dir}", {args.method: table}, {})
     console.print(f"wrote {args.out}/calibration.json and {args.out}/calibration.cache")
