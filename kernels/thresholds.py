@@ -90,15 +90,18 @@ def choose_thresholds(
         choices.update(
             entropy_thresholds(regular, settings.num_quantized_bins, settings.spike_fix, settings.unsigned_activations)
         )
-    for name, histogram in regular.items():
-        if settings.method == "naive":
-            choices[name] = naive_threshold(histogram)
-        elif settings.method == "percentile":
-            choices[name] = percentile_threshold(histogram, settings.percentile)
-        elif settings.method == "mse":
-            unsigned = settings.unsigned_activations and not histogram.signed
-            choices[name] = mse_threshold(histogram, UINT8_LEVELS if unsigned else INT8_LEVELS)
+    else:
+        choices.update({name: _per_tensor_threshold(histogram, settings) for name, histogram in regular.items()})
     return {name: choices[name] for name in histograms}
+
+
+def _per_tensor_threshold(histogram: Histogram, settings: ThresholdSettings) -> ThresholdChoice:
+    if settings.method == "naive":
+        return naive_threshold(histogram)
+    if settings.method == "percentile":
+        return percentile_threshold(histogram, settings.percentile)
+    unsigned = settings.unsigned_activations and not histogram.signed
+    return mse_threshold(histogram, UINT8_LEVELS if unsigned else INT8_LEVELS)
 
 
 def naive_threshold(histogram: Histogram) -> ThresholdChoice:

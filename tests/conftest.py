@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import sys
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import pytest
 
@@ -30,3 +33,13 @@ def distributions(size: int, seed: int = 0) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="session")
 def varied() -> dict[str, np.ndarray]:
     return distributions(60_000)
+
+
+@pytest.fixture
+def memory_dir() -> Iterator[str]:
+    """A fresh directory on fsspec's process-wide in-memory filesystem, removed afterwards."""
+    directory = f"memory://test-{uuid.uuid4().hex}"
+    yield directory
+    fs = fsspec.filesystem("memory")
+    if fs.exists(directory):
+        fs.rm(directory, recursive=True)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import fsspec
@@ -16,14 +14,6 @@ class WriterCrashed(RuntimeError):
     pass
 
 
-@pytest.fixture
-def memory_dir() -> Iterator[str]:
-    """A fresh directory on fsspec's process-wide in-memory filesystem, removed afterwards."""
-    directory = f"memory://atomic-{uuid.uuid4().hex}"
-    yield directory
-    fs = fsspec.filesystem("memory")
-    if fs.exists(directory):
-        fs.rm(directory, recursive=True)
 
 
 def test_write_bytes_creates_parent_directories(tmp_path: Path) -> None:

@@ -5,11 +5,8 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -54,13 +51,6 @@ def _rejection(call, *args: object, **kwargs: object) -> str:
     return str(raised.value)
 
 
-@pytest.fixture
-def memory_dir() -> Iterator[str]:
-    directory = f"memory://histograms-{uuid.uuid4().hex}"
-    yield directory
-    fs = fsspec.filesystem("memory")
-    if fs.exists(directory):
-        fs.rm(directory, recursive=True)
 
 
 def test_round_trip_is_bit_identical(tmp_path: Path) -> None:
