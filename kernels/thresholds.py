@@ -22,13 +22,11 @@ import numpy as np
 from kernels.backend import array_module, to_numpy
 from kernels.histogram import Histogram
 from kernels.kl_search import kl_divergence_curve
+from schemas.threshold_settings import METHODS, ThresholdSettings
 
-METHODS: tuple[str, ...] = ("entropy", "naive", "percentile", "mse")
 INT8_LEVELS = 127
 UINT8_LEVELS = 255
 ZERO_TENSOR_THRESHOLD = 1.0
-DEFAULT_NUM_QUANTIZED_BINS = 255
-DEFAULT_PERCENTILE = 99.99
 SPIKE_FACTOR = 8.0
 SPIKE_MIN_SHARE = 1e-4
 # Candidates whose divergence is within this of the minimum count as ties; the smallest wins, so
@@ -39,27 +37,6 @@ TIE_ABSOLUTE = 1e-12
 
 class EmptyHistogramError(ValueError):
     """A tensor reached threshold selection without a single observed value."""
-
-
-@dataclass(frozen=True)
-class ThresholdSettings:
-    """What a run chose; one place for the defaults the CLI, Airflow and MLflow all show."""
-
-    method: str = "entropy"
-    num_quantized_bins: int = DEFAULT_NUM_QUANTIZED_BINS
-    percentile: float = DEFAULT_PERCENTILE
-    spike_fix: bool = True
-    # Non-negative tensors will be stored as uint8 (0..255, QuantizationOptions.unsigned_activations):
-    # choose their thresholds for 255 steps over [0, t] instead of 127.
-    unsigned_activations: bool = False
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
-        if self.num_quantized_bins < 2:
-            raise ValueError(f"num_quantized_bins={self.num_quantized_bins} must be at least 2")
-        if not 0.0 < self.percentile <= 100.0:
-            raise ValueError(f"percentile={self.percentile} must be in (0, 100]")
 
 
 @dataclass(frozen=True)

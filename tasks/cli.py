@@ -1,12 +1,14 @@
 """The ``int8flow`` command line.
 
 Every error a user can cause is printed on one line with its remedy, and the exit status says what
-happened (0 done, 2 bad input), so scripts and Airflow tasks can tell a bad setting from a crash.
+happened (0 done, 1 accuracy gate failed, 2 bad input, 3 a service unreachable), so scripts and
+Airflow tasks can tell a bad setting from a transient failure or a crash.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -14,37 +16,54 @@ from rich.console import Console
 from rich.table import Table
 
 from kernels.histogram import DEFAULT_NUM_BINS, check_num_bins
-from kernels.thresholds import METHODS, ThresholdSettings
 from schemas.calibration_table import CalibrationTable
+from schemas.run_config import SETTINGS, SETTINGS_BY_NAME, RunConfig
+from schemas.threshold_settings import ThresholdSettings
+from tasks.cli_progress import StageProgress
+from tasks.cluster import ClusterUnavailableError
 from tasks.demo import run_demo
+from tasks.pipeline import run_pipeline
+from tasks.report import summary_rows
+from tasks.run_plan import load_plan
+from tasks.stages import GateFailedError, check_gate
 from tasks.threshold import rethreshold
+from tasks.tracking import TrackingUnavailableError, default_tracking_uri, runs_table
 
+EXIT_GATE_FAILED = 1
 EXIT_BAD_INPUT = 2
+EXIT_UNAVAILABLE = 3
 
 
-def _add_threshold_options(parser: argparse.ArgumentParser) -> None:
-    defaults = ThresholdSettings()
-    parser.add_argument("--method", choices=METHODS, default=defaults.method, help="threshold method (default: %(default)s)")
-    parser.add_argument(
-        "--num-quantized-bins",
-        type=int,
-        default=defaults.num_quantized_bins,
-        help="entropy: quantization groups of a signed tensor; non-negative ones use N//2+1 (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--percentile", type=float, default=defaults.percentile, help="percentile of |x| (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--no-spike-fix",
-        dest="spike_fix",
-        action="store_false",
-        help="entropy: keep spikes of repeated values (exact zeros, constants) in the histogram: the published search, unsafe on ReLU outputs",
-    )
-    parser.add_argument(
-        "--unsigned-activations",
-        action="store_true",
-        help="choose thresholds of non-negative tensors for uint8 storage (255 steps over [0, t] instead of 127)",
-    )
+THRESHOLD_SETTINGS = ("method", "num_quantized_bins", "percentile", "spike_fix", "unsigned_activations")
+
+
+def add_setting_options(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
+    """One option per run setting, with the type, choices, default and help of ``schemas.run_config``."""
+    for name in names:
+        setting = SETTINGS_BY_NAME[name]
+        shown = "none" if setting.default in (None, "", ()) else setting.default
+        if setting.kind is bool:
+            flag = setting.flag if not setting.default else "--no-" + setting.flag[2:]
+            action = "store_false" if setting.default else "store_true"
+            parser.add_argument(flag, dest=name, action=action, help=setting.help)
+        elif setting.positional:
+            parser.add_argument(name, metavar=setting.metavar, help=setting.help)
+        elif setting.kind is list:
+            parser.add_argument(
+                setting.flag, dest=name, nargs="+", action="extend", default=[], metavar=setting.metavar,
+                help=f"{setting.help} (repeatable)",
+            )
+        else:
+            parser.add_argument(
+                setting.flag,
+                dest=name,
+                type=setting.kind,
+                choices=setting.choices if setting.kind is str else None,
+                default=setting.default,
+                required=setting.default is None and not setting.nullable,
+                metavar=setting.metavar,
+                help=f"{setting.help} (default: {shown})",
+            )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,15 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = commands.add_parser(
-        "demo",
-        help="calibrate the bundled example three ways and show the thresholds are bit-identical",
-        description="Calibrate generated activations as 1, 4 and 7 shards; write partial histograms, "
-        "the calibration table and TensorRT cache to --out; print every method's thresholds.",
+    run = commands.add_parser(
+        "run",
+        help="calibrate, quantize and validate a model on Dask; log to MLflow; register when the gate passes",
+        description="Calibrate MODEL on --calib-data across Dask workers, build the INT8 model, validate it against "
+        "FP32 on --val-data, apply the accuracy gate (moving the most sensitive nodes to FP32 if needed), write "
+        "histograms/, calibration.json, calibration.cache, model.int8.onnx, report.json, report.md and plots/ "
+        "to --out, and log everything to MLflow. Exit status: 0 done, 1 gate failed, 2 bad input, 3 a service "
+        "(Dask scheduler, MLflow) is unreachable.",
     )
-    demo.add_argument("--out", default="demo-out", help="output directory (default: %(default)s)")
-    demo.add_argument("--examples", type=int, default=1024, help="calibration examples (default: %(default)s)")
-    demo.add_argument("--num-bins", type=int, default=DEFAULT_NUM_BINS, help="histogram bins, a power of two (default: %(default)s)")
+    add_setting_options(run, [setting.name for setting in SETTINGS])
 
     again = commands.add_parser(
         "rethreshold",
@@ -71,7 +91,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     again.add_argument("histogram_dir", metavar="HISTOGRAM_DIR", help="folder of shard=NNNNN.parquet files (path or fsspec URL)")
     again.add_argument("--out", required=True, help="output directory (path or fsspec URL)")
-    _add_threshold_options(again)
+    add_setting_options(again, THRESHOLD_SETTINGS)
+
+    runs = commands.add_parser(
+        "runs",
+        help="compare the MLflow runs of int8flow as a table",
+        description="One row per calibration run, newest first: accuracy, drop, agreement, time, gate, registration.",
+    )
+    add_setting_options(runs, ["experiment", "tracking_uri"])
+
+    demo = commands.add_parser(
+        "shard-demo",
+        help="calibrate generated activations three ways and show the thresholds are bit-identical",
+        description="Calibrate generated activations as 1, 4 and 7 shards; write partial histograms, "
+        "the calibration table and TensorRT cache to --out; print every method's thresholds.",
+    )
+    demo.add_argument("--out", default="shard-demo-out", help="output directory (default: %(default)s)")
+    demo.add_argument("--examples", type=int, default=1024, help="calibration examples (default: %(default)s)")
+    demo.add_argument("--num-bins", type=int, default=DEFAULT_NUM_BINS, help="histogram bins, a power of two (default: %(default)s)")
     return parser
 
 
@@ -111,12 +148,47 @@ def _run_rethreshold(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _run_run(args: argparse.Namespace, console: Console) -> int:
+    config = RunConfig.from_mapping({setting.name: getattr(args, setting.name) for setting in SETTINGS})
+    with StageProgress(console) as progress:
+        outcome = run_pipeline(config, progress, progress.announce_cluster)
+    view = Table(title=f"int8flow run: {config.model}", show_header=False)
+    for label, value in summary_rows(outcome.report, outcome.out):
+        view.add_row(label, value)
+    view.add_row("MLflow run", f"{outcome.mlflow_run_id} ({load_plan(outcome.out).tracking_uri})")
+    if config.register:
+        registered = f"{config.register} version {outcome.registered_version}" if outcome.registered_version else "not registered"
+        view.add_row("registered", registered)
+    console.print(view)
+    if not outcome.passed:
+        check_gate(outcome.out)
+    return 0
+
+
+def _run_runs(args: argparse.Namespace, console: Console) -> int:
+    tracking_uri = args.tracking_uri or default_tracking_uri(os.getcwd())
+    columns, rows = runs_table(tracking_uri, args.experiment or None)
+    view = Table(title=f"int8flow runs in {tracking_uri}")
+    for column in columns:
+        view.add_column(column, overflow="fold")
+    for row in rows:
+        view.add_row(*row)
+    console.print(view)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = Console()
-    handlers = {"demo": _run_demo, "rethreshold": _run_rethreshold}
+    handlers = {"run": _run_run, "runs": _run_runs, "shard-demo": _run_demo, "rethreshold": _run_rethreshold}
     try:
         return handlers[args.command](args, console)
+    except GateFailedError as error:
+        print(f"int8flow: {error}", file=sys.stderr)
+        return EXIT_GATE_FAILED
+    except (ClusterUnavailableError, TrackingUnavailableError) as error:
+        print(f"int8flow: error: {error}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
     except (ValueError, OSError) as error:
         print(f"int8flow: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT

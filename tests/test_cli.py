@@ -25,7 +25,7 @@ def demo_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("demo") / "out"
     script = Path(sys.executable).parent / "int8flow"
     done = subprocess.run(
-        [str(script), "demo", "--out", str(out), "--examples", str(EXAMPLES)], capture_output=True, text=True
+        [str(script), "shard-demo", "--out", str(out), "--examples", str(EXAMPLES)], capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
     assert "bit-identical thresholds for every split" in done.stdout
@@ -91,12 +91,12 @@ def test_rethreshold_of_a_missing_folder_names_it(tmp_path: Path, capsys: pytest
 
 
 def test_bin_count_that_cannot_merge_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--out", str(tmp_path), "--num-bins", "8001"]) == EXIT_BAD_INPUT
+    assert main(["shard-demo", "--out", str(tmp_path), "--num-bins", "8001"]) == EXIT_BAD_INPUT
     assert "power of two" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("command", [[], ["demo"], ["rethreshold"]])
+@pytest.mark.parametrize("command", [[], ["run"], ["runs"], ["shard-demo"], ["rethreshold"]])
 def test_every_command_has_help(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as done:
         main([*command, "--help"])

@@ -14,9 +14,12 @@ import functools
 import importlib.util
 import math
 import os
+from dataclasses import replace
 
 import numpy as np
 from PIL import Image
+
+from tasks.datasets.preprocess import PRESETS, preprocess_batch
 
 # name -> (package, path inside the package). Colour photos first, then three grey ones (as RGB).
 _PHOTO_FILES = {
@@ -51,20 +54,12 @@ def load_photo(name: str) -> np.ndarray:
 
 
 def preprocess_imagenet_tf(image: Image.Image | np.ndarray, size: int = 224) -> np.ndarray:
-    """float32 (3, size, size): RGB resized (bilinear) to short side ``round(size * 256 / 224)``,
-    centre-cropped to ``size``, then ``(x - 127) / 128`` — EfficientNet-Lite's preprocessing."""
+    """float32 (3, size, size): the ``imagenet-tf`` preset (EfficientNet-Lite's ``(x - 127) / 128``)
+    with its 256/224 resize-to-crop ratio kept for other sizes."""
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)
-    image = image.convert("RGB")
-    short = round(size * 256 / 224)
-    width, height = image.size
-    scale = short / min(width, height)
-    new_width, new_height = max(short, round(width * scale)), max(short, round(height * scale))
-    image = image.resize((new_width, new_height), Image.Resampling.BILINEAR)
-    left, top = (new_width - size) // 2, (new_height - size) // 2
-    image = image.crop((left, top, left + size, top + size))
-    pixels = np.asarray(image, dtype=np.float32)
-    return np.ascontiguousarray(((pixels - 127.0) / 128.0).transpose(2, 0, 1))
+    spec = replace(PRESETS["imagenet-tf"], resize=round(size * 256 / 224), crop=size)
+    return preprocess_batch([np.asarray(image.convert("RGB"))], spec, (1, 3, size, size))[0]
 
 
 def photo_crops(count: int, seed: int, size: int = 224) -> np.ndarray:

@@ -15,6 +15,7 @@ import numpy as np
 from kernels.backend import array_module
 from kernels.conv import conv2d, pad_amounts
 from kernels.pooling import average_pool2d, global_average_pool, max_pool2d
+from kernels.row_stable_matmul import row_stable_matmul
 from tasks.graph.ir import Graph, Node
 
 OpFunction = Callable[[Node, list[Any], int], list[Any]]
@@ -49,7 +50,7 @@ def _gemm(node: Node, inputs: list[Any], opset: int) -> list[Any]:
         a = a.T
     if node.attribute("transB", 0):
         b = b.T
-    result = a @ b
+    result = row_stable_matmul(a, b)
     alpha, beta = node.attribute("alpha", 1.0), node.attribute("beta", 1.0)
     if alpha != 1.0:
         result = result * np.float32(alpha)
@@ -186,7 +187,7 @@ def _sigmoid(node: Node, x: Any) -> Any:
 FP32_OPS: dict[str, OpFunction] = {
     "Conv": _conv,
     "Gemm": _gemm,
-    "MatMul": _binary(lambda a, b: a @ b),
+    "MatMul": _binary(lambda a, b: row_stable_matmul(a, b) if a.ndim == 2 and b.ndim == 2 else a @ b),
     "Relu": _unary(lambda node, x: array_module(x).maximum(x, np.float32(0.0))),
     "Clip": _clip,
     "LeakyRelu": _unary(

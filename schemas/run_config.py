@@ -1,0 +1,221 @@
+"""The run configuration: every setting of a calibration run, declared once.
+
+The same declarations make the ``int8flow run`` options, the Airflow Params of the trigger form and
+the MLflow params of the run, so a setting cannot exist in one place and be missing (or defaulted
+differently) in another. Validation here follows the JSON-schema rules the Airflow form enforces
+(type, enum, bounds), so a bad value is refused with the same words wherever it comes from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from schemas.threshold_settings import METHODS, ThresholdSettings
+
+NUM_BINS_CHOICES: tuple[int, ...] = tuple(2**power for power in range(4, 17))
+"""Power-of-two bin counts: the only ones whose histograms merge exactly (``kernels.histogram``)."""
+
+_THRESHOLD_DEFAULTS = ThresholdSettings()
+
+
+class RunConfigError(ValueError):
+    """A setting has the wrong type or is out of its allowed range."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One run setting: its type, default, bounds and the words the CLI and the form show for it.
+
+    ``kind`` is one of ``str``, ``int``, ``float``, ``bool``, ``list`` (a list of strings).
+    ``nullable`` settings accept None (the form shows an empty field); ``section`` groups the
+    trigger form. ``positional`` settings are CLI arguments rather than ``--options``.
+    """
+
+    name: str
+    kind: type
+    default: Any
+    help: str
+    section: str
+    choices: tuple[Any, ...] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    exclusive_minimum: bool = False
+    nullable: bool = False
+    positional: bool = False
+    metavar: str | None = None
+
+    @property
+    def flag(self) -> str:
+        return self.name if self.positional else "--" + self.name.replace("_", "-")
+
+    def check(self, value: Any) -> Any:
+        """``value`` converted to this setting's type, or a RunConfigError naming the setting."""
+        if value is None:
+            if self.nullable:
+                return None
+            raise RunConfigError(f"{self.flag}: a value is required ({self.help})")
+        value = self._typed(value)
+        if self.choices is not None and value not in self.choices:
+            raise RunConfigError(f"{self.flag}={value!r}: choose one of {', '.join(map(str, self.choices))}")
+        if self.minimum is not None and (value <= self.minimum if self.exclusive_minimum else value < self.minimum):
+            relation = "greater than" if self.exclusive_minimum else "at least"
+            raise RunConfigError(f"{self.flag}={value!r}: must be {relation} {self.minimum:g}")
+        if self.maximum is not None and value > self.maximum:
+            raise RunConfigError(f"{self.flag}={value!r}: must be at most {self.maximum:g}")
+        return value
+
+    def _typed(self, value: Any) -> Any:
+        if self.kind is list:
+            if isinstance(value, str) or not all(isinstance(item, str) for item in value):
+                raise RunConfigError(f"{self.flag}={value!r}: expected a list of names")
+            return tuple(value)
+        if self.kind is bool and not isinstance(value, bool):
+            raise RunConfigError(f"{self.flag}={value!r}: expected true or false")
+        if self.kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise RunConfigError(f"{self.flag}={value!r}: expected an integer")
+        if self.kind is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise RunConfigError(f"{self.flag}={value!r}: expected a number")
+            return float(value)
+        if self.kind is str and not isinstance(value, str):
+            raise RunConfigError(f"{self.flag}={value!r}: expected text")
+        return value
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("model", str, None, "FP32 ONNX model: a path, an fsspec URL, or models:/NAME@ALIAS | models:/NAME/VERSION",
+            "model", positional=True, metavar="MODEL"),
+    Setting("calib_data", str, None, "calibration data: a Parquet file or folder, an ImageFolder tree, or "
+            "an MNIST idx folder with #train / #t10k", "data", metavar="URI"),
+    Setting("val_data", str, None, "labelled validation data (same forms); none skips validation and the gate",
+            "data", nullable=True, metavar="URI"),
+    Setting("preprocess", str, "imagenet-tf", "preset (imagenet-tf, imagenet-torch, mnist) or spec "
+            "'resize=256,crop=224,scale=1,mean=127,std=128,channels=rgb'", "data", metavar="PRESET_OR_SPEC"),
+    Setting("on_bad_image", str, "fail", "an image that fails to decode: fail the run, or skip it and count it",
+            "data", choices=("fail", "skip")),
+    Setting("calib_examples", int, 1024, "calibration examples, a seeded sample of the data (all if fewer)",
+            "calibration", minimum=1, metavar="N"),
+    Setting("val_examples", int, 0, "validation examples, the first N (0: all)", "data", minimum=0, metavar="N"),
+    Setting("seed", int, 0, "seed of the calibration sample", "calibration", minimum=0),
+    Setting("batch_size", int, 64, "examples per forward pass (results do not depend on it)", "calibration",
+            minimum=1, metavar="B"),
+    Setting("method", str, _THRESHOLD_DEFAULTS.method, "threshold method", "calibration", choices=METHODS),
+    Setting("num_bins", int, 8192, "histogram bins, a power of two", "calibration", choices=NUM_BINS_CHOICES,
+            metavar="N"),
+    Setting("num_quantized_bins", int, _THRESHOLD_DEFAULTS.num_quantized_bins,
+            "entropy: quantization groups of a signed tensor", "calibration", minimum=2, maximum=65535, metavar="N"),
+    Setting("percentile", float, _THRESHOLD_DEFAULTS.percentile, "percentile method: percentile of |x|",
+            "calibration", minimum=0.0, maximum=100.0, exclusive_minimum=True, metavar="P"),
+    Setting("spike_fix", bool, _THRESHOLD_DEFAULTS.spike_fix,
+            "entropy: flatten spikes of repeated values (exact zeros, constants) before the search", "calibration"),
+    Setting("unsigned_activations", bool, _THRESHOLD_DEFAULTS.unsigned_activations,
+            "store non-negative activations (ReLU outputs) as uint8", "quantization"),
+    Setting("exclude", list, (), "node names, op types, :first-conv or :last-layer to keep in FP32", "quantization",
+            metavar="NAME_OR_OPTYPE"),
+    Setting("per_tensor_weights", bool, False, "one weight scale per tensor instead of per output channel",
+            "quantization"),
+    Setting("max_top1_drop", float, None, "accuracy gate: largest allowed INT8 top-1 drop, in points (none: no gate)",
+            "gate", nullable=True, metavar="POINTS"),
+    Setting("fallback_budget", int, 8, "gate fallback: most nodes moved to FP32 before giving up", "gate",
+            minimum=0, metavar="N"),
+    Setting("sensitivity_examples", int, 256, "gate fallback: validation examples used to rank node sensitivity",
+            "gate", minimum=1, metavar="N"),
+    Setting("scheduler", str, "", "address of an existing Dask scheduler (empty: start an embedded cluster)",
+            "cluster", metavar="ADDRESS"),
+    Setting("workers", int, 0, "embedded cluster: worker processes (0: one per core, or one per GPU)", "cluster",
+            minimum=0, metavar="N"),
+    Setting("shards", int, 0, "shards per data set (0: four per worker; results do not depend on it)", "cluster",
+            minimum=0, metavar="N"),
+    Setting("device", str, "auto", "where the kernels run", "cluster", choices=("auto", "cpu", "gpu")),
+    Setting("out", str, "int8flow-out", "output directory (path or fsspec URL, shared with the workers)", "output",
+            metavar="DIR"),
+    Setting("overwrite", bool, False, "replace the results of another run in --out", "output"),
+    Setting("tracking_uri", str, "", "MLflow tracking URI (empty: sqlite:///mlflow.db in the working directory)",
+            "tracking", metavar="URI"),
+    Setting("experiment", str, "", "MLflow experiment (empty: int8flow/<model name>)", "tracking", metavar="NAME"),
+    Setting("register", str, "", "register the INT8 model under this name when the gate passes (empty: do not)",
+            "tracking", metavar="NAME"),
+    Setting("alias", str, "int8-candidate", "registry alias given to the new INT8 version", "tracking",
+            metavar="ALIAS"),
+)
+
+SETTINGS_BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every setting of one run, checked; build it with ``RunConfig.from_mapping``."""
+
+    model: str
+    calib_data: str
+    val_data: str | None
+    preprocess: str
+    on_bad_image: str
+    calib_examples: int
+    val_examples: int
+    seed: int
+    batch_size: int
+    method: str
+    num_bins: int
+    num_quantized_bins: int
+    percentile: float
+    spike_fix: bool
+    unsigned_activations: bool
+    exclude: tuple[str, ...]
+    per_tensor_weights: bool
+    max_top1_drop: float | None
+    fallback_budget: int
+    sensitivity_examples: int
+    scheduler: str
+    workers: int
+    shards: int
+    device: str
+    out: str
+    overwrite: bool
+    tracking_uri: str
+    experiment: str
+    register: str
+    alias: str
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:
+        """Defaults filled in, every value checked; unknown names are refused (likely a typo)."""
+        unknown = sorted(set(values) - set(SETTINGS_BY_NAME))
+        if unknown:
+            raise RunConfigError(
+                f"unknown setting(s) {', '.join(unknown)}; known settings: {', '.join(SETTINGS_BY_NAME)}"
+            )
+        checked = {
+            setting.name: setting.check(values.get(setting.name, setting.default)) for setting in SETTINGS
+        }
+        if checked["val_data"] == "":
+            checked["val_data"] = None
+        return cls(**checked)
+
+    def threshold_settings(self) -> ThresholdSettings:
+        return ThresholdSettings(
+            self.method, self.num_quantized_bins, self.percentile, self.spike_fix, self.unsigned_activations
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able values (lists for tuples), in declaration order."""
+        return {
+            field.name: list(value) if isinstance(value := getattr(self, field.name), tuple) else value
+            for field in fields(self)
+        }
+
+    def mlflow_params(self) -> dict[str, str]:
+        """Every setting as an MLflow param: lists comma-joined, None as an empty string."""
+        return {name: _param_text(value) for name, value in self.as_dict().items()}
+
+
+def _param_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return ",".join(value)
+    return str(value)

@@ -1,0 +1,34 @@
+"""The threshold settings of a run: a data contract recorded in calibration tables and MLflow.
+
+They live in ``schemas`` so that the kernels that obey them and the run configuration that exposes
+them (CLI, Airflow Params, MLflow params) share one definition of the methods and their defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+METHODS: tuple[str, ...] = ("entropy", "naive", "percentile", "mse")
+DEFAULT_NUM_QUANTIZED_BINS = 255
+DEFAULT_PERCENTILE = 99.99
+
+
+@dataclass(frozen=True)
+class ThresholdSettings:
+    """What a run chose; one place for the defaults the CLI, Airflow and MLflow all show."""
+
+    method: str = "entropy"
+    num_quantized_bins: int = DEFAULT_NUM_QUANTIZED_BINS
+    percentile: float = DEFAULT_PERCENTILE
+    spike_fix: bool = True
+    # Non-negative tensors will be stored as uint8 (0..255, QuantizationOptions.unsigned_activations):
+    # choose their thresholds for 255 steps over [0, t] instead of 127.
+    unsigned_activations: bool = False
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
+        if self.num_quantized_bins < 2:
+            raise ValueError(f"num_quantized_bins={self.num_quantized_bins} must be at least 2")
+        if not 0.0 < self.percentile <= 100.0:
+            raise ValueError(f"percentile={self.percentile} must be in (0, 100]")

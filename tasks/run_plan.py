@@ -1,0 +1,199 @@
+"""The plan of a run: everything later stages need, fixed before any shard starts, saved as run.json.
+
+Planning resolves the model (a registry URI becomes a file in the output directory, so every worker
+reads the same bytes), fingerprints the data, checks the preprocessing against the model input and
+fixes the shards. Every later stage (CLI or Airflow task) reloads the plan from the output
+directory, so only that directory's path has to travel between them. The run key hashes what
+determines the results (model, data, settings; not workers, shards or batch size), so a retry of the
+same run finds its outputs, and a different run refuses to mix its outputs with them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from dataclasses import asdict, dataclass
+
+import fsspec
+from fsspec.core import url_to_fs
+
+from schemas.run_config import RunConfig
+from tasks.atomic_files import atomic_write_bytes, atomic_write_text
+from tasks.datasets.mnist_idx import DatasetError
+from tasks.datasets.preprocess import check_fits, parse_preprocess
+from tasks.datasets.sources import open_dataset
+from tasks.graph.load import ModelLoadError, import_model, model_fingerprint, parse_model, read_model_bytes
+from tasks.graph.quantize_pass import QuantizationOptions, calibration_tensors, excluded_nodes
+from tasks.graph.simplify import simplify
+from tasks.model_source import resolve_model
+from tasks.shard_jobs import ModelRef, ShardSpec
+from tasks.tracking import default_tracking_uri
+
+PLAN_FILE = "run.json"
+HISTOGRAM_DIR = "histograms"
+SHARDS_PER_WORKER = 4
+RESULT_NAMES = (
+    PLAN_FILE, HISTOGRAM_DIR, "calibration.json", "calibration.cache", "model.int8.onnx", "model.fp32.onnx",
+    "report.json", "report.md", "plots",
+)
+"""Everything a run writes into its output directory; ``--overwrite`` removes exactly these."""
+_NOT_RESULT_SETTINGS = frozenset(
+    {"batch_size", "scheduler", "workers", "shards", "out", "overwrite", "tracking_uri", "experiment", "register", "alias"}
+)
+
+
+class OutputDirectoryError(ValueError):
+    """The output directory holds another run's results."""
+
+
+@dataclass(frozen=True)
+class DataPlan:
+    """One data set as the run uses it: ``sample`` of its ``total`` examples."""
+
+    uri: str
+    fingerprint: str
+    total: int
+    sample: int
+    seed: int | None
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    config: RunConfig
+    run_key: str
+    model_uri: str
+    model: ModelRef
+    registered_name: str | None
+    registered_version: str | None
+    calibration: DataPlan
+    validation: DataPlan | None
+    shards: int
+    tensors: tuple[str, ...]
+    tracking_uri: str
+
+    @property
+    def out(self) -> str:
+        return self.config.out.rstrip("/")
+
+    def path(self, name: str) -> str:
+        return f"{self.out}/{name}"
+
+    def histogram_path(self, shard: int) -> str:
+        return f"{self.out}/{HISTOGRAM_DIR}/shard={shard:05d}.parquet"
+
+    def quantization_options(self, extra_exclude: tuple[str, ...] = ()) -> QuantizationOptions:
+        return QuantizationOptions(
+            self.config.exclude + extra_exclude, not self.config.per_tensor_weights, self.config.unsigned_activations
+        )
+
+    def shard_specs(self, data: DataPlan) -> list[ShardSpec]:
+        shards = min(self.shards, data.sample)
+        return [
+            ShardSpec(
+                data.uri, data.total, data.sample, data.seed, shard, shards, self.config.batch_size,
+                self.config.preprocess, self.config.on_bad_image,
+            )
+            for shard in range(shards)
+        ]
+
+    def to_json(self) -> str:
+        record = asdict(self)
+        record["config"] = self.config.as_dict()
+        return json.dumps(record, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> RunPlan:
+        record = json.loads(text)
+        record["config"] = RunConfig.from_mapping(record["config"])
+        record["model"] = ModelRef(**record["model"])
+        record["calibration"] = DataPlan(**record["calibration"])
+        record["validation"] = DataPlan(**record["validation"]) if record["validation"] else None
+        record["tensors"] = tuple(record["tensors"])
+        return cls(**record)
+
+
+def plan_run(config: RunConfig, workers: int, cwd: str) -> RunPlan:
+    """Check every input, then write ``run.json``; nothing is written if any check fails."""
+    tracking_uri = config.tracking_uri or default_tracking_uri(cwd)
+    with tempfile.TemporaryDirectory(prefix="int8flow-model-") as download:
+        resolved = resolve_model(config.model, tracking_uri, download)
+        data = read_model_bytes(resolved.path)
+    graph = simplify(import_model(parse_model(data, config.model), config.model))
+    if len(graph.inputs) != 1 or len(graph.outputs) != 1:
+        raise ModelLoadError(
+            f"{config.model}: int8flow calibrates image classifiers with one input and one output; this model has "
+            f"{len(graph.inputs)} inputs and {len(graph.outputs)} outputs"
+        )
+    excluded_nodes(graph, config.exclude)
+    check_fits(parse_preprocess(config.preprocess), graph.inputs[0].shape, config.preprocess)
+    calibration = _data_plan(config.calib_data, config.calib_examples, config.seed, config.batch_size, "--calib-data")
+    validation = (
+        _data_plan(config.val_data, config.val_examples or None, None, 1, "--val-data") if config.val_data else None
+    )
+    sha256 = model_fingerprint(data)
+    settings = {name: value for name, value in config.as_dict().items() if name not in _NOT_RESULT_SETTINGS}
+    identity = {"model": sha256, "calibration": calibration.fingerprint, "settings": settings,
+                "validation": validation.fingerprint if validation else None}
+    run_key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    _claim_output_directory(config.out, run_key, config.overwrite)
+    model_path = resolved.path
+    if resolved.registered_name is not None:
+        model_path = f"{config.out.rstrip('/')}/model.fp32.onnx"
+        atomic_write_bytes(model_path, data)
+    plan = RunPlan(
+        config=config,
+        run_key=run_key,
+        model_uri=config.model,
+        model=ModelRef(model_path, sha256, config.device),
+        registered_name=resolved.registered_name,
+        registered_version=resolved.registered_version,
+        calibration=calibration,
+        validation=validation,
+        shards=config.shards or SHARDS_PER_WORKER * max(1, workers),
+        tensors=tuple(calibration_tensors(graph)),
+        tracking_uri=tracking_uri,
+    )
+    atomic_write_text(plan.path(PLAN_FILE), plan.to_json())
+    return plan
+
+
+def load_plan(out: str) -> RunPlan:
+    """The plan an earlier stage wrote into ``out``."""
+    path = f"{out.rstrip('/')}/{PLAN_FILE}"
+    try:
+        with fsspec.open(path, "r") as file:
+            return RunPlan.from_json(file.read())
+    except FileNotFoundError:
+        raise OutputDirectoryError(f"{path}: no run plan; run the plan stage (int8flow run) first") from None
+
+
+def _data_plan(uri: str, sample: int | None, seed: int | None, batch_size: int, flag: str) -> DataPlan:
+    dataset = open_dataset(uri)
+    total = len(dataset)
+    chosen = total if sample is None else min(sample, total)
+    if chosen < batch_size:
+        raise DatasetError(
+            f"{flag} {uri}: {chosen} examples, fewer than one batch of {batch_size}; add data or lower --batch-size"
+        )
+    return DataPlan(uri, dataset.fingerprint(), total, chosen, seed)
+
+
+def _claim_output_directory(out: str, run_key: str, overwrite: bool) -> None:
+    fs, root = url_to_fs(out)
+    plan_path = f"{root.rstrip('/')}/{PLAN_FILE}"
+    if not fs.exists(plan_path):
+        return
+    with fs.open(plan_path, "r") as file:
+        previous = json.loads(file.read()).get("run_key")
+    if previous == run_key:
+        return
+    if not overwrite:
+        raise OutputDirectoryError(
+            f"--out {out} holds the results of another run (model, data or settings differ); choose another "
+            "directory or pass --overwrite to replace them"
+        )
+    for name in RESULT_NAMES:
+        target = f"{root.rstrip('/')}/{name}"
+        if fs.exists(target):
+            fs.rm(target, recursive=True)

@@ -1,0 +1,219 @@
+"""What one Dask task does with one shard: read its own examples, run the model, write or count.
+
+Only small, picklable descriptions travel to a worker (paths, fingerprints, index rules) and only
+paths and counts come back; the examples and activations never leave the worker. Models, data sets
+and INT8 graphs are loaded once per worker process and cached by fingerprint, since a worker runs
+many shards of the same run.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import time
+from dataclasses import dataclass
+
+import fsspec
+import numpy as np
+
+from kernels.backend import select_backend, to_numpy
+from schemas.calibration_table import CalibrationTable, CalibrationTableError
+from tasks.datasets.mnist_idx import DatasetError
+from tasks.datasets.preprocess import parse_preprocess
+from tasks.datasets.sources import ImageDataset, load_batch, open_dataset
+from tasks.graph.executor import GraphExecutor
+from tasks.graph.int8_ops import INT8_OPS
+from tasks.graph.ir import Graph
+from tasks.graph.load import ModelLoadError, import_model, model_fingerprint, parse_model, read_model_bytes
+from tasks.graph.quantize_pass import QuantizationOptions, quantize_graph
+from tasks.graph.simplify import simplify
+from tasks.histogram_files import write_partial_histograms
+from tasks.observe import HistogramCollector
+from tasks.sharding import batch_ranges, shard_range
+
+TOP_K = 5
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """The FP32 model as every worker finds it: where to read it and the bytes it must hash to."""
+
+    path: str
+    sha256: str
+    device: str
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """Which examples shard ``shard`` of ``shards`` holds, and how to turn them into model inputs.
+
+    The examples are a seeded sample of ``sample`` out of ``total`` (all of them when ``sample`` is
+    ``total``, and the first ``sample`` when ``seed`` is None), split into contiguous ranges.
+    """
+
+    data_uri: str
+    total: int
+    sample: int
+    seed: int | None
+    shard: int
+    shards: int
+    batch_size: int
+    preprocess: str
+    on_bad_image: str
+
+    def indices(self) -> np.ndarray:
+        chosen = sample_indices(self.total, self.sample, self.seed)
+        mine = shard_range(len(chosen), self.shards, self.shard)
+        return chosen[mine.start : mine.stop]
+
+
+@dataclass(frozen=True)
+class Int8Ref:
+    """How a worker rebuilds the INT8 graph: the calibration table file and the pass options."""
+
+    table_path: str
+    table_sha256: str
+    options: QuantizationOptions
+
+
+@dataclass(frozen=True)
+class ObservedShard:
+    path: str
+    shard: int
+    examples: int
+    skipped: int
+    skipped_sources: tuple[str, ...]
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ValidatedShard:
+    """Hit counts of one validation shard; sums of these are the run's accuracy."""
+
+    shard: int
+    examples: int
+    skipped: int
+    fp32_top1: int
+    fp32_top5: int
+    int8_top1: int
+    int8_top5: int
+    agreement_top1: int
+    seconds: float
+
+
+def sample_indices(total: int, sample: int, seed: int | None) -> np.ndarray:
+    """Sorted example indices: a seeded sample spreads calibration over every class of a sorted set."""
+    if sample >= total:
+        return np.arange(total)
+    if seed is None:
+        return np.arange(sample)
+    return np.sort(np.random.default_rng(seed).choice(total, size=sample, replace=False))
+
+
+def observe_shard(
+    model: ModelRef, spec: ShardSpec, tensors: tuple[str, ...], num_bins: int, path: str, run_key: str
+) -> ObservedShard:
+    """Histograms of ``tensors`` over the shard, written atomically to ``path``."""
+    started = time.perf_counter()
+    graph, executor = _fp32_executor(model)
+    collector = HistogramCollector(tensors, num_bins)
+    watched = frozenset(tensors)
+    examples, skipped, sources = 0, 0, []
+    for batch in _batches(spec, graph):
+        skipped += batch.skipped
+        sources.extend(batch.skipped_sources)
+        if len(batch.labels):
+            executor.run({graph.inputs[0].name: batch.inputs}, collector, watched)
+            examples += len(batch.labels)
+    write_partial_histograms(path, run_key, model.sha256, spec.shard, collector.histograms)
+    return ObservedShard(path, spec.shard, examples, skipped, tuple(sources), time.perf_counter() - started)
+
+
+def validate_shard(model: ModelRef, spec: ShardSpec, int8: Int8Ref) -> ValidatedShard:
+    """FP32 and INT8 top-1/top-5 hits and top-1 agreement over the shard's labelled examples."""
+    started = time.perf_counter()
+    graph, fp32 = _fp32_executor(model)
+    quantized = _int8_executor(model, int8)
+    classes = graph.outputs[0].shape[-1]
+    counts = np.zeros(5, dtype=np.int64)
+    examples, skipped = 0, 0
+    for batch in _batches(spec, graph):
+        skipped += batch.skipped
+        if not len(batch.labels):
+            continue
+        check_labels(batch.labels, classes, spec.data_uri)
+        inputs = {graph.inputs[0].name: batch.inputs}
+        fp32_ranks = top_k(to_numpy(fp32.run(inputs)[graph.outputs[0].name]))
+        int8_ranks = top_k(to_numpy(quantized.run(inputs)[graph.outputs[0].name]))
+        labels = batch.labels[:, None]
+        counts += [
+            np.sum(fp32_ranks[:, :1] == labels),
+            np.sum(np.any(fp32_ranks == labels, axis=1)),
+            np.sum(int8_ranks[:, :1] == labels),
+            np.sum(np.any(int8_ranks == labels, axis=1)),
+            np.sum(fp32_ranks[:, 0] == int8_ranks[:, 0]),
+        ]
+        examples += len(batch.labels)
+    return ValidatedShard(spec.shard, examples, skipped, *map(int, counts), time.perf_counter() - started)
+
+
+def top_k(logits: np.ndarray) -> np.ndarray:
+    """The ``TOP_K`` best classes of each row; equal scores rank by class index, so ties are stable."""
+    flat = logits.reshape(len(logits), -1)
+    return np.argsort(-flat, axis=1, kind="stable")[:, :TOP_K]
+
+
+def check_labels(labels: np.ndarray, classes: int | None, source: str) -> None:
+    if classes is None:
+        return
+    bad = labels[(labels < 0) | (labels >= classes)]
+    if len(bad):
+        raise DatasetError(
+            f"{source}: label {int(bad[0])} is out of range for the model's {classes} classes "
+            f"({len(bad)} such labels in one batch); check that the data set matches the model"
+        )
+
+
+def _batches(spec: ShardSpec, graph: Graph):
+    dataset = _dataset(spec.data_uri)
+    preprocess = parse_preprocess(spec.preprocess)
+    input_shape = graph.inputs[0].shape
+    indices = spec.indices()
+    for batch in batch_ranges(range(len(indices)), spec.batch_size):
+        yield load_batch(dataset, indices[batch.start : batch.stop], preprocess, input_shape, spec.on_bad_image)
+
+
+@functools.lru_cache(maxsize=4)
+def _dataset(uri: str) -> ImageDataset:
+    return open_dataset(uri)
+
+
+@functools.lru_cache(maxsize=2)
+def fp32_graph(model: ModelRef) -> Graph:
+    """The simplified FP32 graph, checked against the fingerprint the plan recorded."""
+    data = read_model_bytes(model.path)
+    if model_fingerprint(data) != model.sha256:
+        raise ModelLoadError(
+            f"{model.path}: the model changed since the run was planned (sha256 {model_fingerprint(data)[:12]} "
+            f"instead of {model.sha256[:12]}); start the run again"
+        )
+    return simplify(import_model(parse_model(data, model.path), model.path))
+
+
+@functools.lru_cache(maxsize=2)
+def _fp32_executor(model: ModelRef) -> tuple[Graph, GraphExecutor]:
+    graph = fp32_graph(model)
+    return graph, GraphExecutor(graph, select_backend(model.device))
+
+
+@functools.lru_cache(maxsize=4)
+def _int8_executor(model: ModelRef, int8: Int8Ref) -> GraphExecutor:
+    with fsspec.open(int8.table_path, "rb") as file:
+        data = file.read()
+    if hashlib.sha256(data).hexdigest() != int8.table_sha256:
+        raise CalibrationTableError(
+            f"{int8.table_path}: the calibration table changed while the run validated; start the run again"
+        )
+    table = CalibrationTable.from_json(data.decode("utf-8"), int8.table_path)
+    quantized = quantize_graph(fp32_graph(model), table, int8.options)
+    return GraphExecutor(quantized, select_backend(model.device), INT8_OPS)

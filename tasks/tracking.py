@@ -1,0 +1,381 @@
+"""MLflow tracking for `int8flow run`: experiments, one run per calibration, INT8 model registration.
+
+Every function takes the tracking URI explicitly and builds its own client: MLflow's global
+tracking/registry URI is process state, and two calibrations in one process (tests, a Dask client
+in a notebook, an Airflow worker running several tasks) must never log into each other's store.
+Airflow retries a task that failed half-way, so logging and registering are idempotent: a retry
+finds the run or model version the first try left behind instead of adding a duplicate.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import MappingProxyType
+
+import requests
+from fsspec import AbstractFileSystem
+from fsspec.core import url_to_fs
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, Run, RunStatus
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
+from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+
+from tasks.atomic_files import TEMP_MARKER
+from tasks.graph.load import ModelLoadError
+
+EXPERIMENT_PREFIX = "int8flow/"
+RUN_KEY_TAG = "int8flow.run_key"
+MODEL_TAG = "int8flow.model"
+GATE_TAG = "int8flow.gate"
+REGISTERED_VERSION_TAG = "int8flow.registered_version"
+MODELS_URI_FORMS = "models:/<name>@<alias> or models:/<name>/<version>"
+
+_MODELS_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>[0-9]+))")
+_NO_TAGS: Mapping[str, str] = MappingProxyType({})
+
+
+class TrackingUnavailableError(RuntimeError):
+    """The tracking server did not answer; transient, so an Airflow task may retry."""
+
+
+@dataclass(frozen=True)
+class RegistryReference:
+    """A registered model version named by alias or by number, as in a ``models:/`` URI."""
+
+    name: str
+    alias: str | None
+    version: str | None
+
+
+def registry_reference(uri: str) -> RegistryReference | None:
+    """Parse a ``models:/`` URI; None for paths and other URLs, which are not in the registry."""
+    if not uri.startswith("models:"):
+        return None
+    match = _MODELS_URI.fullmatch(uri)
+    if match is None:
+        raise ModelLoadError(f"{uri}: not a registered model URI; use {MODELS_URI_FORMS}")
+    return RegistryReference(match["name"], match["alias"], match["version"])
+
+
+def default_tracking_uri(directory: str) -> str:
+    """A SQLite store in ``directory``: MLflow 3 refuses plain folder stores without an opt-in."""
+    return f"sqlite:///{Path(directory).resolve() / 'mlflow.db'}"
+
+
+def default_experiment_name(model_uri: str) -> str:
+    """``int8flow/<model>``: runs of one model land together whichever file or version they used."""
+    reference = registry_reference(model_uri)
+    if reference is not None:
+        return EXPERIMENT_PREFIX + reference.name
+    file_name = posixpath.basename(re.split(r"[?#]", model_uri.replace("\\", "/"), maxsplit=1)[0])
+    return EXPERIMENT_PREFIX + (file_name.removesuffix(".onnx") or "model")
+
+
+def tracking_client(tracking_uri: str) -> MlflowClient:
+    """A client bound to ``tracking_uri`` for runs and registry alike.
+
+    The registry URI is passed too: left out, MLflow takes it from ``MLFLOW_REGISTRY_URI`` or
+    ``mlflow.set_registry_uri`` state before falling back to the tracking URI.
+    """
+    database = _sqlite_file(tracking_uri)
+    if database is not None:
+        database.parent.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+@contextmanager
+def reachable(tracking_uri: str) -> Iterator[None]:
+    """Re-raise a failed connection to the tracking server as :class:`TrackingUnavailableError`.
+
+    MLflow wraps ``requests`` connection errors in a plain ``MlflowException`` that also covers
+    bad requests; only the exception chain tells "server down, retry" from "wrong call, fix it".
+    """
+    try:
+        yield
+    except (MlflowException, requests.exceptions.RequestException) as error:
+        cause = _connection_failure(error)
+        if cause is None:
+            raise
+        raise TrackingUnavailableError(
+            f"MLflow tracking server {tracking_uri} unreachable ({type(cause).__name__}); "
+            "start it or fix the tracking URI, then retry"
+        ) from error
+
+
+def experiment_for(tracking_uri: str, name: str) -> str:
+    """The id of experiment ``name``, created on first use.
+
+    With a SQLite store, artifacts go beside the database, so they never land in a ``./mlruns`` of
+    whatever directory the command happened to run in; a tracking server chooses its own place.
+    """
+    client = tracking_client(tracking_uri)
+    with reachable(tracking_uri):
+        existing = client.get_experiment_by_name(name)
+        if existing is None:
+            try:
+                return client.create_experiment(name, artifact_location=_artifact_location(tracking_uri, name))
+            except MlflowException as error:
+                if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                    raise
+            existing = client.get_experiment_by_name(name)  # a parallel task created it first
+    if existing.lifecycle_stage == "deleted":
+        raise ValueError(
+            f"experiment {name!r} is deleted in {tracking_uri}; restore it "
+            f"(mlflow experiments restore --experiment-id {existing.experiment_id}) or choose another name"
+        )
+    return existing.experiment_id
+
+
+def find_run(tracking_uri: str, experiment_id: str, tag_key: str, tag_value: str) -> str | None:
+    """The newest FINISHED run tagged ``tag_key=tag_value``: failed tries must not count as done."""
+    client = tracking_client(tracking_uri)
+    with reachable(tracking_uri):
+        runs = client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{tag_key}` = {filter_literal(tag_value)} and attributes.status = 'FINISHED'",
+            max_results=1,
+            order_by=["attributes.start_time DESC"],
+        )
+    return runs[0].info.run_id if runs else None
+
+
+def log_run(
+    tracking_uri: str,
+    experiment_id: str,
+    run_name: str,
+    params: Mapping[str, str],
+    metrics: Mapping[str, float],
+    tags: Mapping[str, str],
+    artifacts_dir: str,
+    run_key: str | None = None,
+) -> str:
+    """Log one calibration as one FINISHED run and return its id.
+
+    With ``run_key``, a FINISHED run carrying the same key is returned instead: an Airflow retry
+    after the run was logged must not duplicate it. A run that fails while logging is marked FAILED
+    so that it is neither mistaken for a result nor found by the next retry.
+    """
+    fs, root = url_to_fs(artifacts_dir)
+    if not fs.isdir(root):
+        raise ValueError(f"{artifacts_dir}: artifacts directory not found; write the run's outputs there first")
+    if run_key is not None:
+        existing = find_run(tracking_uri, experiment_id, RUN_KEY_TAG, run_key)
+        if existing is not None:
+            return existing
+    run_tags = dict(tags) if run_key is None else {**tags, RUN_KEY_TAG: run_key}
+    client = tracking_client(tracking_uri)
+    with reachable(tracking_uri):
+        run_id = client.create_run(experiment_id, run_name=run_name, tags=run_tags).info.run_id
+        try:
+            # MlflowClient.log_batch splits into requests of at most 100 params, within MLflow's limits.
+            client.log_batch(
+                run_id,
+                metrics=[Metric(key, float(value), _now_ms(), 0) for key, value in metrics.items()],
+                params=[Param(key, _param_value(value)) for key, value in params.items()],
+            )
+            _log_artifacts(client, run_id, fs, root)
+        except BaseException:
+            with suppress(MlflowException):
+                client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+            raise
+        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+    return run_id
+
+
+def register_int8_model(
+    tracking_uri: str,
+    name: str,
+    run_id: str,
+    artifact_path: str = "model.int8.onnx",
+    tags: Mapping[str, str] = _NO_TAGS,
+    alias: str | None = None,
+) -> str:
+    """Register the run's INT8 model file as a version of ``name`` and return the version.
+
+    ``create_model_version`` with the artifact's URI, because ``register_model("runs:/...")`` fails
+    for a plain file in MLflow 3. A version already made from this run is reused, so a retried task
+    keeps one version per run; its tags and the alias are (re)applied either way. The run gets the
+    version as tag ``int8flow.registered_version`` for the runs table.
+    """
+    client = tracking_client(tracking_uri)
+    with reachable(tracking_uri):
+        run = client.get_run(run_id)
+        _require_artifact(client, run, artifact_path)
+        _ensure_registered_model(client, name)
+        versions = client.search_model_versions(f"name = {filter_literal(name)} and run_id = {filter_literal(run_id)}")
+        if versions:
+            version = min(int(existing.version) for existing in versions)
+            for key, value in tags.items():
+                client.set_model_version_tag(name, version, key, value)
+        else:
+            source = f"{run.info.artifact_uri.rstrip('/')}/{artifact_path}"
+            version = client.create_model_version(name, source=source, run_id=run_id, tags=dict(tags)).version
+        if alias is not None:
+            client.set_registered_model_alias(name, alias, version)
+        client.set_tag(run_id, REGISTERED_VERSION_TAG, str(version))
+    return str(version)
+
+
+def runs_table(tracking_uri: str, experiment_name: str | None) -> tuple[list[str], list[list[str]]]:
+    """Columns and rows (newest run first) to compare calibrations side by side, as in the MLflow UI.
+
+    Without an experiment name, every ``int8flow/...`` experiment is included.
+    """
+    client = tracking_client(tracking_uri)
+    with reachable(tracking_uri):
+        experiment_ids = _experiment_ids(client, tracking_uri, experiment_name)
+        runs = (
+            client.search_runs(experiment_ids, order_by=["attributes.start_time DESC"], max_results=1000)
+            if experiment_ids
+            else []
+        )
+    return [header for header, _ in _COLUMNS], [[cell(run) for _, cell in _COLUMNS] for run in runs]
+
+
+def filter_literal(value: str) -> str:
+    """``value`` quoted for an MLflow search filter, which has no escape for a quote inside a string."""
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise ValueError(f"{value!r} holds both quote characters; MLflow search filters cannot match it, remove one")
+
+
+def _connection_failure(error: BaseException) -> BaseException | None:
+    """The ``requests`` connection error or timeout in ``error``'s chain, if any."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _sqlite_file(tracking_uri: str) -> Path | None:
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    database = tracking_uri.removeprefix("sqlite:///").split("?", 1)[0]
+    return None if database in ("", ":memory:") else Path(database).resolve()
+
+
+def _artifact_location(tracking_uri: str, experiment_name: str) -> str | None:
+    database = _sqlite_file(tracking_uri)
+    if database is None:
+        return None
+    folder = re.sub(r"[^A-Za-z0-9._-]+", "_", experiment_name).strip("._") or "experiment"
+    return (database.parent / "mlartifacts" / folder).as_uri()
+
+
+def _now_ms() -> int:
+    return int(datetime.now(UTC).timestamp() * 1000)
+
+
+def _param_value(value: str) -> str:
+    """Cut to MLflow's 6000-character limit ourselves, so the result does not depend on
+    ``MLFLOW_TRUNCATE_LONG_VALUES``: a finished calibration must not lose its run over one long
+    value, and the full configuration is among the artifacts."""
+    return str(value)[:MAX_PARAM_VAL_LENGTH]
+
+
+def _log_artifacts(client: MlflowClient, run_id: str, fs: AbstractFileSystem, root: str) -> None:
+    """Log every file under ``root`` (on any fsspec filesystem) at its relative path.
+
+    Files are staged locally because MLflow uploads only local files; half-written temporaries
+    (see tasks.atomic_files) are left out.
+    """
+    with tempfile.TemporaryDirectory(prefix="int8flow-artifacts-") as staging:
+        for file in fs.find(root):
+            relative = posixpath.relpath(file, root.rstrip("/"))
+            if _is_temporary(posixpath.basename(relative)):
+                continue
+            local = os.path.join(staging, *relative.split("/"))
+            os.makedirs(os.path.dirname(local), exist_ok=True)
+            fs.get_file(file, local)
+        client.log_artifacts(run_id, staging)
+
+
+def _is_temporary(file_name: str) -> bool:
+    return file_name.startswith(".") and TEMP_MARKER in file_name
+
+
+def _require_artifact(client: MlflowClient, run: Run, artifact_path: str) -> None:
+    parent = posixpath.dirname(artifact_path)
+    present = [info.path for info in client.list_artifacts(run.info.run_id, parent or None) if not info.is_dir]
+    if artifact_path not in present:
+        raise ValueError(
+            f"run {run.info.run_id} has no artifact {artifact_path!r} (files there: {', '.join(present) or 'none'}); "
+            "log the INT8 model with the run before registering it"
+        )
+
+
+def _ensure_registered_model(client: MlflowClient, name: str) -> None:
+    try:
+        client.get_registered_model(name)
+        return
+    except MlflowException as error:
+        if error.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            raise
+    try:
+        client.create_registered_model(name)
+    except MlflowException as error:
+        if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+            raise
+
+
+def _experiment_ids(client: MlflowClient, tracking_uri: str, experiment_name: str | None) -> list[str]:
+    if experiment_name is None:
+        experiments = client.search_experiments(filter_string=f"name LIKE '{EXPERIMENT_PREFIX}%'")
+        return [experiment.experiment_id for experiment in experiments]
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None or experiment.lifecycle_stage == "deleted":
+        names = sorted(experiment.name for experiment in client.search_experiments())
+        raise ValueError(
+            f"no experiment {experiment_name!r} in {tracking_uri} (experiments: {', '.join(names) or 'none'}); "
+            "pass one of those names"
+        )
+    return [experiment.experiment_id]
+
+
+def _param(key: str) -> Callable[[Run], str]:
+    return lambda run: run.data.params.get(key, "-")
+
+
+def _tag(key: str) -> Callable[[Run], str]:
+    return lambda run: run.data.tags.get(key, "-")
+
+
+def _metric(key: str, digits: int) -> Callable[[Run], str]:
+    def cell(run: Run) -> str:
+        value = run.data.metrics.get(key)
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    return cell
+
+
+def _start_time(run: Run) -> str:
+    return datetime.fromtimestamp(run.info.start_time / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+_COLUMNS: tuple[tuple[str, Callable[[Run], str]], ...] = (
+    ("run", lambda run: run.info.run_id[:8]),
+    ("start (UTC)", _start_time),
+    ("model", _tag(MODEL_TAG)),
+    ("method", _param("method")),
+    ("calib examples", _param("calib_examples")),
+    ("fp32_top1", _metric("fp32_top1", 4)),
+    ("int8_top1", _metric("int8_top1", 4)),
+    ("top1_drop", _metric("top1_drop", 4)),
+    ("agreement_top1", _metric("agreement_top1", 4)),
+    ("calib_seconds", _metric("calib_seconds", 1)),
+    ("gate", _tag(GATE_TAG)),
+    ("registered version", _tag(REGISTERED_VERSION_TAG)),
+)

@@ -1,0 +1,103 @@
+"""Calibration on real Dask clusters: the table does not depend on workers, shards, batch size, or a
+worker killed mid-stage. Model: the committed Fashion-MNIST ResNet; data: Debian's Fashion-MNIST."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from schemas.run_config import RunConfig
+from tasks import stages
+from tasks.cluster import ClusterUnavailableError, dask_client
+from tasks.datasets import fashion_mnist_folder
+from tasks.pipeline import plan
+
+MODEL = str(Path(__file__).parents[1] / "examples" / "models" / "fashion_mnist_resnet.onnx")
+CALIB_EXAMPLES = 600
+
+
+def config(out: Path, batch_size: int, shards: int, workers: int) -> RunConfig:
+    return RunConfig.from_mapping({
+        "model": MODEL,
+        "calib_data": f"{fashion_mnist_folder()}#train",
+        "preprocess": "mnist",
+        "calib_examples": CALIB_EXAMPLES,
+        "batch_size": batch_size,
+        "shards": shards,
+        "workers": workers,
+        "out": str(out),
+        "tracking_uri": f"sqlite:///{out.parent}/mlflow.db",
+    })
+
+
+def calibrate(out: Path, client, batch_size: int, shards: int, workers: int, progress=stages.quiet) -> bytes:  # type: ignore[no-untyped-def]
+    plan(config(out, batch_size, shards, workers))
+    stages.observe(str(out), client, progress)
+    stages.thresholds(str(out))
+    return (out / "calibration.json").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """One worker, one shard, batches of 64."""
+    with dask_client(workers=1) as (client, info):
+        assert info.workers == 1
+        return calibrate(tmp_path_factory.mktemp("one") / "out", client, 64, 1, 1)
+
+
+@pytest.fixture(scope="module")
+def two_workers():  # type: ignore[no-untyped-def]
+    with dask_client(workers=2) as (client, info):
+        assert info.workers == 2 and info.kind == "LocalCluster"
+        yield client
+
+
+@pytest.mark.parametrize(("shards", "batch_size"), [(4, 64), (7, 64), (4, 16), (7, 16), (1, 16)])
+def test_table_is_bit_identical_for_any_sharding(
+    reference: bytes, two_workers, tmp_path: Path, shards: int, batch_size: int  # type: ignore[no-untyped-def]
+) -> None:
+    table = calibrate(tmp_path / "out", two_workers, batch_size, shards, 2)
+    assert table == reference
+    assert sorted(path.name for path in (tmp_path / "out" / "histograms").iterdir()) == [
+        f"shard={index:05d}.parquet" for index in range(shards)
+    ]
+
+
+def test_rerun_with_fewer_shards_removes_the_stale_partials(reference: bytes, two_workers, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    calibrate(tmp_path / "out", two_workers, 64, 7, 2)
+    assert calibrate(tmp_path / "out", two_workers, 64, 3, 2) == reference
+    assert len(list((tmp_path / "out" / "histograms").iterdir())) == 3
+
+
+def test_a_shard_rerun_rewrites_its_file_identically(two_workers, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    calibrate(tmp_path / "out", two_workers, 64, 4, 2)
+    before = {path.name: path.read_bytes() for path in (tmp_path / "out" / "histograms").iterdir()}
+    stages.observe(str(tmp_path / "out"), two_workers)
+    after = {path.name: path.read_bytes() for path in (tmp_path / "out" / "histograms").iterdir()}
+    assert after == before
+
+
+def test_a_worker_killed_mid_observe_does_not_change_the_table(reference: bytes, tmp_path: Path) -> None:
+    """SIGKILL one worker process after the first shard: its shards are recomputed elsewhere."""
+    with dask_client(workers=2) as (client, _):
+        pids = list(client.run(os.getpid).values())
+        killed: list[int] = []
+
+        def kill_after_first_shard(stage: str, done: int, total: int, examples: int, seconds: float) -> None:
+            if stage == "observe" and done == 1 and not killed:
+                os.kill(pids[1], signal.SIGKILL)
+                killed.append(pids[1])
+
+        table = calibrate(tmp_path / "out", client, 16, 12, 2, kill_after_first_shard)
+        survivors = list(client.run(os.getpid).values())
+    assert killed and killed[0] not in survivors
+    assert table == reference
+
+
+def test_an_unreachable_scheduler_fails_fast_naming_it() -> None:
+    with pytest.raises(ClusterUnavailableError, match=r"tcp://127\.0\.0\.1:9 did not answer"):
+        with dask_client("tcp://127.0.0.1:9"):
+            pass

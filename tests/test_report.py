@@ -1,0 +1,384 @@
+"""The run report: report.json, report.md, the CLI summary and the PNG plots of a finished run."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from kernels.histogram import Histogram
+from schemas.calibration_table import CalibrationTable, TensorCalibration
+from tasks.atomic_files import TEMP_MARKER
+from tasks.plots import plot_sensitivity, plot_tensor_histograms
+from tasks.report import render_markdown, summary_rows, write_report
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+NUM_BINS = 2048
+
+
+def full_report() -> dict[str, Any]:
+    return {
+        "model": {
+            "uri": "s3://models/resnet50-v1.onnx",
+            "sha256": "ab12" * 16,
+            "registered_name": "resnet50-int8",
+            "registered_version": 3,
+        },
+        "data": {
+            "calibration": {"uri": "s3://data/cal", "fingerprint": "f00d", "examples": 1024, "skipped_images": 2},
+            "validation": {"uri": "s3://data/val", "fingerprint": "beef", "examples": 50000, "skipped_images": 0},
+        },
+        "settings": {"method": "entropy", "num_bins": 8192, "percentile": 99.99, "spike_fix": True, "shards": 4},
+        "accuracy": {
+            "examples": 50000,
+            "fp32_top1": 76.13,
+            "int8_top1": 75.705,
+            "top1_drop": 0.425,
+            "fp32_top5": 92.862,
+            "int8_top5": 92.9,
+            "top5_drop": -0.038,
+            "agreement_top1": 97.4,
+        },
+        "stages": {
+            "validate": {"seconds": 301.7, "examples": 50000, "examples_per_second": 165.73},
+            "observe": {"seconds": 12.345, "examples": 1024, "examples_per_second": 82.95},
+            "reduce": {"seconds": 0.5},
+            "thresholds": {"seconds": 2.25},
+            "gate": {"seconds": 0.0123},
+        },
+        "cluster": {
+            "scheduler": "tcp://10.0.0.1:8786",
+            "dashboard": "http://10.0.0.1:8787/status",
+            "workers": 4,
+            "shards": 16,
+            "device": "cuda",
+        },
+        "gate": {
+            "max_top1_drop": 0.5,
+            "passed": True,
+            "attempts": [
+                {"excluded": [], "int8_top1": 75.1, "top1_drop": 1.03, "passed": False},
+                {"excluded": ["conv1", "fc|head"], "int8_top1": 75.705, "top1_drop": 0.425, "passed": True},
+            ],
+        },
+        "sensitivity": [
+            {"node": f"layer{index}/conv", "op_type": "Conv", "error": 1.0 / (index + 1)} for index in range(12)
+        ],
+        "tensors": [
+            {"name": "a", "threshold": 1.23456789, "divergence": 0.02, "signed": True},
+            {"name": "b", "threshold": 6.0, "divergence": None, "signed": False},
+            {"name": "c", "threshold": 0.000123456789, "divergence": 0.5, "signed": False},
+            {"name": "d", "threshold": 3.5, "divergence": 0.02, "signed": True},
+        ],
+        "plots": ["plots/sensitivity.png", "plots/histogram-c-0123456789.png"],
+        "int8flow_version": "0.1.0",
+        "started": "2026-01-02T03:04:05+00:00",
+        "finished": "2026-01-02T03:10:00+00:00",
+    }
+
+
+def no_temporaries(root: Path) -> bool:
+    return not [path for path in root.rglob("*") if TEMP_MARKER in path.name]
+
+
+def test_report_json_round_trips_exactly(tmp_path: Path) -> None:
+    report = full_report()
+    json_path, md_path = write_report(str(tmp_path), report)
+    assert (json_path, md_path) == (f"{tmp_path}/report.json", f"{tmp_path}/report.md")
+    with open(json_path, encoding="utf-8") as file:
+        assert json.load(file) == report
+    assert Path(json_path).read_text() == json.dumps(report, sort_keys=True, indent=2) + "\n"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["report.json", "report.md"]
+
+
+def test_report_json_writes_nan_as_null(tmp_path: Path) -> None:
+    report = {"tensors": [{"name": "a", "threshold": 1.0, "divergence": math.nan, "signed": True}]}
+    json_path, _ = write_report(str(tmp_path), report)
+    assert json.loads(Path(json_path).read_text()) == {
+        "tensors": [{"name": "a", "threshold": 1.0, "divergence": None, "signed": True}]
+    }
+
+
+def test_report_json_rejects_infinity_and_leaves_no_file(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        write_report(str(tmp_path), {"accuracy": {"top1_drop": math.inf}})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_report_replaces_previous_report_without_temporaries(tmp_path: Path) -> None:
+    write_report(str(tmp_path), {"int8flow_version": "0.0.1"})
+    write_report(str(tmp_path), full_report())
+    assert json.loads((tmp_path / "report.json").read_text())["int8flow_version"] == "0.1.0"
+    assert no_temporaries(tmp_path)
+
+
+def test_markdown_title_and_run_line() -> None:
+    lines = render_markdown(full_report()).splitlines()
+    assert lines[0] == "# INT8 calibration report: resnet50-int8 v3"
+    assert lines[2] == "int8flow 0.1.0, started 2026-01-02T03:04:05+00:00, finished 2026-01-02T03:10:00+00:00"
+
+
+def test_markdown_title_falls_back_to_the_model_file_name() -> None:
+    markdown = render_markdown({"model": {"uri": "s3://models/resnet50-v1.onnx"}})
+    assert markdown.splitlines()[0] == "# INT8 calibration report: resnet50-v1.onnx"
+
+
+def test_markdown_model_and_data() -> None:
+    markdown = render_markdown(full_report())
+    assert "- source: `s3://models/resnet50-v1.onnx`\n" in markdown
+    assert f"- SHA-256: `{'ab12' * 16}`\n" in markdown
+    assert "- registered as `resnet50-int8` version 3\n" in markdown
+    assert (
+        "|  | calibration | validation |\n"
+        "| --- | --- | --- |\n"
+        "| source | `s3://data/cal` | `s3://data/val` |\n"
+        "| fingerprint | `f00d` | `beef` |\n"
+        "| examples | 1,024 | 50,000 |\n"
+        "| skipped images | 2 | 0 |\n"
+    ) in markdown
+
+
+def test_markdown_accuracy_table_has_two_decimals() -> None:
+    markdown = render_markdown(full_report())
+    assert (
+        "## Accuracy\n\n"
+        "|  | FP32 | INT8 | drop (points) |\n"
+        "| --- | ---: | ---: | ---: |\n"
+        "| top-1 | 76.13% | 75.70% | 0.42 |\n"
+        "| top-5 | 92.86% | 92.90% | -0.04 |\n\n"
+        "Top-1 agreement of FP32 and INT8: 97.40%.\n\n"
+        "Validation examples: 50,000.\n"
+    ) in markdown
+
+
+def test_markdown_gate_lists_every_attempt() -> None:
+    markdown = render_markdown(full_report())
+    assert "**passed (2 attempts)**: maximum top-1 drop 0.50 points.\n" in markdown
+    assert (
+        "| attempt | kept in FP32 | INT8 top-1 | top-1 drop | result |\n"
+        "| ---: | --- | ---: | ---: | --- |\n"
+        "| 1 | none | 75.10% | 1.03 | failed |\n"
+        "| 2 | `conv1`, `fc\\|head` | 75.70% | 0.42 | passed |\n"
+    ) in markdown
+
+
+def test_markdown_stage_timings_in_pipeline_order_with_three_significant_digits() -> None:
+    markdown = render_markdown(full_report())
+    assert (
+        "| stage | seconds | examples | examples/s |\n"
+        "| --- | ---: | ---: | ---: |\n"
+        "| observe | 12.3 | 1,024 | 83.0 |\n"
+        "| reduce | 0.500 | — | — |\n"
+        "| thresholds | 2.25 | — | — |\n"
+        "| validate | 302 | 50,000 | 166 |\n"
+        "| gate | 0.0123 | — | — |\n"
+        "| total | 317 |  |  |\n"
+    ) in markdown
+
+
+def test_markdown_cluster_line() -> None:
+    markdown = render_markdown(full_report())
+    assert (
+        "## Cluster\n\n4 workers, 16 shards, device cuda, scheduler `tcp://10.0.0.1:8786`, "
+        "dashboard <http://10.0.0.1:8787/status>.\n"
+    ) in markdown
+
+
+def test_markdown_lists_the_ten_most_sensitive_nodes() -> None:
+    markdown = render_markdown(full_report())
+    assert "## Most sensitive nodes (10 of 12)\n" in markdown
+    assert "| 1 | `layer0/conv` | Conv | 1 |\n" in markdown
+    assert "| 3 | `layer2/conv` | Conv | 0.3333 |\n" in markdown
+    assert "| 10 | `layer9/conv` | Conv | 0.1 |\n" in markdown
+    assert "layer10/conv" not in markdown
+
+
+def test_markdown_tensors_by_largest_divergence_with_missing_last() -> None:
+    markdown = render_markdown(full_report())
+    assert (
+        "## Largest divergence (4 of 4 tensors)\n\n"
+        "| tensor | threshold | divergence | signed |\n"
+        "| --- | ---: | ---: | --- |\n"
+        "| `c` | 0.000123457 | 0.5 | no |\n"
+        "| `a` | 1.23457 | 0.02 | yes |\n"
+        "| `d` | 3.5 | 0.02 | yes |\n"
+        "| `b` | 6 | — | no |\n"
+    ) in markdown
+
+
+def test_markdown_links_plots_and_lists_settings_sorted() -> None:
+    markdown = render_markdown(full_report())
+    assert (
+        "## Plots\n\n"
+        "- [plots/sensitivity.png](plots/sensitivity.png)\n"
+        "- [plots/histogram-c-0123456789.png](plots/histogram-c-0123456789.png)\n"
+    ) in markdown
+    assert markdown.endswith(
+        "## Settings\n\n"
+        "| setting | value |\n"
+        "| --- | --- |\n"
+        "| `method` | `entropy` |\n"
+        "| `num_bins` | `8192` |\n"
+        "| `percentile` | `99.99` |\n"
+        "| `shards` | `4` |\n"
+        "| `spike_fix` | `true` |\n"
+    )
+
+
+def test_missing_sections_are_absent(tmp_path: Path) -> None:
+    report = full_report()
+    for key in ("data", "accuracy", "gate", "stages", "cluster", "sensitivity", "tensors", "plots", "settings"):
+        del report[key]
+    report["model"] = None
+    _, md_path = write_report(str(tmp_path), report)
+    assert Path(md_path).read_text() == (
+        "# INT8 calibration report: unnamed model\n\n"
+        "int8flow 0.1.0, started 2026-01-02T03:04:05+00:00, finished 2026-01-02T03:10:00+00:00\n"
+    )
+
+
+def test_empty_report_renders_a_title_only(tmp_path: Path) -> None:
+    _, md_path = write_report(str(tmp_path), {})
+    assert Path(md_path).read_text() == "# INT8 calibration report: unnamed model\n"
+
+
+def test_partial_sections_render_what_is_there() -> None:
+    markdown = render_markdown(
+        {
+            "accuracy": {"fp32_top1": 70.0, "int8_top1": 69.5},
+            "gate": {"passed": False},
+            "stages": {"observe": {"seconds": 1.0}},
+        }
+    )
+    assert "| top-1 | 70.00% | 69.50% | — |\n" in markdown
+    assert "top-5" not in markdown
+    assert "agreement" not in markdown
+    assert "## Gate\n\n**failed**\n" in markdown
+    assert "| attempt |" not in markdown
+    assert "| observe | 1.00 | — | — |\n| total | 1.00 |  |  |\n" in markdown
+
+
+def test_summary_rows() -> None:
+    assert summary_rows(full_report(), "out/run1") == [
+        ("FP32 top-1", "76.13%"),
+        ("INT8 top-1", "75.70%"),
+        ("top-1 drop (points)", "0.42"),
+        ("FP32 top-5", "92.86%"),
+        ("INT8 top-5", "92.90%"),
+        ("top-5 drop (points)", "-0.04"),
+        ("top-1 agreement", "97.40%"),
+        ("gate", "passed (2 attempts)"),
+        ("calibration time (s)", "15.1"),
+        ("observe throughput (examples/s)", "83.0"),
+        ("output", "out/run1"),
+    ]
+
+
+def test_sections_with_nothing_to_show_are_absent() -> None:
+    markdown = render_markdown({"gate": {"max_top1_drop": 1.0}, "cluster": {"other": 1}, "data": {"calibration": {}}})
+    assert markdown == "# INT8 calibration report: unnamed model\n"
+
+
+def test_summary_rows_leave_out_what_the_report_lacks() -> None:
+    assert summary_rows({"accuracy": {"int8_top1": 75.0}, "gate": {"passed": False, "attempts": [{}]}}) == [
+        ("INT8 top-1", "75.00%"),
+        ("gate", "failed (1 attempt)"),
+    ]
+
+
+def calibrated(divergences: dict[str, float]) -> tuple[dict[str, Histogram], CalibrationTable]:
+    """Real histograms of seeded data and a table whose divergences the test chooses."""
+    rng = np.random.default_rng(7)
+    histograms = {}
+    records = []
+    for index, (name, divergence) in enumerate(divergences.items()):
+        values = rng.normal(size=4000) * (index + 1)
+        signed = index % 2 == 0
+        if not signed:
+            values = np.abs(values)
+        histograms[name] = Histogram.of(values, NUM_BINS)
+        records.append(TensorCalibration(name, "entropy", 2.0 * (index + 1), signed, divergence))
+    return histograms, CalibrationTable(tuple(records))
+
+
+def assert_png(path: Path, size: tuple[int, int] | None = None) -> None:
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        if size is not None:
+            assert image.size == size
+        else:
+            assert 400 <= image.size[0] <= 2000 and 200 <= image.size[1] <= 2000
+
+
+def test_histogram_plots_are_the_largest_divergences_in_order(tmp_path: Path) -> None:
+    histograms, table = calibrated(
+        {"t0": 0.1, "t1": math.nan, "t2": 0.7, "t3": 0.3, "t4": 0.3, "t5": 0.01, "t6": 0.05}
+    )
+    paths = plot_tensor_histograms(str(tmp_path), histograms, table, count=4)
+    assert [re.fullmatch(r"plots/histogram-(.+)-[0-9a-f]{10}\.png", path).group(1) for path in paths] == [
+        "t2",
+        "t3",
+        "t4",
+        "t0",
+    ]
+    assert sorted(path.name for path in (tmp_path / "plots").iterdir()) == sorted(
+        Path(path).name for path in paths
+    )
+    for path in paths:
+        assert_png(tmp_path / path, (800, 450))
+
+
+def test_tensors_without_divergence_come_last_and_untabled_ones_never(tmp_path: Path) -> None:
+    histograms, table = calibrated({"b": math.nan, "a": math.nan, "z": 0.2})
+    histograms["no_threshold"] = Histogram.of(np.arange(10.0), NUM_BINS)
+    paths = plot_tensor_histograms(str(tmp_path), histograms, table)
+    assert [path.split("-")[1] for path in paths] == ["z", "a", "b"]
+
+
+def test_tensors_without_histogram_are_skipped(tmp_path: Path) -> None:
+    histograms, table = calibrated({"a": 0.1, "b": 0.2})
+    del histograms["b"]
+    assert [path.split("-")[1] for path in plot_tensor_histograms(str(tmp_path), histograms, table)] == ["a"]
+
+
+def test_histogram_file_names_are_safe_and_unique(tmp_path: Path) -> None:
+    names = ["conv1/out:0", "conv1_out_0", "conv1:out/0", "Relu", "relu", "..hidden", "x" * 300, "x" * 301]
+    histograms, table = calibrated({name: 0.1 for name in names})
+    paths = plot_tensor_histograms(str(tmp_path), histograms, table, count=len(names))
+    files = [Path(path).name for path in paths]
+    assert all(path == f"plots/{file}" for path, file in zip(paths, files, strict=True))
+    assert all(re.fullmatch(r"histogram-[A-Za-z0-9][A-Za-z0-9._-]*\.png", file) and len(file) < 128 for file in files)
+    assert len({file.lower() for file in files}) == len(names)
+    assert sorted(path.name for path in (tmp_path / "plots").iterdir()) == sorted(files)
+    assert no_temporaries(tmp_path)
+
+
+def test_histogram_plots_are_reproducible(tmp_path: Path) -> None:
+    histograms, table = calibrated({"a": 0.1})
+    first = plot_tensor_histograms(str(tmp_path / "one"), histograms, table)
+    second = plot_tensor_histograms(str(tmp_path / "two"), histograms, table)
+    assert first == second
+    assert (tmp_path / "one" / first[0]).read_bytes() == (tmp_path / "two" / second[0]).read_bytes()
+
+
+def test_sensitivity_plot_is_a_png(tmp_path: Path) -> None:
+    sensitivity = copy.deepcopy(full_report()["sensitivity"])
+    path = plot_sensitivity(str(tmp_path), sensitivity)
+    assert path == "plots/sensitivity.png"
+    assert_png(tmp_path / path)
+    assert no_temporaries(tmp_path)
+
+
+def test_no_sensitivity_no_plot(tmp_path: Path) -> None:
+    assert plot_sensitivity(str(tmp_path), []) is None
+    assert list(tmp_path.iterdir()) == []

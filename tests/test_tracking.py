@@ -1,0 +1,284 @@
+"""MLflow tracking against a real SQLite store: what a run, a registration and the runs table hold."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+from pathlib import Path
+
+import fsspec
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
+
+from tasks.graph.load import ModelLoadError
+from tasks.tracking import (
+    TrackingUnavailableError,
+    default_experiment_name,
+    default_tracking_uri,
+    experiment_for,
+    find_run,
+    log_run,
+    register_int8_model,
+    runs_table,
+    tracking_client,
+)
+
+MODEL = Path(__file__).parent.parent / "examples" / "models" / "fashion_mnist_resnet.onnx"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One SQLite store for the module: creating its tables takes seconds, each test uses its own experiment."""
+    return default_tracking_uri(str(tmp_path_factory.mktemp("store")))
+
+
+@pytest.fixture
+def artifacts(tmp_path: Path) -> Path:
+    """The outputs of a calibration: the INT8 model at the top, tables and reports in folders."""
+    directory = tmp_path / "outputs"
+    (directory / "tables").mkdir(parents=True)
+    (directory / "reports").mkdir()
+    shutil.copyfile(MODEL, directory / "model.int8.onnx")
+    (directory / "tables" / "calibration.json").write_text('{"conv1": 2.5}')
+    (directory / "reports" / "accuracy.txt").write_text("int8 top1 0.9012\n")
+    return directory
+
+
+def artifact_files(client: MlflowClient, run_id: str, path: str | None = None) -> list[str]:
+    files = []
+    for info in client.list_artifacts(run_id, path):
+        files.extend(artifact_files(client, run_id, info.path) if info.is_dir else [info.path])
+    return sorted(files)
+
+
+def user_tags(run: Run) -> dict[str, str]:
+    return {key: value for key, value in run.data.tags.items() if not key.startswith("mlflow.")}
+
+
+def log_simple_run(store: str, experiment_id: str, artifacts: Path, run_key: str | None = None) -> str:
+    return log_run(store, experiment_id, "simple", {"method": "entropy"}, {"int8_top1": 0.9}, {}, str(artifacts), run_key)
+
+
+def test_default_tracking_uri_is_a_sqlite_file_in_the_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert default_tracking_uri("out") == f"sqlite:///{tmp_path.resolve()}/out/mlflow.db"
+
+
+@pytest.mark.parametrize(
+    ("model_uri", "name"),
+    [
+        ("examples/models/fashion_mnist_resnet.onnx", "int8flow/fashion_mnist_resnet"),
+        ("s3://zoo/cnn/resnet50.onnx?versionId=3", "int8flow/resnet50"),
+        ("https://host/models/model.int8.onnx", "int8flow/model.int8"),
+        ("models:/fmnist@champion", "int8flow/fmnist"),
+        ("models:/fmnist/3", "int8flow/fmnist"),
+    ],
+)
+def test_default_experiment_name_names_the_model(model_uri: str, name: str) -> None:
+    assert default_experiment_name(model_uri) == name
+
+
+def test_default_experiment_name_rejects_a_malformed_registry_uri() -> None:
+    with pytest.raises(ModelLoadError) as error:
+        default_experiment_name("models:/fmnist")
+    assert str(error.value) == (
+        "models:/fmnist: not a registered model URI; use models:/<name>@<alias> or models:/<name>/<version>"
+    )
+
+
+def test_experiment_for_creates_once_with_artifacts_beside_the_database(store: str) -> None:
+    experiment_id = experiment_for(store, "int8flow/fashion_mnist_resnet")
+    assert experiment_for(store, "int8flow/fashion_mnist_resnet") == experiment_id
+    database = Path(store.removeprefix("sqlite:///"))
+    expected = (database.parent / "mlartifacts" / "int8flow_fashion_mnist_resnet").as_uri()
+    assert tracking_client(store).get_experiment(experiment_id).artifact_location == expected
+
+
+def test_run_artifacts_stay_under_the_database_folder_not_the_working_directory(
+    store: str, artifacts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    working = tmp_path / "cwd"
+    working.mkdir()
+    monkeypatch.chdir(working)
+    run_id = log_simple_run(store, experiment_for(store, "int8flow/cwd-check"), artifacts)
+    artifact_uri = tracking_client(store).get_run(run_id).info.artifact_uri
+    database_folder = Path(store.removeprefix("sqlite:///")).parent
+    assert artifact_uri == f"{database_folder.as_uri()}/mlartifacts/int8flow_cwd-check/{run_id}/artifacts"
+    assert list(working.iterdir()) == []
+
+
+def test_log_run_records_params_metrics_tags_and_artifacts_exactly(store: str, artifacts: Path, tmp_path: Path) -> None:
+    per_layer = {f"layer_{index:03d}": str(index) for index in range(250)}  # more than one batch of 100
+    params = {"method": "entropy", "calib_examples": "512", "exclude": ""} | per_layer
+    metrics = {"fp32_top1": 0.9125, "int8_top1": 0.9087, "top1_drop": 0.0038, "calib_seconds": 41.5}
+    tags = {"int8flow.model": "fashion_mnist_resnet", "int8flow.gate": "passed"}
+    experiment_id = experiment_for(store, "int8flow/exact")
+
+    run_id = log_run(store, experiment_id, "entropy-512", params, metrics, tags, str(artifacts))
+
+    client = tracking_client(store)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "entropy-512"
+    assert run.data.params == params
+    assert run.data.metrics == metrics
+    assert user_tags(run) == tags
+    assert artifact_files(client, run_id) == ["model.int8.onnx", "reports/accuracy.txt", "tables/calibration.json"]
+    downloaded = client.download_artifacts(run_id, "model.int8.onnx", str(tmp_path / "download"))
+    assert Path(downloaded).read_bytes() == MODEL.read_bytes()
+
+
+def test_log_run_cuts_a_param_value_to_mlflows_limit(store: str, artifacts: Path) -> None:
+    experiment_id = experiment_for(store, "int8flow/long-param")
+    run_id = log_run(store, experiment_id, "long", {"excluded_nodes": "x" * 7000}, {}, {}, str(artifacts))
+    assert tracking_client(store).get_run(run_id).data.params == {"excluded_nodes": "x" * 6000}
+
+
+def test_log_run_reads_an_fsspec_folder_and_skips_half_written_files(store: str, memory_dir: str) -> None:
+    fs = fsspec.filesystem("memory")
+    fs.pipe(f"{memory_dir}/model.int8.onnx", MODEL.read_bytes())
+    fs.pipe(f"{memory_dir}/tables/calibration.json", b"{}")
+    fs.pipe(f"{memory_dir}/tables/.calibration.json.tmp-0123456789abcdef", b"{")
+    run_id = log_run(store, experiment_for(store, "int8flow/fsspec"), "remote", {}, {}, {}, memory_dir)
+    assert artifact_files(tracking_client(store), run_id) == ["model.int8.onnx", "tables/calibration.json"]
+
+
+def test_log_run_with_a_known_run_key_returns_the_finished_run(store: str, artifacts: Path) -> None:
+    experiment_id = experiment_for(store, "int8flow/dedup")
+    first = log_simple_run(store, experiment_id, artifacts, run_key="nightly-2026-11-26")
+    second = log_simple_run(store, experiment_id, artifacts, run_key="nightly-2026-11-26")
+    assert second == first
+    assert [run.info.run_id for run in tracking_client(store).search_runs([experiment_id])] == [first]
+    assert find_run(store, experiment_id, "int8flow.run_key", "nightly-2026-11-26") == first
+    assert find_run(store, experiment_id, "int8flow.run_key", "nightly-2026-11-27") is None
+
+
+def test_a_missing_artifacts_folder_is_reported_before_any_run_exists(store: str, tmp_path: Path) -> None:
+    experiment_id = experiment_for(store, "int8flow/no-outputs")
+    missing = tmp_path / "missing"
+    with pytest.raises(ValueError) as error:
+        log_simple_run(store, experiment_id, missing)
+    assert str(error.value) == f"{missing}: artifacts directory not found; write the run's outputs there first"
+    assert tracking_client(store).search_runs([experiment_id]) == []
+
+
+def test_a_run_that_fails_while_logging_is_failed_and_not_reused(store: str, artifacts: Path) -> None:
+    experiment_id = experiment_for(store, "int8flow/failed")
+    with pytest.raises(MlflowException):
+        log_run(store, experiment_id, "bad", {}, {"top1_drop%": 0.1}, {}, str(artifacts), run_key="retry-me")
+    [failed] = tracking_client(store).search_runs([experiment_id])
+    assert failed.info.status == "FAILED"
+
+    retried = log_simple_run(store, experiment_id, artifacts, run_key="retry-me")
+    assert retried != failed.info.run_id
+    assert find_run(store, experiment_id, "int8flow.run_key", "retry-me") == retried
+
+
+def test_registering_a_run_twice_keeps_one_version_with_alias_and_tags(store: str, artifacts: Path) -> None:
+    run_id = log_simple_run(store, experiment_for(store, "int8flow/register"), artifacts)
+    tags = {"int8flow.method": "entropy", "int8flow.gate": "passed"}
+
+    first = register_int8_model(store, "fmnist-int8", run_id, tags=tags, alias="champion")
+    second = register_int8_model(store, "fmnist-int8", run_id, tags=tags, alias="champion")
+
+    client = tracking_client(store)
+    assert (first, second) == ("1", "1")
+    [version] = client.search_model_versions("name = 'fmnist-int8'")
+    assert version.run_id == run_id
+    assert version.source == f"{client.get_run(run_id).info.artifact_uri}/model.int8.onnx"
+    assert version.tags == tags
+    assert str(client.get_model_version_by_alias("fmnist-int8", "champion").version) == "1"
+    assert client.get_run(run_id).data.tags["int8flow.registered_version"] == "1"
+
+
+def test_registering_a_run_without_the_model_artifact_names_what_the_run_has(store: str, tmp_path: Path) -> None:
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    (outputs / "table.json").write_text("{}")
+    run_id = log_simple_run(store, experiment_for(store, "int8flow/no-model"), outputs)
+    with pytest.raises(ValueError) as error:
+        register_int8_model(store, "fmnist-int8-missing", run_id)
+    assert str(error.value) == (
+        f"run {run_id} has no artifact 'model.int8.onnx' (files there: table.json); "
+        "log the INT8 model with the run before registering it"
+    )
+
+
+def test_runs_table_compares_runs_newest_first(store: str, artifacts: Path) -> None:
+    experiment_id = experiment_for(store, "int8flow/table")
+    older = log_run(
+        store,
+        experiment_id,
+        "minmax",
+        {"method": "minmax", "calib_examples": "256"},
+        {"fp32_top1": 0.9125, "int8_top1": 0.8871, "top1_drop": 0.0254, "agreement_top1": 0.95, "calib_seconds": 12.34},
+        {"int8flow.model": "fashion_mnist_resnet", "int8flow.gate": "failed"},
+        str(artifacts),
+    )
+    newer = log_run(
+        store,
+        experiment_id,
+        "entropy",
+        {"method": "entropy"},
+        {"fp32_top1": 0.9125, "int8_top1": 0.9087},
+        {"int8flow.model": "fashion_mnist_resnet", "int8flow.gate": "passed"},
+        str(artifacts),
+    )
+    register_int8_model(store, "fmnist-table", newer)
+    client = tracking_client(store)
+    assert client.get_run(newer).info.start_time > client.get_run(older).info.start_time
+
+    columns, rows = runs_table(store, "int8flow/table")
+
+    assert columns == [
+        "run", "start (UTC)", "model", "method", "calib examples", "fp32_top1", "int8_top1", "top1_drop",
+        "agreement_top1", "calib_seconds", "gate", "registered version",
+    ]  # fmt: skip
+    assert [row[2:] for row in rows] == [
+        ["fashion_mnist_resnet", "entropy", "-", "0.9125", "0.9087", "-", "-", "-", "passed", "1"],
+        ["fashion_mnist_resnet", "minmax", "256", "0.9125", "0.8871", "0.0254", "0.9500", "12.3", "failed", "-"],
+    ]
+    assert [row[0] for row in rows] == [newer[:8], older[:8]]
+    assert len(rows[0][1]) == len("2026-11-26 09:23:13")
+
+
+def test_runs_table_without_a_name_covers_every_int8flow_experiment(store: str, artifacts: Path) -> None:
+    outside = log_simple_run(store, experiment_for(store, "someone-else"), artifacts)
+    inside = log_simple_run(store, experiment_for(store, "int8flow/listed"), artifacts)
+    client = tracking_client(store)
+    int8flow_ids = [
+        experiment.experiment_id for experiment in client.search_experiments() if experiment.name.startswith("int8flow/")
+    ]
+    expected = [run.info.run_id[:8] for run in client.search_runs(int8flow_ids, order_by=["attributes.start_time DESC"])]
+
+    _, rows = runs_table(store, None)
+
+    assert [row[0] for row in rows] == expected
+    assert rows[0][0] == inside[:8]
+    assert outside[:8] not in expected
+
+
+def test_runs_table_of_an_unknown_experiment_lists_the_existing_ones(tmp_path: Path) -> None:
+    store = default_tracking_uri(str(tmp_path))
+    experiment_for(store, "int8flow/fashion_mnist_resnet")
+    with pytest.raises(ValueError) as error:
+        runs_table(store, "int8flow/resnet50")
+    assert str(error.value) == (
+        f"no experiment 'int8flow/resnet50' in {store} (experiments: Default, int8flow/fashion_mnist_resnet); "
+        "pass one of those names"
+    )
+
+
+def test_an_unreachable_tracking_server_is_a_retryable_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    server = f"http://127.0.0.1:{port}"
+    with pytest.raises(TrackingUnavailableError) as error:
+        experiment_for(server, "int8flow/fashion_mnist_resnet")
+    assert str(error.value) == (
+        f"MLflow tracking server {server} unreachable (ConnectionError); start it or fix the tracking URI, then retry"
+    )
