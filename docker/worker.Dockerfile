@@ -1,0 +1,52 @@
+# syntax=docker/dockerfile:1
+# Dask-CUDA GPU worker (and, in compose.yaml, the Dask scheduler: same image, so scheduler and
+# workers run identical dask/distributed/Python builds). int8flow is installed with the `gpu`
+# extra (cupy-cuda12x, dask-cuda[cu12]) by the same constraints-pinned pip step CI runs.
+# Build from the repository root:  docker build -f docker/worker.Dockerfile .
+#
+# Base: the CUDA 12.9 runtime (cuBLAS, NVRTC, ... for CuPy's kernels); 12.9 matches the
+# cuda-toolkit 12.9 wheels dask-cuda[cu12] installs. The host needs the NVIDIA Container Toolkit
+# and a driver for CUDA 12.9 (>= 575; the image's NVIDIA_REQUIRE_CUDA check refuses older ones
+# except the data-center branches it lists). Ubuntu 22.04 has no current Python 3.11 of its own:
+# deadsnakes' python3.11 is used, the Python minor version the lock (constraints.txt) was made with.
+FROM nvidia/cuda:12.9.1-runtime-ubuntu22.04
+
+ARG DEBIAN_FRONTEND=noninteractive
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends software-properties-common \
+ && add-apt-repository -y ppa:deadsnakes/ppa \
+ && apt-get install -y --no-install-recommends python3.11 python3.11-venv \
+ && apt-get purge -y --auto-remove software-properties-common \
+ && rm -rf /var/lib/apt/lists/*
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    VIRTUAL_ENV=/opt/int8flow-venv \
+    PATH=/opt/int8flow-venv/bin:$PATH \
+    DASK_TEMPORARY_DIRECTORY=/tmp/dask-scratch
+
+# UID 50000, group 0: the same user as the Airflow image, since workers write the partial
+# histograms that Airflow tasks read from the shared /data/int8flow-runs volume.
+RUN useradd --uid 50000 --gid 0 --create-home --home-dir /home/int8flow --shell /bin/bash int8flow \
+ && mkdir -p /data/int8flow-runs /data/int8flow-data \
+ && chown -R 50000:0 /data \
+ && chmod -R g+rwX /data
+
+# The install step of the Makefile and CI: constraints.txt pins every version. Extra `gpu`:
+# CuPy and dask-cuda; extra `dashboard`: bokeh, which the Dask scheduler's dashboard needs.
+WORKDIR /src/int8flow
+COPY pyproject.toml constraints.txt README.md ./
+COPY kernels/ kernels/
+COPY schemas/ schemas/
+COPY tasks/ tasks/
+RUN python3.11 -m venv "$VIRTUAL_ENV" \
+ && pip install --constraint constraints.txt '.[gpu,dashboard]' \
+ && rm -rf build ./*.egg-info
+
+USER int8flow
+WORKDIR /home/int8flow
+# One Dask worker process per visible GPU (dask-cuda); override the address as the first argument.
+ENTRYPOINT ["dask", "cuda", "worker"]
+CMD ["tcp://dask-scheduler:8786"]
