@@ -8,6 +8,7 @@ Airflow tasks can tell a bad setting from a transient failure or a crash.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -32,6 +33,7 @@ from tasks.tracking import TrackingUnavailableError, default_tracking_uri, runs_
 EXIT_GATE_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_UNAVAILABLE = 3
+UNWRAPPED_WIDTH = 240
 
 
 THRESHOLD_SETTINGS = ("method", "num_quantized_bins", "percentile", "spike_fix", "unsigned_activations")
@@ -170,15 +172,18 @@ def _run_runs(args: argparse.Namespace, console: Console) -> int:
     columns, rows = runs_table(tracking_uri, args.experiment or None)
     view = Table(title=f"int8flow runs in {tracking_uri}")
     for column in columns:
-        view.add_column(column, overflow="fold")
+        view.add_column(column, no_wrap=True)
     for row in rows:
         view.add_row(*row)
-    console.print(view)
+    # Piped into a file or a log, a comparison table is read whole, not folded to 80 columns.
+    (console if console.is_terminal else Console(width=UNWRAPPED_WIDTH)).print(view)
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    for noisy in ("distributed", "mlflow"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     console = Console()
     handlers = {"run": _run_run, "runs": _run_runs, "shard-demo": _run_demo, "rethreshold": _run_rethreshold}
     try:

@@ -50,5 +50,6 @@ class StageProgress:
 
     def announce_cluster(self, info: ClusterInfo) -> None:
         self.console.print(
-            f"Dask {info.kind}: {info.workers} worker(s) at {info.scheduler}; dashboard: {info.dashboard or 'none'}"
+            f"Dask {info.kind}: {info.workers} worker(s) at {info.scheduler}; dashboard: {info.dashboard or 'none'}",
+            soft_wrap=True,
         )

@@ -1,0 +1,178 @@
+"""``int8flow run`` end to end on real parts: the committed Fashion-MNIST ResNet, Debian's Fashion-MNIST,
+an embedded Dask cluster of two worker processes, a SQLite MLflow store; onnxruntime as the oracle."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from mlflow import MlflowClient
+
+from schemas.calibration_table import CalibrationTable
+from schemas.run_config import RunConfig
+from tasks.datasets import fashion_mnist_folder, load_mnist_split
+from tasks.graph.executor import GraphExecutor
+from tasks.graph.int8_ops import INT8_OPS
+from tasks.graph.load import load_graph
+from tasks.graph.quantize_pass import QuantizationOptions, calibration_tensors, quantize_graph
+from tasks.graph.simplify import simplify
+from tasks.observe import observe
+from tasks.pipeline import run_pipeline
+from tasks.sensitivity import rank_sensitivity
+from tasks.shard_jobs import sample_indices, top_k
+from tasks.threshold import build_calibration_table
+
+MODEL = str(Path(__file__).parents[1] / "examples" / "models" / "fashion_mnist_resnet.onnx")
+CALIB = f"{fashion_mnist_folder()}#train"
+VAL = f"{fashion_mnist_folder()}#t10k"
+CALIB_EXAMPLES = 512
+VAL_EXAMPLES = 2000
+SCRIPT = str(Path(sys.executable).parent / "int8flow")
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([SCRIPT, *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """One real run with a gate and a registration; several tests read what it left."""
+    cwd = tmp_path_factory.mktemp("run")
+    done = cli(
+        "run", MODEL, "--calib-data", CALIB, "--val-data", VAL, "--preprocess", "mnist",
+        "--calib-examples", str(CALIB_EXAMPLES), "--val-examples", str(VAL_EXAMPLES), "--batch-size", "32",
+        "--workers", "2", "--shards", "3", "--max-top1-drop", "1", "--register", "fmnist-int8", "--out", "out",
+        cwd=cwd,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return cwd, done
+
+
+@pytest.fixture(scope="module")
+def images() -> tuple[np.ndarray, np.ndarray]:
+    return load_mnist_split(fashion_mnist_folder(), "train")
+
+
+def report_of(cwd: Path) -> dict:
+    return json.loads((cwd / "out" / "report.json").read_text())
+
+
+def mnist_inputs(pixels: np.ndarray) -> np.ndarray:
+    """The 'mnist' preset written out: pixels times the float32 nearest 1/255."""
+    return pixels[:, None].astype(np.float32) * np.float32(1 / 255)
+
+
+def test_the_run_writes_every_output(demo_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    cwd, done = demo_run
+    out = cwd / "out"
+    assert sorted(path.name for path in (out / "histograms").iterdir()) == [f"shard={i:05d}.parquet" for i in range(3)]
+    for name in ("calibration.json", "calibration.cache", "model.int8.onnx", "report.json", "report.md", "run.json"):
+        assert (out / name).is_file(), name
+    plots = sorted(path.name for path in (out / "plots").iterdir())
+    assert len([name for name in plots if name.startswith("histogram-")]) == 6
+    assert "dashboard: http://" in done.stdout and "FP32 top-1" in done.stdout and "fmnist-int8 version 1" in done.stdout
+
+
+def test_the_distributed_table_equals_a_single_process_calibration(
+    demo_run: tuple[Path, subprocess.CompletedProcess[str]], images: tuple[np.ndarray, np.ndarray]
+) -> None:
+    cwd, _ = demo_run
+    chosen = sample_indices(len(images[0]), CALIB_EXAMPLES, 0)
+    graph = simplify(load_graph(MODEL)[0])
+    histograms = observe(GraphExecutor(graph), [{"input": mnist_inputs(images[0][chosen])}], calibration_tensors(graph))
+    written = CalibrationTable.from_json((cwd / "out" / "calibration.json").read_text(), "calibration.json")
+    expected = build_calibration_table(histograms, RunConfig.from_mapping({"model": MODEL, "calib_data": CALIB}).threshold_settings(), written.metadata)
+    assert written.to_json() == expected.to_json()
+
+
+def test_accuracy_is_exact_and_agrees_with_onnxruntime(demo_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    cwd, _ = demo_run
+    pixels, labels = load_mnist_split(fashion_mnist_folder(), "t10k")
+    inputs, labels = mnist_inputs(pixels[:VAL_EXAMPLES]), labels[:VAL_EXAMPLES]
+    graph = simplify(load_graph(MODEL)[0])
+    table = CalibrationTable.from_json((cwd / "out" / "calibration.json").read_text(), "calibration.json")
+    fp32 = top_k(GraphExecutor(graph).run({"input": inputs})["logits"])
+    int8 = top_k(GraphExecutor(quantize_graph(graph, table, QuantizationOptions()), ops=INT8_OPS).run({"input": inputs})["logits"])
+    accuracy = report_of(cwd)["accuracy"]
+    assert accuracy["examples"] == VAL_EXAMPLES
+    assert accuracy["fp32_top1"] == 100.0 * np.sum(fp32[:, 0] == labels) / VAL_EXAMPLES
+    assert accuracy["int8_top1"] == 100.0 * np.sum(int8[:, 0] == labels) / VAL_EXAMPLES
+    assert accuracy["int8_top5"] == 100.0 * np.sum(np.any(int8 == labels[:, None], axis=1)) / VAL_EXAMPLES
+    assert accuracy["agreement_top1"] == 100.0 * np.sum(fp32[:, 0] == int8[:, 0]) / VAL_EXAMPLES
+    onnx_fp32 = ort.InferenceSession(MODEL, providers=["CPUExecutionProvider"]).run(None, {"input": inputs})[0]
+    onnx_int8 = ort.InferenceSession(str(cwd / "out" / "model.int8.onnx"), providers=["CPUExecutionProvider"]).run(None, {"input": inputs})[0]
+    assert np.mean(onnx_fp32.argmax(1) == fp32[:, 0]) >= 0.999
+    assert np.mean(onnx_int8.argmax(1) == int8[:, 0]) >= 0.99
+
+
+def test_mlflow_holds_the_run_and_the_registered_version(demo_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    cwd, _ = demo_run
+    client = MlflowClient(tracking_uri=f"sqlite:///{cwd}/mlflow.db", registry_uri=f"sqlite:///{cwd}/mlflow.db")
+    experiment = client.get_experiment_by_name("int8flow/fashion_mnist_resnet")
+    (run,) = client.search_runs([experiment.experiment_id])
+    report = report_of(cwd)
+    for name in ("fp32_top1", "int8_top1", "top1_drop", "fp32_top5", "int8_top5", "top5_drop", "agreement_top1"):
+        assert run.data.metrics[name] == pytest.approx(report["accuracy"][name], abs=1e-12), name
+    assert run.data.metrics["calib_seconds"] > 0 and run.data.metrics["calib_examples"] == CALIB_EXAMPLES
+    assert run.data.params["calib_examples"] == str(CALIB_EXAMPLES) and run.data.params["method"] == "entropy"
+    assert run.data.tags["int8flow.model_sha256"] == report["model"]["sha256"]
+    assert run.data.tags["int8flow.gate"] == "passed"
+    artifacts = {item.path for item in client.list_artifacts(run.info.run_id)}
+    assert {"calibration.json", "model.int8.onnx", "report.md", "histograms", "plots"} <= artifacts
+    version = client.get_model_version_by_alias("fmnist-int8", "int8-candidate")
+    assert str(version.version) == "1" and version.run_id == run.info.run_id
+    assert version.tags["fp32_sha256"] == report["model"]["sha256"]
+    listed = cli("runs", cwd=cwd)
+    assert listed.returncode == 0 and run.info.run_id[:8] in listed.stdout and "passed" in listed.stdout
+
+
+def test_a_failed_gate_exits_1_and_registers_nothing(tmp_path: Path) -> None:
+    done = cli(
+        "run", MODEL, "--calib-data", CALIB, "--val-data", VAL, "--preprocess", "mnist", "--calib-examples", "128",
+        "--val-examples", "256", "--workers", "1", "--max-top1-drop", "-1", "--fallback-budget", "1",
+        "--sensitivity-examples", "32", "--register", "never", "--out", "out", cwd=tmp_path,
+    )
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert done.stderr.startswith("int8flow: accuracy gate failed") and done.stderr.count("\n") == 1
+    gate = report_of(tmp_path)["gate"]
+    assert not gate["passed"] and len(gate["attempts"]) == 2
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", registry_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    assert client.search_registered_models() == []
+    (run,) = client.search_runs([client.get_experiment_by_name("int8flow/fashion_mnist_resnet").experiment_id])
+    assert run.data.tags["int8flow.gate"] == "failed"
+
+
+def test_the_fallback_moves_the_most_sensitive_nodes_to_fp32_until_the_gate_passes(tmp_path: Path) -> None:
+    settings = {
+        "model": MODEL, "calib_data": CALIB, "val_data": VAL, "preprocess": "mnist", "calib_examples": 256,
+        "val_examples": VAL_EXAMPLES, "method": "naive", "per_tensor_weights": True, "max_top1_drop": -0.05,
+        "fallback_budget": 3, "sensitivity_examples": 128, "workers": 2, "out": str(tmp_path / "out"),
+        "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
+    }
+    config = RunConfig.from_mapping(settings)
+    outcome = run_pipeline(config)
+    attempts = outcome.report["gate"]["attempts"]
+    graph = simplify(load_graph(MODEL)[0])
+    table = CalibrationTable.from_json((tmp_path / "out" / "calibration.json").read_text(), "calibration.json")
+    options = QuantizationOptions(per_channel=False)
+    pixels, labels = load_mnist_split(fashion_mnist_folder(), "t10k")
+    ranking = rank_sensitivity(graph, table, options, {"input": mnist_inputs(pixels[:128])})
+    assert [node["node"] for node in outcome.report["sensitivity"]] == [node.node for node in ranking]
+    inputs = mnist_inputs(pixels[:VAL_EXAMPLES])
+    fp32_top1 = np.sum(GraphExecutor(graph).run({"input": inputs})["logits"].argmax(1) == labels[:VAL_EXAMPLES])
+    for index, attempt in enumerate(attempts):
+        assert attempt["excluded"] == [node.node for node in ranking[:index]]
+        quantized = quantize_graph(graph, table, QuantizationOptions(tuple(attempt["excluded"]), per_channel=False))
+        hits = np.sum(top_k(GraphExecutor(quantized, ops=INT8_OPS).run({"input": inputs})["logits"])[:, 0] == labels[:VAL_EXAMPLES])
+        assert attempt["int8_top1"] == 100.0 * hits / VAL_EXAMPLES
+        assert attempt["passed"] == (100.0 * (fp32_top1 - hits) / VAL_EXAMPLES <= -0.05)
+    assert [attempt["passed"] for attempt in attempts[:-1]] == [False] * (len(attempts) - 1)
+    assert outcome.passed == attempts[-1]["passed"] and (outcome.passed or len(attempts) == 4)
+    built = json.loads((tmp_path / "out" / "stages" / "build.json").read_text())
+    gate = json.loads((tmp_path / "out" / "stages" / "gate.json").read_text())
+    assert built["excluded"] == gate["final_excluded"]
