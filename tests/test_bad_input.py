@@ -1,0 +1,185 @@
+"""Bad input to ``int8flow run``: one line on stderr naming the problem and the remedy, the exit status
+that says which kind of failure it was, and no results written. Real files, real clusters."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from onnx import numpy_helper
+from PIL import Image
+
+from tasks.cli import EXIT_BAD_INPUT, EXIT_UNAVAILABLE, main
+from tasks.datasets import fashion_mnist_folder, load_mnist_split
+
+MODEL = str(Path(__file__).parents[1] / "examples" / "models" / "fashion_mnist_resnet.onnx")
+CALIB = f"{fashion_mnist_folder()}#train"
+VAL = f"{fashion_mnist_folder()}#t10k"
+
+
+def png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def parquet_data(path: Path, count: int, labels: list[int] | None = None, corrupt: tuple[int, ...] = ()) -> str:
+    """``count`` Fashion-MNIST test images as PNG bytes; rows in ``corrupt`` hold truncated PNGs."""
+    pixels, real_labels = load_mnist_split(fashion_mnist_folder(), "t10k")
+    images = [png(pixels[index])[: 30 if index in corrupt else None] for index in range(count)]
+    table = pa.table({"image": pa.array(images, pa.binary()), "label": pa.array(labels or real_labels[:count].tolist(), pa.int64())})
+    pq.write_table(table, path)
+    return str(path)
+
+
+def run(tmp_path: Path, capsys: pytest.CaptureFixture[str], *args: str, model: str = MODEL) -> tuple[int, str]:
+    code = main([
+        "run", model, "--preprocess", "mnist", "--workers", "1", "--out", str(tmp_path / "out"),
+        "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", *args,
+    ])
+    return code, capsys.readouterr().err
+
+
+def assert_one_line(error: str, *words: str) -> None:
+    assert error.startswith("int8flow: error: ") and error.count("\n") == 1, error
+    for word in words:
+        assert word in error, (word, error)
+
+
+def assert_nothing_written(tmp_path: Path) -> None:
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, error = run(tmp_path, capsys, "--calib-data", CALIB, model=str(tmp_path / "nope.onnx"))
+    assert code == EXIT_BAD_INPUT
+    assert_one_line(error, "nope.onnx", "not found")
+    assert_nothing_written(tmp_path)
+
+
+def test_a_file_that_is_not_onnx(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "model.onnx").write_text("hello")
+    code, error = run(tmp_path, capsys, "--calib-data", CALIB, model=str(tmp_path / "model.onnx"))
+    assert code == EXIT_BAD_INPUT
+    assert_one_line(error, "model.onnx", "not an ONNX model")
+    assert_nothing_written(tmp_path)
+
+
+def test_missing_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, error = run(tmp_path, capsys, "--calib-data", str(tmp_path / "images"))
+    assert code == EXIT_BAD_INPUT
+    assert_one_line(error, str(tmp_path / "images"))
+    assert_nothing_written(tmp_path)
+
+
+def test_an_idx_folder_without_a_split(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, error = run(tmp_path, capsys, "--calib-data", fashion_mnist_folder())
+    assert code == EXIT_BAD_INPUT
+    assert_one_line(error, "#t10k")
+    assert_nothing_written(tmp_path)
+
+
+def test_an_empty_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pq.write_table(pa.table({"image": pa.array([], pa.binary()), "label": pa.array([], pa.int64())}), tmp_path / "e.parquet")
+    code, error = run(tmp_path, capsys, "--calib-data", str(tmp_path / "e.parquet"))
+    assert code == EXIT_BAD_INPUT
+    assert_one_line(error, "e.parquet", "no rows")
+    assert_nothing_written(tmp_path)
+
+
+def test_fewer_examples_than_one_batch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = parquet_data(tmp_path / "few.parquet", 10)
+    code, error = run(tmp_path, capsys, "--calib-data", data, "--batch-size", "64")
+    assert code == EXIT_BAD_INPUT
+    assert_one_line(error, "--calib-data", "10 examples, fewer than one batch of 64", "--batch-size")
+    assert_nothing_written(tmp_path)
+
+
+def test_a_preprocessing_that_does_not_fit_the_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, error = main(["run", MODEL, "--calib-data", CALIB, "--preprocess", "imagenet-tf", "--out", str(tmp_path / "out")]), capsys.readouterr().err
+    assert code == EXIT_BAD_INPUT
+    assert_one_line(error, "imagenet-tf", "mnist")
+    assert_nothing_written(tmp_path)
+
+
+def test_an_invalid_setting_names_its_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, error = run(tmp_path, capsys, "--calib-data", CALIB, "--num-bins", "8001")
+    assert code == EXIT_BAD_INPUT
+    assert_one_line(error, "--num-bins=8001", "8192")
+    assert_nothing_written(tmp_path)
+
+
+def test_an_exclusion_that_matches_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, error = run(tmp_path, capsys, "--calib-data", CALIB, "--exclude", "Convv")
+    assert code == EXIT_BAD_INPUT
+    assert_one_line(error, "'Convv'", "Conv")
+    assert_nothing_written(tmp_path)
+
+
+def test_a_registry_uri_that_does_not_resolve(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, error = run(tmp_path, capsys, "--calib-data", CALIB, model="models:/resnet@production")
+    assert code == EXIT_BAD_INPUT
+    assert_one_line(error, "models:/resnet@production")
+    assert_nothing_written(tmp_path)
+
+
+def test_an_unreachable_scheduler_fails_fast(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, error = run(tmp_path, capsys, "--calib-data", CALIB, "--calib-examples", "64", "--scheduler", "tcp://127.0.0.1:9")
+    assert code == EXIT_UNAVAILABLE
+    assert_one_line(error, "tcp://127.0.0.1:9", "did not answer")
+    assert not (tmp_path / "out" / "histograms").exists()
+
+
+def test_labels_out_of_range_for_the_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = parquet_data(tmp_path / "val.parquet", 8, labels=[0, 1, 2, 3, 4, 5, 6, 12])
+    code, error = run(tmp_path, capsys, "--calib-data", CALIB, "--calib-examples", "64", "--val-data", data)
+    assert code == EXIT_BAD_INPUT
+    assert_one_line(error, "val.parquet", "label 12", "10 classes")
+    assert not (tmp_path / "out" / "report.json").exists()
+
+
+def test_an_image_that_fails_to_decode_fails_by_default(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = parquet_data(tmp_path / "calib.parquet", 64, corrupt=(5,))
+    code, error = run(tmp_path, capsys, "--calib-data", data, "--batch-size", "16")
+    assert code == EXIT_BAD_INPUT
+    assert_one_line(error, "calib.parquet row 5", "--on-bad-image skip")
+    assert not (tmp_path / "out" / "calibration.json").exists()
+
+
+def test_images_that_fail_to_decode_are_skipped_and_counted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = parquet_data(tmp_path / "calib.parquet", 64, corrupt=(5, 40))
+    code, _ = run(tmp_path, capsys, "--calib-data", data, "--batch-size", "16", "--on-bad-image", "skip")
+    assert code == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["data"]["calibration"]["examples"] == 62
+    assert report["data"]["calibration"]["skipped_images"] == 2
+
+
+def test_nan_activations_name_the_tensor(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = onnx.load(MODEL)
+    weight = next(init for init in model.graph.initializer if len(init.dims) == 4)
+    broken = numpy_helper.to_array(weight).copy()
+    broken.flat[0] = np.inf
+    weight.CopyFrom(numpy_helper.from_array(broken, weight.name))
+    onnx.save(model, tmp_path / "broken.onnx")
+    code, error = run(tmp_path, capsys, "--calib-data", CALIB, "--calib-examples", "64", model=str(tmp_path / "broken.onnx"))
+    assert code == EXIT_BAD_INPUT
+    assert_one_line(error, "tensor '", "NaN", "infinite")
+    assert not (tmp_path / "out" / "calibration.json").exists()
+
+
+def test_an_output_directory_of_another_run_is_refused_unless_overwritten(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(tmp_path, capsys, "--calib-data", CALIB, "--calib-examples", "64")[0] == 0
+    before = (tmp_path / "out" / "calibration.json").read_bytes()
+    code, error = run(tmp_path, capsys, "--calib-data", CALIB, "--calib-examples", "64", "--method", "naive")
+    assert code == EXIT_BAD_INPUT
+    assert_one_line(error, "another run", "--overwrite")
+    assert (tmp_path / "out" / "calibration.json").read_bytes() == before
+    assert run(tmp_path, capsys, "--calib-data", CALIB, "--calib-examples", "64", "--method", "naive", "--overwrite")[0] == 0
+    assert (tmp_path / "out" / "calibration.json").read_bytes() != before
