@@ -4,8 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 EFFICIENTNET := models/efficientnet_lite0.onnx
+# Real labelled images for the demo and the tests: Debian's dataset-fashion-mnist (MIT licence).
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install models test test-gpu demo bench clean
+.PHONY: install models data test test-gpu demo bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,15 +24,25 @@ $(EFFICIENTNET): $(STAMP) examples/export_efficientnet_lite0.py
 
 models: $(EFFICIENTNET)
 
-test: $(STAMP) $(EFFICIENTNET)
+$(FASHION_MNIST):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dataset-fashion-mnist
+
+data: $(FASHION_MNIST)
+
+test: $(STAMP) $(EFFICIENTNET) $(FASHION_MNIST)
 	$(BIN)/python -m pytest -m "not gpu"
 
 # GPU machines bring their own CuPy and NumPy; the GPU tests need nothing else from the venv.
 test-gpu:
 	PYTHONPATH=. $(PYTHON) -m pytest -m gpu -p no:cacheprovider tests/test_gpu_kernels.py tests/test_kernels_cuda.py tests/test_gpu_executor.py
 
-demo: $(STAMP)
-	$(BIN)/int8flow demo --out demo-out
+# The main job on the bundled demo: calibrate on 1024 training images, validate on the 10,000 test
+# images, gate at 0.5 points of top-1, register the INT8 model in the local MLflow (./mlflow.db).
+demo: $(STAMP) $(FASHION_MNIST)
+	$(BIN)/int8flow run examples/models/fashion_mnist_resnet.onnx --preprocess mnist \
+		--calib-data '$(FASHION_MNIST)#train' --val-data '$(FASHION_MNIST)#t10k' --calib-examples 1024 \
+		--max-top1-drop 0.5 --register fashion-mnist-resnet-int8 --out demo-out --overwrite
 
 bench: $(STAMP) $(EFFICIENTNET)
 	$(BIN)/python benchmarks/bench_entropy.py
@@ -37,4 +50,4 @@ bench: $(STAMP) $(EFFICIENTNET)
 	$(BIN)/python benchmarks/bench_accuracy_efficientnet.py
 
 clean:
-	rm -rf $(VENV) demo-out models .pytest_cache .hypothesis
+	rm -rf $(VENV) demo-out shard-demo-out models mlflow.db mlartifacts .pytest_cache .hypothesis
