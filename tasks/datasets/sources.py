@@ -161,7 +161,22 @@ def decode_image(data: bytes) -> np.ndarray:
         return np.asarray(image.convert("L" if image.mode in _GREY_MODES else "RGB"))
 
 
-class ParquetDataset:
+class _FilesFingerprint:
+    """The fingerprint of a data set stored as files: their bytes and names, hashed once per object."""
+
+    fs: AbstractFileSystem
+    paths: list[str]
+    names: list[str]
+
+    @functools.cached_property
+    def _fingerprint(self) -> str:
+        return _files_fingerprint(self.fs, self.paths, self.names)
+
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+
+class ParquetDataset(_FilesFingerprint):
     """Examples in rows of Parquet files; only the footers are read until ``read`` asks for rows."""
 
     kind: DatasetKind = "parquet"
@@ -187,12 +202,6 @@ class ParquetDataset:
     def __len__(self) -> int:
         return int(self._group_start[-1])
 
-    @functools.cached_property
-    def _fingerprint(self) -> str:
-        return _files_fingerprint(self.fs, self.paths, self.names)
-
-    def fingerprint(self) -> str:
-        return self._fingerprint
 
     def read(self, indices: Sequence[int]) -> RawExamples:
         positions = _positions(self.uri, len(self), indices)
@@ -222,7 +231,7 @@ class ParquetDataset:
             ) from None
 
 
-class ImageFolderDataset:
+class ImageFolderDataset(_FilesFingerprint):
     """Image files in one sub-folder per class; the class index is the sub-folder's position by name."""
 
     kind: DatasetKind = "imagefolder"
@@ -244,17 +253,12 @@ class ImageFolderDataset:
                 "give the folder whose sub-folders are the classes"
             )
         self.names = names
+        self.paths = [f"{self.root}/{name}" for name in names]
         self.labels = np.array(labels, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.names)
 
-    @functools.cached_property
-    def _fingerprint(self) -> str:
-        return _files_fingerprint(self.fs, [f"{self.root}/{name}" for name in self.names], self.names)
-
-    def fingerprint(self) -> str:
-        return self._fingerprint
 
     def read(self, indices: Sequence[int]) -> RawExamples:
         positions = _positions(self.uri, len(self), indices)
@@ -275,7 +279,7 @@ class ImageFolderDataset:
         return RawExamples(images, self.labels[positions], sources, errors)
 
 
-class IdxDataset:
+class IdxDataset(_FilesFingerprint):
     """One split of MNIST-format idx files, loaded once per process and shared by every shard read."""
 
     kind: DatasetKind = "idx"
@@ -290,12 +294,6 @@ class IdxDataset:
     def __len__(self) -> int:
         return len(_idx_split(self.folder, self.split)[1])
 
-    @functools.cached_property
-    def _fingerprint(self) -> str:
-        return _files_fingerprint(self.fs, self.paths, self.names)
-
-    def fingerprint(self) -> str:
-        return self._fingerprint
 
     def read(self, indices: Sequence[int]) -> RawExamples:
         positions = _positions(self.uri, len(self), indices)
