@@ -54,12 +54,16 @@ class GateResult:
 def gate_stage(
     plan: RunPlan, client: Client, table: CalibrationTable, first: Accuracy, progress: ProgressSink = quiet
 ) -> GateResult:
-    """Check ``first`` against the gate; on failure, fall back node by node within the budget."""
+    """Rank the nodes, check ``first`` against the gate; on failure, fall back node by node within the budget.
+
+    The ranking is computed even when the gate passes (or none is set): the report's sensitivity
+    chart shows users which layers cost accuracy, the first thing they ask about an INT8 model.
+    """
     limit = plan.config.max_top1_drop
+    ranking = tuple(rank_sensitivity(fp32_graph(plan.model), table, plan.quantization_options(), _slice(plan)))
     attempts = [GateAttempt((), first, limit is None or first.top1_drop <= limit)]
     if attempts[0].passed or limit is None:
-        return GateResult(limit, tuple(attempts))
-    ranking = tuple(rank_sensitivity(fp32_graph(plan.model), table, plan.quantization_options(), _slice(plan)))
+        return GateResult(limit, tuple(attempts), ranking)
     excluded: tuple[str, ...] = ()
     for node in ranking[: plan.config.fallback_budget]:
         excluded += (node.node,)
