@@ -1,0 +1,74 @@
+"""The run configuration: one declaration per setting, and the rules every entry point shares."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+import pytest
+
+from kernels.histogram import DEFAULT_NUM_BINS
+from schemas.run_config import NUM_BINS_CHOICES, SETTINGS, SETTINGS_BY_NAME, RunConfig, RunConfigError
+from schemas.threshold_settings import ThresholdSettings
+from tasks.cli import build_parser
+
+REQUIRED = {"model": "m.onnx", "calib_data": "data.parquet"}
+
+
+def test_every_setting_is_a_field_of_the_config_in_the_same_order() -> None:
+    assert [setting.name for setting in SETTINGS] == [field.name for field in fields(RunConfig)]
+
+
+def test_every_default_passes_its_own_check() -> None:
+    for setting in SETTINGS:
+        if setting.default is not None or setting.nullable:
+            assert setting.check(setting.default) == setting.default, setting.name
+
+
+def test_defaults_match_the_kernels() -> None:
+    config = RunConfig.from_mapping(REQUIRED)
+    assert config.threshold_settings() == ThresholdSettings()
+    assert config.num_bins == DEFAULT_NUM_BINS and DEFAULT_NUM_BINS in NUM_BINS_CHOICES
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"method": "kl"}, "--method='kl': choose one of entropy, naive, percentile, mse"),
+        ({"num_bins": 8001}, "--num-bins=8001: choose one of 16, 32"),
+        ({"batch_size": 0}, "--batch-size=0: must be at least 1"),
+        ({"percentile": 0.0}, "--percentile=0.0: must be greater than 0"),
+        ({"percentile": 100.5}, "--percentile=100.5: must be at most 100"),
+        ({"batch_size": 3.5}, "--batch-size=3.5: expected an integer"),
+        ({"spike_fix": "yes"}, "--spike-fix='yes': expected true or false"),
+        ({"exclude": "Conv"}, "--exclude='Conv': expected a list of names"),
+        ({"calib_data": None}, "--calib-data: a value is required"),
+        ({"batch": 3}, "unknown setting(s) batch"),
+    ],
+)
+def test_bad_values_name_the_option(values: dict, message: str) -> None:
+    with pytest.raises(RunConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
+        RunConfig.from_mapping({**REQUIRED, **values})
+
+
+def test_nullable_settings_accept_none_and_empty_validation_data_means_none() -> None:
+    config = RunConfig.from_mapping({**REQUIRED, "val_data": "", "max_top1_drop": None})
+    assert config.val_data is None and config.max_top1_drop is None
+
+
+def test_mlflow_params_hold_every_setting_as_text() -> None:
+    config = RunConfig.from_mapping({**REQUIRED, "exclude": [":first-conv", "Gemm"], "max_top1_drop": 0.5})
+    params = config.mlflow_params()
+    assert list(params) == list(SETTINGS_BY_NAME)
+    assert params["exclude"] == ":first-conv,Gemm" and params["max_top1_drop"] == "0.5"
+    assert params["spike_fix"] == "true" and params["val_data"] == "" and params["num_bins"] == "8192"
+
+
+def test_the_cli_parses_into_the_same_config() -> None:
+    args = build_parser().parse_args(
+        ["run", "m.onnx", "--calib-data", "data.parquet", "--exclude", "Conv", "--exclude", "Gemm", "--no-spike-fix",
+         "--max-top1-drop", "0.25", "--per-tensor-weights"]
+    )
+    config = RunConfig.from_mapping({setting.name: getattr(args, setting.name) for setting in SETTINGS})
+    assert config == RunConfig.from_mapping(
+        {**REQUIRED, "exclude": ["Conv", "Gemm"], "spike_fix": False, "max_top1_drop": 0.25, "per_tensor_weights": True}
+    )
