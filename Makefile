@@ -8,7 +8,7 @@ EFFICIENTNET := models/efficientnet_lite0.onnx
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install models data test test-gpu demo bench clean
+.PHONY: install models data test test-gpu demo bench airflow clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,13 @@ demo: $(STAMP) $(FASHION_MNIST)
 	$(BIN)/int8flow run examples/models/fashion_mnist_resnet.onnx --preprocess mnist \
 		--calib-data '$(FASHION_MNIST)#train' --val-data '$(FASHION_MNIST)#t10k' --calib-examples 1024 \
 		--max-top1-drop 0.5 --register fashion-mnist-resnet-int8 --out demo-out --overwrite
+
+# Airflow on SQLite with this repository's DAGs: UI and API on http://127.0.0.1:8080 (docs/airflow.md).
+AIRFLOW_HOME ?= $(CURDIR)/airflow-home
+airflow: $(STAMP) $(FASHION_MNIST)
+	AIRFLOW_HOME=$(AIRFLOW_HOME) AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags AIRFLOW__CORE__LOAD_EXAMPLES=False \
+	AIRFLOW__CORE__PARALLELISM=4 AIRFLOW__API__HOST=127.0.0.1 PATH=$(CURDIR)/$(BIN):$$PATH \
+	$(BIN)/airflow standalone
 
 bench: $(STAMP) $(EFFICIENTNET)
 	$(BIN)/python benchmarks/bench_entropy.py

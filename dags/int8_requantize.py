@@ -1,0 +1,236 @@
+"""
+# int8_requantize
+
+One DAG run calibrates **one FP32 ONNX model** to INT8 across a Dask cluster, validates it against
+FP32, applies the accuracy gate, logs everything to MLflow and registers the INT8 model when the
+gate passes. It runs the same stages as `int8flow run`, one task each, so a run from here reports,
+tracks and registers exactly like one from the command line.
+
+| Task | What it does |
+|---|---|
+| `plan` | checks the model, the data and every setting; writes `run.json` |
+| `observe` | fans the calibration shards out over Dask: partial activation histograms |
+| `thresholds` | merges the partial histograms, chooses the thresholds, writes the calibration table |
+| `build` | writes `model.int8.onnx` |
+| `validate` | fans the validation shards out over Dask: FP32 vs INT8 top-1 / top-5 |
+| `gate` | accuracy gate with fallback (the most sensitive nodes back to FP32, within the budget); rebuilds the INT8 model with the final exclusions. **A failed gate fails the run here**, with the figures in the log; that run is still tracked in MLflow (tag `int8flow.gate=failed`) and nothing is registered |
+| `report` | `report.json`, `report.md` and plots |
+| `track` | one MLflow run: params, metrics, tags, every output file |
+| `register` | registers `model.int8.onnx` under *Register* and points *Alias* at it (only when *Register* is set and the gate passed) |
+
+**Parameters.** The form has one field per run setting, made from the run-configuration schema
+(the `int8flow run` options). The form's defaults are the bundled Fashion-MNIST demo; the Dask
+scheduler and the MLflow tracking URI default to the deployment's (`INT8FLOW_DASK_SCHEDULER`,
+`MLFLOW_TRACKING_URI`). An empty scheduler starts an embedded Dask cluster inside each Dask task.
+
+**Outputs.** Each DAG run writes to `$INT8FLOW_RUNS_DIR/int8_requantize/<run_id>` (default
+`$AIRFLOW_HOME/int8flow-runs`), a folder the Dask workers must reach at the same path or URL. Only
+that path, the MLflow run id and the registered version travel between tasks (XCom).
+
+**Failures.** Bad input (missing file, model that does not load, data that does not fit, bad setting)
+fails its task at once with the message. Anything else (Dask scheduler or MLflow server unreachable,
+killed worker, lost connection) is retried three times with exponential backoff (30 s, 1 min, 2 min).
+Retries and cleared tasks are idempotent: the MLflow run is keyed by `int8_requantize/<run_id>` and a
+model version by its MLflow run, so a rerun of `track` or `register` finds what the first try made.
+
+Nightly runs of the production models come from `int8_requantize_nightly`, which triggers one run of
+this DAG per model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from airflow.sdk import dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException
+from int8flow_airflow.failures import RETRY_ARGS, bad_input_fails_at_once
+from int8flow_airflow.params import airflow_home, run_config_values, run_output_dir, run_params
+
+DAG_ID = "int8_requantize"
+MAX_ACTIVE_RUNS = 4
+
+log = logging.getLogger("int8flow.int8_requantize")
+
+
+class ProgressLog:
+    """A ``tasks.fanout.ProgressSink`` that writes shard progress to the task log, every 10 s at most."""
+
+    def __init__(self, every_seconds: float = 10.0) -> None:
+        self.every_seconds = every_seconds
+        self.last = -every_seconds
+
+    def __call__(self, stage: str, done: int, total: int, examples: int, seconds: float) -> None:
+        now = time.monotonic()
+        if done in (0, total) or now - self.last >= self.every_seconds:
+            self.last = now
+            rate = f", {examples / seconds:.1f} examples/s" if seconds else ""
+            log.info("%s: %d/%d shards, %d examples, %.1f s%s", stage, done, total, examples, seconds, rate)
+
+
+@contextlib.contextmanager
+def run_cluster(out: str) -> Iterator[Any]:
+    """A Dask client for the run in ``out``: its scheduler, or an embedded cluster for this task."""
+    from tasks.cluster import dask_client
+    from tasks.run_plan import load_plan
+
+    config = load_plan(out).config
+    with dask_client(config.scheduler, config.workers, config.device) as (client, info):
+        log.info("Dask: %s at %s, %d workers, dashboard %s", info.kind, info.scheduler, info.workers, info.dashboard)
+        yield client, info
+
+
+def run_key() -> str:
+    """What makes a retried or cleared ``track`` find its own MLflow run: this DAG run."""
+    context = get_current_context()
+    return f"{context['dag'].dag_id}/{context['run_id']}"
+
+
+def started() -> str | None:
+    start = get_current_context()["dag_run"].start_date
+    return start.astimezone(UTC).isoformat(timespec="seconds") if start else None
+
+
+@dag(
+    dag_id=DAG_ID,
+    dag_display_name="INT8 requantize",
+    description="Calibrate one ONNX model to INT8 on Dask, validate, gate, track in MLflow, register",
+    schedule=None,
+    start_date=datetime(2026, 1, 1, tzinfo=UTC),
+    catchup=False,
+    max_active_runs=MAX_ACTIVE_RUNS,
+    params=run_params(),
+    default_args=RETRY_ARGS,
+    doc_md=__doc__,
+    tags=["int8flow"],
+)
+def int8_requantize() -> None:
+    @task(task_display_name="Plan: check inputs")
+    @bad_input_fails_at_once
+    def plan() -> str:
+        from schemas.run_config import RunConfig
+        from tasks import pipeline
+
+        context = get_current_context()
+        out = run_output_dir(context["dag"].dag_id, context["run_id"])
+        config = RunConfig.from_mapping(run_config_values(context["params"], out))
+        planned = pipeline.plan(config, cwd=airflow_home())
+        log.info(
+            "planned %s: %d calibration examples in %d shards, %d tensors; outputs in %s; MLflow %s",
+            config.model, planned.calibration.sample, planned.shards, len(planned.tensors), planned.out,
+            planned.tracking_uri,
+        )
+        return planned.out
+
+    @task(task_display_name="Observe: histograms on Dask")
+    @bad_input_fails_at_once
+    def observe(out: str) -> str:
+        from tasks import pipeline, stages
+
+        with run_cluster(out) as (client, info):
+            pipeline.record_cluster(out, info)
+            record = stages.observe(out, client, ProgressLog())
+        log.info("observed %d examples in %d shards, %.1f s (%d images skipped)", record["examples"],
+                 record["shards"], record["seconds"], record["skipped_images"])
+        return out
+
+    @task(task_display_name="Thresholds")
+    @bad_input_fails_at_once
+    def thresholds(out: str) -> str:
+        from tasks import stages
+
+        record = stages.thresholds(out)
+        log.info("thresholds of %d tensors: merge %.1f s, search %.1f s", record["tensors"],
+                 record["reduce_seconds"], record["thresholds_seconds"])
+        return out
+
+    @task(task_display_name="Build INT8 model")
+    @bad_input_fails_at_once
+    def build(out: str) -> str:
+        from tasks import stages
+
+        record = stages.build(out)
+        log.info("wrote %s in %.1f s", record["path"], record["seconds"])
+        return out
+
+    @task(task_display_name="Validate on Dask")
+    @bad_input_fails_at_once
+    def validate(out: str) -> str:
+        from tasks import stages
+
+        with run_cluster(out) as (client, _):
+            record = stages.validate(out, client, ProgressLog())
+        if record is None:
+            log.info("no validation data: validation and gate skipped")
+        else:
+            accuracy = record["accuracy"]
+            log.info("%d examples: FP32 top-1 %.2f%%, INT8 top-1 %.2f%%, agreement %.2f%%", accuracy["examples"],
+                     accuracy["fp32_top1"], accuracy["int8_top1"], accuracy["agreement_top1"])
+        return out
+
+    @task(task_display_name="Accuracy gate")
+    @bad_input_fails_at_once
+    def gate(out: str) -> str:
+        from tasks import pipeline, stages
+
+        with run_cluster(out) as (client, _):
+            record = stages.gate(out, client, ProgressLog())
+        for attempt in record["attempts"]:
+            log.info("gate attempt: FP32 kept %s, INT8 top-1 %.2f%%, drop %.2f points: %s",
+                     ", ".join(attempt["excluded"]) or "none", attempt["int8_top1"], attempt["top1_drop"],
+                     "passed" if attempt["passed"] else "failed")
+        if record["final_excluded"]:
+            stages.build(out)  # model.int8.onnx with the nodes the gate moved back to FP32
+        try:
+            stages.check_gate(out)
+        except stages.GateFailedError as error:
+            try:  # like `int8flow run`, the failed calibration is tracked (tag int8flow.gate=failed)
+                pipeline.write_run_report(out, started())
+                log.info("failed run tracked in MLflow: run %s", pipeline.track(out, run_key()))
+            except Exception as tracking_error:  # noqa: BLE001 - the gate's verdict is this task's result
+                log.warning("the failed run was not tracked in MLflow: %s", tracking_error)
+            raise AirflowFailException(str(error)) from None
+        log.info("gate passed (max top-1 drop %s)", record["max_top1_drop"])
+        return out
+
+    @task(task_display_name="Report")
+    @bad_input_fails_at_once
+    def report(out: str) -> str:
+        from tasks import pipeline
+
+        pipeline.write_run_report(out, started())
+        log.info("wrote %s/report.json and report.md", out)
+        return out
+
+    @task(task_display_name="Track in MLflow")
+    @bad_input_fails_at_once
+    def track(out: str) -> str:
+        from tasks import pipeline
+
+        mlflow_run_id = pipeline.track(out, run_key())
+        log.info("MLflow run %s", mlflow_run_id)
+        return mlflow_run_id
+
+    @task(task_display_name="Register INT8 model")
+    @bad_input_fails_at_once
+    def register(out: str, mlflow_run_id: str) -> str | None:
+        from tasks import pipeline
+        from tasks.run_plan import load_plan
+
+        config = load_plan(out).config
+        version = pipeline.register(out, mlflow_run_id)
+        if version is None:
+            log.info("not registered: no model name in 'register'")
+        else:
+            log.info("registered %s version %s, alias %s", config.register, version, config.alias or "none")
+        return version
+
+    out = report(gate(validate(build(thresholds(observe(plan()))))))
+    register(out, track(out))
+
+
+int8_requantize()
