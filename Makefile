@@ -55,6 +55,7 @@ bench: $(STAMP) $(EFFICIENTNET)
 	$(BIN)/python benchmarks/bench_entropy.py
 	$(BIN)/python benchmarks/bench_runtime.py
 	$(BIN)/python benchmarks/bench_accuracy_efficientnet.py
+	$(BIN)/python benchmarks/bench_calibration.py
 
 clean:
 	rm -rf $(VENV) demo-out shard-demo-out models mlflow.db mlartifacts .pytest_cache .hypothesis

@@ -99,7 +99,7 @@ SETTINGS: tuple[Setting, ...] = (
             "calibration", minimum=1, metavar="N"),
     Setting("val_examples", int, 0, "validation examples, the first N (0: all)", "data", minimum=0, metavar="N"),
     Setting("seed", int, 0, "seed of the calibration sample", "calibration", minimum=0),
-    Setting("batch_size", int, 64, "examples per forward pass (results do not depend on it)", "calibration",
+    Setting("batch_size", int, 32, "examples per forward pass (results do not depend on it; peak memory does)", "calibration",
             minimum=1, metavar="B"),
     Setting("method", str, _THRESHOLD_DEFAULTS.method, "threshold method", "calibration", choices=METHODS),
     Setting("num_bins", int, 8192, "histogram bins, a power of two", "calibration", choices=NUM_BINS_CHOICES,
