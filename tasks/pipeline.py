@@ -32,7 +32,7 @@ from tasks.tracking import (
     log_run,
     register_int8_model,
 )
-from tasks.validate import INT8_MODEL
+from tasks.validate import INT8_MODEL, Accuracy
 
 
 @dataclass(frozen=True)
@@ -150,13 +150,13 @@ def assemble_report(plan: RunPlan, started: str, finished: str) -> dict[str, Any
         "plots": list(thresholds.get("plots", [])) + list((gate or {}).get("plots", [])),
     }
     if validate is not None and gate is not None:
-        final = gate["final_accuracy"] if gate["attempts"] else validate["accuracy"]
-        report["accuracy"] = _accuracy(final)
+        final = Accuracy(**gate["final_accuracy"])
+        report["accuracy"] = final.summary()
         report["data"]["validation"] = {
             "uri": plan.validation.uri if plan.validation else None,
             "fingerprint": plan.validation.fingerprint if plan.validation else None,
-            "examples": final["examples"],
-            "skipped_images": final["skipped"],
+            "examples": final.examples,
+            "skipped_images": final.skipped,
         }
         stage_times["validate"] = {
             "seconds": validate["seconds"],
@@ -248,19 +248,6 @@ def _gate_tag(gate: dict[str, Any] | None, plan: RunPlan) -> str:
     if gate is None or plan.config.max_top1_drop is None:
         return "none"
     return "passed" if gate["passed"] else "failed"
-
-
-def _accuracy(record: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "examples": record["examples"],
-        "fp32_top1": record["fp32_top1"],
-        "int8_top1": record["int8_top1"],
-        "top1_drop": record["fp32_top1"] - record["int8_top1"],
-        "fp32_top5": record["fp32_top5"],
-        "int8_top5": record["int8_top5"],
-        "top5_drop": record["fp32_top5"] - record["int8_top5"],
-        "agreement_top1": record["agreement_top1"],
-    }
 
 
 def _load_report(plan: RunPlan) -> dict[str, Any]:

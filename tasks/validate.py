@@ -45,9 +45,10 @@ class Accuracy:
     def top5_drop(self) -> float:
         return self.fp32_top5 - self.int8_top5
 
-    def metrics(self) -> dict[str, float]:
-        """The stable MLflow metric names."""
+    def summary(self) -> dict[str, float | int]:
+        """The report's accuracy section; ``int8flow run`` logs the same figures as MLflow metrics."""
         return {
+            "examples": self.examples,
             "fp32_top1": self.fp32_top1,
             "int8_top1": self.int8_top1,
             "top1_drop": self.top1_drop,
@@ -55,8 +56,6 @@ class Accuracy:
             "int8_top5": self.int8_top5,
             "top5_drop": self.top5_drop,
             "agreement_top1": self.agreement_top1,
-            "val_examples": float(self.examples),
-            "val_skipped_images": float(self.skipped),
         }
 
     @classmethod
