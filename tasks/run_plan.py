@@ -32,10 +32,11 @@ from tasks.tracking import default_tracking_uri
 
 PLAN_FILE = "run.json"
 HISTOGRAM_DIR = "histograms"
+STAGE_DIR = "stages"
 SHARDS_PER_WORKER = 4
 RESULT_NAMES = (
     PLAN_FILE, HISTOGRAM_DIR, "calibration.json", "calibration.cache", "model.int8.onnx", "model.fp32.onnx",
-    "report.json", "report.md", "plots",
+    "report.json", "report.md", "plots", STAGE_DIR,
 )
 """Everything a run writes into its output directory; ``--overwrite`` removes exactly these."""
 _NOT_RESULT_SETTINGS = frozenset(
@@ -137,6 +138,7 @@ def plan_run(config: RunConfig, workers: int, cwd: str) -> RunPlan:
                 "validation": validation.fingerprint if validation else None}
     run_key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     _claim_output_directory(config.out, run_key, config.overwrite)
+    _forget_stage_records(config.out)
     model_path = resolved.path
     if resolved.registered_name is not None:
         model_path = f"{config.out.rstrip('/')}/model.fp32.onnx"
@@ -197,3 +199,10 @@ def _claim_output_directory(out: str, run_key: str, overwrite: bool) -> None:
         target = f"{root.rstrip('/')}/{name}"
         if fs.exists(target):
             fs.rm(target, recursive=True)
+
+
+def _forget_stage_records(out: str) -> None:
+    """A new plan starts a new run: records of an earlier one (its gate's exclusions) must not leak in."""
+    fs, root = url_to_fs(f"{out.rstrip('/')}/{STAGE_DIR}")
+    if fs.exists(root):
+        fs.rm(root, recursive=True)

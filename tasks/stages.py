@@ -23,11 +23,10 @@ from tasks.calibrate import merge_stage, observe_stage, threshold_stage
 from tasks.fanout import ProgressSink, quiet
 from tasks.gate import GateResult, gate_stage
 from tasks.plots import plot_sensitivity, plot_tensor_histograms
-from tasks.run_plan import RunPlan, load_plan
+from tasks.run_plan import STAGE_DIR, RunPlan, load_plan
 from tasks.threshold import CALIBRATION_JSON
 from tasks.validate import Accuracy, build_stage, validate_stage
 
-STAGE_DIR = "stages"
 
 
 class GateFailedError(RuntimeError):

@@ -22,7 +22,7 @@ from tasks.graph.load import load_graph
 from tasks.graph.quantize_pass import QuantizationOptions, calibration_tensors, quantize_graph
 from tasks.graph.simplify import simplify
 from tasks.observe import observe
-from tasks.pipeline import run_pipeline
+from tasks.pipeline import plan, run_pipeline
 from tasks.sensitivity import rank_sensitivity
 from tasks.shard_jobs import sample_indices, top_k
 from tasks.threshold import build_calibration_table
@@ -177,3 +177,5 @@ def test_the_fallback_moves_the_most_sensitive_nodes_to_fp32_until_the_gate_pass
     built = json.loads((tmp_path / "out" / "stages" / "build.json").read_text())
     gate = json.loads((tmp_path / "out" / "stages" / "gate.json").read_text())
     assert built["excluded"] == gate["final_excluded"]
+    plan(config)  # a new run in the same folder must not build with this run's gate exclusions
+    assert not (tmp_path / "out" / "stages").exists()
