@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import fsspec
@@ -20,7 +21,7 @@ from kernels.backend import select_backend, to_numpy
 from schemas.calibration_table import CalibrationTable, CalibrationTableError
 from tasks.datasets.mnist_idx import DatasetError
 from tasks.datasets.preprocess import parse_preprocess
-from tasks.datasets.sources import ImageDataset, load_batch, open_dataset
+from tasks.datasets.sources import Batch, ImageDataset, load_batch, open_dataset
 from tasks.graph.executor import GraphExecutor
 from tasks.graph.int8_ops import INT8_OPS
 from tasks.graph.ir import Graph
@@ -174,7 +175,7 @@ def check_labels(labels: np.ndarray, classes: int | None, source: str) -> None:
         )
 
 
-def _batches(spec: ShardSpec, graph: Graph):
+def _batches(spec: ShardSpec, graph: Graph) -> Iterator[Batch]:
     dataset = _dataset(spec.data_uri)
     preprocess = parse_preprocess(spec.preprocess)
     input_shape = graph.inputs[0].shape
