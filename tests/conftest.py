@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,3 +46,38 @@ def memory_dir() -> Iterator[str]:
     fs = fsspec.filesystem("memory")
     if fs.exists(directory):
         fs.rm(directory, recursive=True)
+
+
+@pytest.fixture(scope="module")
+def external_dask_scheduler() -> Iterator[str]:
+    """A separate Dask cluster, as production runs one: ``dask scheduler`` and one ``dask worker``
+    process started from the command line; yields the scheduler address, stops both afterwards."""
+    from distributed import Client
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    dask = str(Path(sys.executable).parent / "dask")
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    processes = [
+        subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--dashboard-address", ":0"], **quiet),
+        subprocess.Popen([dask, "worker", address, "--nthreads", "1", "--nworkers", "1", "--no-dashboard"], **quiet),
+    ]
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with Client(address, timeout=5) as client:
+                    if client.scheduler_info()["workers"]:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"no Dask worker joined {address} within 60 s"
+            time.sleep(0.5)
+        yield address
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(30)

@@ -6,7 +6,8 @@ does: a Dask ``LocalCluster`` whose workers are spawned re-imports the Airflow C
 supervisor's environment and fails (STACK.md); forked workers, as ``tasks.cluster`` starts them, work.
 This file starts one standalone Airflow, triggers a small Fashion-MNIST run through the REST API,
 clears its ``track`` and ``register`` tasks to check that a rerun adds no MLflow run or model version,
-and lets the nightly DAG trigger a run from the model list. Every process it starts is stopped
+and lets the nightly DAG trigger a run from the model list, on an external Dask cluster (scheduler and
+worker processes started by the test). Every process it starts is stopped
 afterwards, also when a test fails; on failure the Airflow and task logs are in the report.
 """
 
@@ -230,14 +231,20 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Standalone]:
         assert not leftover, f"processes of airflow standalone still running: {leftover}"
 
 
+def nightly_entry(scheduler: str) -> dict[str, Any]:
+    """The nightly model runs on an external Dask cluster: the production shape, under the real executor."""
+    return {**NIGHTLY_ENTRY, "scheduler": scheduler}
+
+
 @pytest.fixture(scope="module")
-def rest_run_id(airflow: Standalone) -> str:
+def rest_run_id(airflow: Standalone, external_dask_scheduler: str) -> str:
     """A run triggered as the UI form does; the nightly DAG is unpaused too, so both run at once.
 
     Unpaused, the nightly DAG (catchup=False) runs at once for its latest cron time, so the test
     need not trigger it; that run waits for its model's run, and a second one would wait for it.
     """
-    airflow.api("POST", "/variables", json={"key": "int8flow_nightly_models", "value": json.dumps([NIGHTLY_ENTRY])})
+    entries = [nightly_entry(external_dask_scheduler)]
+    airflow.api("POST", "/variables", json={"key": "int8flow_nightly_models", "value": json.dumps(entries)})
     assert airflow.api("PATCH", f"/dags/{DAG_ID}", json={"is_paused": False})["is_paused"] is False
     rest = airflow.api("POST", f"/dags/{DAG_ID}/dagRuns", json={"logical_date": None, "conf": REST_CONF})
     assert airflow.api("PATCH", f"/dags/{NIGHTLY_DAG_ID}", json={"is_paused": False})["is_paused"] is False
@@ -289,7 +296,7 @@ def test_clearing_track_and_register_reruns_them_without_a_second_run_or_version
 
 
 def test_the_nightly_dag_triggers_one_run_per_listed_model_with_its_settings(
-    airflow: Standalone, rest_run_id: str
+    airflow: Standalone, rest_run_id: str, external_dask_scheduler: str
 ) -> None:
     def nightly_run_ids() -> list[str]:
         return [run["dag_run_id"] for run in airflow.api("GET", f"/dags/{NIGHTLY_DAG_ID}/dagRuns")["dag_runs"]]
@@ -303,8 +310,10 @@ def test_the_nightly_dag_triggers_one_run_per_listed_model_with_its_settings(
         return expected in [run["dag_run_id"] for run in airflow.api("GET", f"/dags/{DAG_ID}/dagRuns")["dag_runs"]]
 
     assert wait_until(triggered, RUN_TIMEOUT, interval=2), airflow.logs(nightly_run_id)
-    assert airflow.api("GET", f"/dags/{DAG_ID}/dagRuns/{expected}")["conf"] == NIGHTLY_ENTRY
+    assert airflow.api("GET", f"/dags/{DAG_ID}/dagRuns/{expected}")["conf"] == nightly_entry(external_dask_scheduler)
     assert airflow.wait_for_run(DAG_ID, expected) == "success", airflow.logs(expected)
+    cluster = json.loads((airflow.home / "int8flow-runs" / DAG_ID / expected / "stages" / "cluster.json").read_text())
+    assert (cluster["kind"], cluster["scheduler"]) == ("external", external_dask_scheduler)
     assert airflow.task_states(NIGHTLY_DAG_ID, nightly_run_id)["model_runs"] == ("success", 1)
     (run,) = tracked_runs(airflow, expected)
     assert run.data.params["method"] == "percentile" and run.data.metrics["calib_examples"] == 64

@@ -97,6 +97,12 @@ def test_a_worker_killed_mid_observe_does_not_change_the_table(reference: bytes,
     assert table == reference
 
 
+def test_an_external_cluster_gives_the_same_table(reference: bytes, external_dask_scheduler: str, tmp_path: Path) -> None:
+    with dask_client(external_dask_scheduler) as (client, info):
+        assert info.kind == "external" and info.scheduler == external_dask_scheduler
+        assert calibrate(tmp_path / "out", client, 32, 5, 1) == reference
+
+
 def test_an_unreachable_scheduler_fails_fast_naming_it() -> None:
     with pytest.raises(ClusterUnavailableError, match=r"tcp://127\.0\.0\.1:9 did not answer"):
         with dask_client("tcp://127.0.0.1:9"):
