@@ -25,7 +25,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     VIRTUAL_ENV=/opt/int8flow-venv \
     PATH=/opt/int8flow-venv/bin:$PATH \
-    DASK_TEMPORARY_DIRECTORY=/tmp/dask-scratch
+    DASK_TEMPORARY_DIRECTORY=/home/int8flow/dask-scratch
 
 # UID 50000, group 0: the same user as the Airflow image, since workers write the partial
 # histograms that Airflow tasks read from the shared /data/int8flow-runs volume.

@@ -9,6 +9,7 @@ import base64
 import itertools
 import json
 import subprocess
+import tempfile
 import sys
 import time
 import urllib.request
@@ -19,10 +20,11 @@ URL = sys.argv[1]
 OUT = sys.argv[2]
 WIDTH, HEIGHT = int(sys.argv[3]) if len(sys.argv) > 3 else 1280, int(sys.argv[4]) if len(sys.argv) > 4 else 2400
 PORT = 9333
+PROFILE = tempfile.mkdtemp(prefix="chromium-shot-")
 SECTIONS = sys.argv[5].split(",") if len(sys.argv) > 5 else []
 chrome = subprocess.Popen([
     "chromium", "--headless=new", "--no-sandbox", "--disable-gpu", f"--remote-debugging-port={PORT}",
-    "--user-data-dir=/tmp/chromium-shot", f"--window-size={WIDTH},{HEIGHT}", "--hide-scrollbars", "about:blank",
+    f"--user-data-dir={PROFILE}", f"--window-size={WIDTH},{HEIGHT}", "--hide-scrollbars", "about:blank",
 ], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 try:
     for _ in range(100):
