@@ -183,8 +183,6 @@ def int8_requantize() -> None:
             log.info("gate attempt: FP32 kept %s, INT8 top-1 %.2f%%, drop %.2f points: %s",
                      ", ".join(attempt["excluded"]) or "none", attempt["int8_top1"], attempt["top1_drop"],
                      "passed" if attempt["passed"] else "failed")
-        if record["final_excluded"]:
-            stages.build(out)  # model.int8.onnx with the nodes the gate moved back to FP32
         try:
             stages.check_gate(out)
         except stages.GateFailedError as error:

@@ -82,8 +82,6 @@ def run_pipeline(
         stages.build(out)
         stages.validate(out, client, progress)
         gate = stages.gate(out, client, progress)
-    if gate["final_excluded"]:
-        stages.build(out)
     report = write_run_report(out, started)
     run_id = track(out)
     registered = register(out, run_id) if gate["passed"] else None

@@ -104,7 +104,11 @@ def validate(out: str, client: Client, progress: ProgressSink = quiet) -> dict[s
 
 
 def gate(out: str, client: Client, progress: ProgressSink = quiet) -> dict[str, Any]:
-    """Apply the accuracy gate (with fallback); the record says whether it passed and what was excluded."""
+    """Apply the accuracy gate (with fallback); the record says whether it passed and what was excluded.
+
+    When the gate kept nodes in FP32, ``model.int8.onnx`` is rebuilt here, so every caller (CLI or
+    Airflow) leaves the gate with the model the record describes.
+    """
     plan = load_plan(out)
     first = load_record(plan, "validate")
     if first is None:
@@ -118,6 +122,8 @@ def gate(out: str, client: Client, progress: ProgressSink = quiet) -> dict[str, 
     record = _gate_record(result, seconds)
     record["plots"] = [path for path in [plot_sensitivity(plan.out, record["sensitivity"])] if path]
     save_record(plan, "gate", record)
+    if record["final_excluded"]:
+        build(out)
     return record
 
 

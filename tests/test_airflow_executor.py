@@ -26,7 +26,9 @@ from typing import Any
 
 import pytest
 import requests
-from test_airflow_dag import AIRFLOW, DAG_ID, DEMO_MODEL, FASHION_MNIST, TASK_IDS, airflow_environment
+from test_airflow_dag import (
+    AIRFLOW, DAG_ID, DEMO_MODEL, FASHION_MNIST, TASK_IDS, airflow_environment, mlflow_client, runs_with_key,
+)
 
 pytestmark = [
     pytest.mark.slow,
@@ -251,18 +253,8 @@ def rest_run_id(airflow: Standalone, external_dask_scheduler: str) -> str:
     return rest["dag_run_id"]
 
 
-def mlflow_client(airflow: Standalone) -> Any:
-    from mlflow import MlflowClient
-
-    uri = f"sqlite:///{airflow.home.resolve()}/mlflow.db"
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
-
-
 def tracked_runs(airflow: Standalone, run_id: str) -> list[Any]:
-    client = mlflow_client(airflow)
-    experiment = client.get_experiment_by_name("int8flow/fashion_mnist_resnet")
-    key_filter = f"tags.`int8flow.run_key` = '{DAG_ID}/{run_id}'"
-    return client.search_runs([experiment.experiment_id], filter_string=key_filter)
+    return runs_with_key(airflow.home, f"{DAG_ID}/{run_id}")
 
 
 def test_a_rest_triggered_run_succeeds_under_the_real_executor(airflow: Standalone, rest_run_id: str) -> None:
@@ -275,7 +267,7 @@ def test_a_rest_triggered_run_succeeds_under_the_real_executor(airflow: Standalo
     report = json.loads((airflow.home / "int8flow-runs" / DAG_ID / run_id / "report.json").read_text())
     assert run.data.metrics["int8_top1"] == report["accuracy"]["int8_top1"]
     assert run.data.metrics["val_examples"] == 256
-    version = mlflow_client(airflow).get_model_version_by_alias(REGISTERED, "int8-candidate")
+    version = mlflow_client(airflow.home).get_model_version_by_alias(REGISTERED, "int8-candidate")
     assert version.run_id == run.info.run_id
 
 
@@ -291,7 +283,7 @@ def test_clearing_track_and_register_reruns_them_without_a_second_run_or_version
     assert rerun, f"{airflow.task_states(DAG_ID, run_id)}\n{airflow.logs(run_id)}"
     assert airflow.task_states(DAG_ID, run_id)["track"] == ("success", 2)
     (run,) = tracked_runs(airflow, run_id)
-    versions = mlflow_client(airflow).search_model_versions(f"name = '{REGISTERED}'")
+    versions = mlflow_client(airflow.home).search_model_versions(f"name = '{REGISTERED}'")
     assert [(str(v.version), v.run_id) for v in versions] == [("1", run.info.run_id)]
 
 
