@@ -26,15 +26,15 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-from kernels.thresholds import METHODS, ThresholdSettings
-from tasks.datasets.photos import photo_crops
-from tasks.graph.executor import GraphExecutor
-from tasks.graph.int8_ops import INT8_OPS
-from tasks.graph.load import load_graph
-from tasks.graph.quantize_pass import QuantizationOptions, calibration_tensors, quantize_graph
-from tasks.graph.simplify import simplify
-from tasks.observe import observe
-from tasks.threshold import build_calibration_table
+from int8flow.kernels.thresholds import METHODS, ThresholdSettings
+from int8flow.tasks.data.photos import photo_crops
+from int8flow.tasks.graph.executor import GraphExecutor
+from int8flow.tasks.graph.int8_ops import INT8_OPS
+from int8flow.tasks.graph.load import load_graph
+from int8flow.tasks.graph.quantize_pass import QuantizationOptions, calibration_tensors, quantize_graph
+from int8flow.tasks.graph.simplify import simplify
+from int8flow.tasks.calibration.collector import observe
+from int8flow.tasks.calibration.table import build_calibration_table
 
 BATCH = 32
 

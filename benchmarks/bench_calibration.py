@@ -80,7 +80,7 @@ def write_photo_parquet(path: Path, count: int, seed: int) -> None:
     import pyarrow.parquet as pq
     from PIL import Image
 
-    from tasks.datasets.photos import PHOTO_NAMES, load_photo
+    from int8flow.tasks.data.photos import PHOTO_NAMES, load_photo
 
     photos = {name: Image.fromarray(np.array(load_photo(name))) for name in PHOTO_NAMES}
     rng = np.random.default_rng(seed)
@@ -108,8 +108,8 @@ def write_photo_parquet(path: Path, count: int, seed: int) -> None:
 
 def write_preprocessed(parquet: Path, npy: Path, batch: int) -> None:
     """Every example of ``parquet`` as the model input int8flow makes of it (float32 NCHW), in file order."""
-    from tasks.datasets.preprocess import parse_preprocess
-    from tasks.datasets.sources import load_batch, open_dataset
+    from int8flow.tasks.data.preprocess import parse_preprocess
+    from int8flow.tasks.data.sources import load_batch, open_dataset
 
     dataset = open_dataset(str(parquet))
     spec = parse_preprocess("imagenet-tf")
@@ -131,10 +131,10 @@ def _say(kind: str, payload: Any) -> None:
 
 
 def child_ours(job: dict[str, Any]) -> None:
-    from schemas.run_config import RunConfig
-    from tasks import stages
-    from tasks.cluster import dask_client
-    from tasks.pipeline import plan
+    from int8flow.schemas.run_config import RunConfig
+    from int8flow.tasks.run import stages
+    from int8flow.tasks.distributed.cluster import dask_client
+    from int8flow.tasks.run.pipeline import plan
 
     config = RunConfig.from_mapping({
         "model": MODEL, "calib_data": job["parquet"], "preprocess": "imagenet-tf", "calib_examples": job["images"],
@@ -207,7 +207,7 @@ def child_ort(job: dict[str, Any]) -> None:
     from onnxruntime.quantization.calibrate import create_calibrator
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
-    from tasks.shard_jobs import sample_indices
+    from int8flow.tasks.distributed.shard_jobs import sample_indices
 
     total = np.load(job["npy"], mmap_mode="r").shape[0]
     indices = sample_indices(total, job["images"], SEED)
@@ -365,7 +365,7 @@ def gib(value: int) -> str:
 
 def compare_thresholds(table_path: Path, ranges_path: Path) -> dict[str, Any]:
     """Our entropy threshold / onnxruntime's max(|low|, |high|), per tensor both calibrate."""
-    from schemas.calibration_table import CalibrationTable
+    from int8flow.schemas.calibration_table import CalibrationTable
 
     ours = CalibrationTable.from_json(table_path.read_text(), str(table_path)).by_name()
     theirs = json.loads(ranges_path.read_text())

@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from oracles import entropy_threshold_loop, first_minimum, kl_for_slice  # noqa: E402
 
-from kernels.histogram import Histogram  # noqa: E402
-from kernels.kl_search import kl_divergence_curve  # noqa: E402
-from kernels.thresholds import candidate_slices, entropy_thresholds, extreme_bins, flatten_spikes  # noqa: E402
+from int8flow.kernels.histogram import Histogram  # noqa: E402
+from int8flow.kernels.kl_search import kl_divergence_curve  # noqa: E402
+from int8flow.kernels.thresholds import candidate_slices, entropy_thresholds, extreme_bins, flatten_spikes  # noqa: E402
 
 NUM_QUANTIZED_BINS = 255
 

@@ -14,14 +14,14 @@ from collections.abc import Callable
 import cupy
 import numpy as np
 
-from kernels.thresholds import ThresholdSettings
-from tasks.graph.executor import GraphExecutor
-from tasks.graph.int8_ops import INT8_OPS
-from tasks.graph.load import load_graph
-from tasks.graph.quantize_pass import calibration_tensors, quantize_graph
-from tasks.graph.simplify import simplify
-from tasks.observe import observe
-from tasks.threshold import build_calibration_table
+from int8flow.kernels.thresholds import ThresholdSettings
+from int8flow.tasks.graph.executor import GraphExecutor
+from int8flow.tasks.graph.int8_ops import INT8_OPS
+from int8flow.tasks.graph.load import load_graph
+from int8flow.tasks.graph.quantize_pass import calibration_tensors, quantize_graph
+from int8flow.tasks.graph.simplify import simplify
+from int8flow.tasks.calibration.collector import observe
+from int8flow.tasks.calibration.table import build_calibration_table
 
 
 def gpu_time(run: Callable[[], object], repeats: int) -> float:

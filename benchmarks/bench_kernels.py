@@ -25,8 +25,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kernels.conv import conv2d  # noqa: E402
-from kernels.int8_gemm import int8_conv2d  # noqa: E402
+from int8flow.kernels.conv import conv2d  # noqa: E402
+from int8flow.kernels.int8_gemm import int8_conv2d  # noqa: E402
 
 
 @dataclass(frozen=True)

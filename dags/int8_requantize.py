@@ -58,7 +58,7 @@ log = logging.getLogger("int8flow.int8_requantize")
 
 
 class ProgressLog:
-    """A ``tasks.fanout.ProgressSink`` that writes shard progress to the task log, every 10 s at most."""
+    """A ``int8flow.tasks.distributed.fanout.ProgressSink`` that writes shard progress to the task log, every 10 s at most."""
 
     def __init__(self, every_seconds: float = 10.0) -> None:
         self.every_seconds = every_seconds
@@ -75,8 +75,8 @@ class ProgressLog:
 @contextlib.contextmanager
 def run_cluster(out: str) -> Iterator[Any]:
     """A Dask client for the run in ``out``: its scheduler, or an embedded cluster for this task."""
-    from tasks.cluster import dask_client
-    from tasks.run_plan import load_plan
+    from int8flow.tasks.distributed.cluster import dask_client
+    from int8flow.tasks.run.plan import load_plan
 
     config = load_plan(out).config
     with dask_client(config.scheduler, config.workers, config.device) as (client, info):
@@ -112,8 +112,8 @@ def int8_requantize() -> None:
     @task(task_display_name="Plan: check inputs")
     @bad_input_fails_at_once
     def plan() -> str:
-        from schemas.run_config import RunConfig
-        from tasks import pipeline
+        from int8flow.schemas.run_config import RunConfig
+        from int8flow.tasks.run import pipeline
 
         context = get_current_context()
         out = run_output_dir(context["dag"].dag_id, context["run_id"])
@@ -129,7 +129,7 @@ def int8_requantize() -> None:
     @task(task_display_name="Observe: histograms on Dask")
     @bad_input_fails_at_once
     def observe(out: str) -> str:
-        from tasks import pipeline, stages
+        from int8flow.tasks.run import pipeline, stages
 
         with run_cluster(out) as (client, info):
             pipeline.record_cluster(out, info)
@@ -141,7 +141,7 @@ def int8_requantize() -> None:
     @task(task_display_name="Thresholds")
     @bad_input_fails_at_once
     def thresholds(out: str) -> str:
-        from tasks import stages
+        from int8flow.tasks.run import stages
 
         record = stages.thresholds(out)
         log.info("thresholds of %d tensors: merge %.1f s, search %.1f s", record["tensors"],
@@ -151,7 +151,7 @@ def int8_requantize() -> None:
     @task(task_display_name="Build INT8 model")
     @bad_input_fails_at_once
     def build(out: str) -> str:
-        from tasks import stages
+        from int8flow.tasks.run import stages
 
         record = stages.build(out)
         log.info("wrote %s in %.1f s", record["path"], record["seconds"])
@@ -160,7 +160,7 @@ def int8_requantize() -> None:
     @task(task_display_name="Validate on Dask")
     @bad_input_fails_at_once
     def validate(out: str) -> str:
-        from tasks import stages
+        from int8flow.tasks.run import stages
 
         with run_cluster(out) as (client, _):
             record = stages.validate(out, client, ProgressLog())
@@ -175,7 +175,7 @@ def int8_requantize() -> None:
     @task(task_display_name="Accuracy gate")
     @bad_input_fails_at_once
     def gate(out: str) -> str:
-        from tasks import pipeline, stages
+        from int8flow.tasks.run import pipeline, stages
 
         with run_cluster(out) as (client, _):
             record = stages.gate(out, client, ProgressLog())
@@ -198,7 +198,7 @@ def int8_requantize() -> None:
     @task(task_display_name="Report")
     @bad_input_fails_at_once
     def report(out: str) -> str:
-        from tasks import pipeline
+        from int8flow.tasks.run import pipeline
 
         pipeline.write_run_report(out, started())
         log.info("wrote %s/report.json and report.md", out)
@@ -207,7 +207,7 @@ def int8_requantize() -> None:
     @task(task_display_name="Track in MLflow")
     @bad_input_fails_at_once
     def track(out: str) -> str:
-        from tasks import pipeline
+        from int8flow.tasks.run import pipeline
 
         mlflow_run_id = pipeline.track(out, run_key())
         log.info("MLflow run %s", mlflow_run_id)
@@ -216,8 +216,8 @@ def int8_requantize() -> None:
     @task(task_display_name="Register INT8 model")
     @bad_input_fails_at_once
     def register(out: str, mlflow_run_id: str) -> str | None:
-        from tasks import pipeline
-        from tasks.run_plan import load_plan
+        from int8flow.tasks.run import pipeline
+        from int8flow.tasks.run.plan import load_plan
 
         config = load_plan(out).config
         version = pipeline.register(out, mlflow_run_id)

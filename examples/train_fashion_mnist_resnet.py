@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from tasks.datasets import fashion_mnist_folder, load_mnist_split
+from int8flow.tasks.data import fashion_mnist_folder, load_mnist_split
 
 DEFAULT_OUT = Path(__file__).parent / "models" / "fashion_mnist_resnet.onnx"
 

@@ -22,8 +22,8 @@ depthwise layers at batch 32 it was slower than im2col + matmul, as were channel
 einsum over the strided windows. Python threads over blocks made things slower on the 2-core
 development machine.
 
-``Windows`` holds the geometry; the INT8 convolution (``kernels.int8_gemm``) and the pools
-(``kernels.pooling``) reuse it, so padding, ceil mode, strides and dilations live in one place.
+``Windows`` holds the geometry; the INT8 convolution (``int8flow.kernels.int8_gemm``) and the pools
+(``int8flow.kernels.pooling``) reuse it, so padding, ceil mode, strides and dilations live in one place.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from kernels.backend import array_module
+from int8flow.kernels.backend import array_module
 
 Pair = tuple[int, int]
 Pads = tuple[int, int, int, int]

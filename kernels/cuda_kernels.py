@@ -1,6 +1,6 @@
 """CUDA versions of the INT8 kernels, for CuPy arrays: the same results as the NumPy paths, bit for bit.
 
-Imported only by the public functions of ``kernels.quantize`` and ``kernels.int8_gemm`` once they
+Imported only by the public functions of ``int8flow.kernels.quantize`` and ``int8flow.kernels.int8_gemm`` once they
 see CuPy arrays, so the NumPy paths never import CuPy. Kernels are defined at module level and
 compiled on first use.
 
@@ -21,7 +21,7 @@ import cupy
 import numpy as np
 from cupy_backends.cuda.libs import cublas
 
-from kernels.conv import Windows, convolve
+from int8flow.kernels.conv import Windows, convolve
 
 # cudaDataType_t and cublasComputeType_t values (library_types.h, cublas_api.h).
 CUDA_R_8I = 3
@@ -118,7 +118,7 @@ def int8_matmul(a: cupy.ndarray, b: cupy.ndarray) -> cupy.ndarray:
 
 def int8_conv2d(x: cupy.ndarray, weight: cupy.ndarray, windows: Windows, groups: int) -> cupy.ndarray:
     """Int32 accumulators of an int8 convolution: the depthwise kernel when every group holds one
-    input channel, else im2col (``kernels.conv.convolve``) with cuBLAS int8 GEMMs."""
+    input channel, else im2col (``int8flow.kernels.conv.convolve``) with cuBLAS int8 GEMMs."""
     if weight.shape[1] == 1 and x.shape[1] == groups:
         return depthwise(x, weight, windows)
     return convolve(x, weight, windows, groups, batched_gemm_int8, cupy.int8, cupy.int32)
@@ -146,7 +146,7 @@ def depthwise(x: cupy.ndarray, weight: cupy.ndarray, windows: Windows) -> cupy.n
 
 def batched_gemm_int8(weights: cupy.ndarray, columns: cupy.ndarray) -> cupy.ndarray:
     """``weights`` (G, Mg, K) @ ``columns`` (n, G, K, L) -> int32 (n, G, Mg, L), one GEMM per
-    image and group (the ``product`` of ``kernels.conv.convolve``)."""
+    image and group (the ``product`` of ``int8flow.kernels.conv.convolve``)."""
     n, groups, _, length = columns.shape
     out = cupy.empty((n, groups, weights.shape[1], length), dtype=cupy.int32)
     for image in range(n):

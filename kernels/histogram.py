@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from kernels.backend import array_module, to_numpy
+from int8flow.kernels.backend import array_module, to_numpy
 
 DEFAULT_NUM_BINS = 8192
 # Exponent of a histogram whose values are all zero (or that holds none): below the exponent of any

@@ -7,11 +7,11 @@ integer it represents exactly. So K is cut into chunks of at most 1024, each chu
 matmul, and the chunk results are summed in int32: bit-identical to an integer reference (int32
 accumulators, which overflow only past 131072 products of 2**14).
 
-The convolution shares the FP32 structure of ``kernels.conv``: 1x1 as one matmul per block of
+The convolution shares the FP32 structure of ``int8flow.kernels.conv``: 1x1 as one matmul per block of
 images, everything else (depthwise included: its K is kH*kW) as cache-sized im2col blocks + the
 same exact product; the int8 to float32 conversion happens inside the im2col copy, and the float32
 results become int32 as the blocks are copied out. On CuPy arrays the work goes to
-``kernels.cuda_kernels`` (cuBLAS int8 GEMM, a depthwise kernel accumulating int32).
+``int8flow.kernels.cuda_kernels`` (cuBLAS int8 GEMM, a depthwise kernel accumulating int32).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from kernels.backend import array_module
-from kernels.conv import Pads, Pair, check_conv, convolve
+from int8flow.kernels.backend import array_module
+from int8flow.kernels.conv import Pads, Pair, check_conv, convolve
 
 # Largest K whose float32 dot products of int8 values are exact: 1024 * 2**14 = 2**24; with uint8
 # activations (0..255, non-negative tensors) a product reaches 255 * 128 < 2**15, so 512.
@@ -37,7 +37,7 @@ def int8_matmul(a: Any, b: Any) -> Any:
     if b.ndim != 2 or a.shape[-1] != b.shape[0]:
         raise ValueError(f"int8_matmul: a {tuple(a.shape)} and b {tuple(b.shape)} do not chain: need a (..., K), b (K, N)")
     if xp is not np and a.dtype == xp.int8:
-        from kernels import cuda_kernels
+        from int8flow.kernels import cuda_kernels
 
         return cuda_kernels.int8_matmul(a, b)
     product = _exact_product_for(a)
@@ -55,7 +55,7 @@ def int8_conv2d(
     _check_operands(x, weight)
     windows = check_conv(x, weight, strides, pads, dilations, groups)
     if xp is not np and x.dtype == xp.int8:
-        from kernels import cuda_kernels
+        from int8flow.kernels import cuda_kernels
 
         return cuda_kernels.int8_conv2d(x, weight, windows, groups)
     return convolve(x, weight, windows, groups, _exact_product_for(x), xp.float32, xp.int32)

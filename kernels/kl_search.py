@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from kernels.backend import array_module
+from int8flow.kernels.backend import array_module
 
 SMOOTHING_EPS = 1e-4
 SMALL_COUNT = 4

@@ -1,6 +1,6 @@
 """2-D pooling (NCHW, ONNX semantics): max and average in float, max and window sums in int8.
 
-The windows come from ``kernels.conv.Windows``: the input is padded and split into stride phases
+The windows come from ``int8flow.kernels.conv.Windows``: the input is padded and split into stride phases
 once, then every tap of the window is one contiguous slice, combined into the result with one
 vectorised ``maximum`` or ``add`` per tap. Images are processed in cache-sized blocks.
 
@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from kernels.backend import array_module
-from kernels.conv import BLOCK_BYTES, Pads, Pair, Windows
+from int8flow.kernels.backend import array_module
+from int8flow.kernels.conv import BLOCK_BYTES, Pads, Pair, Windows
 
 
 def max_pool2d(

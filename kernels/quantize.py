@@ -9,7 +9,7 @@ Which precision, and why:
   the exported QDQ model run by onnxruntime;
 - ``requantize``, ``rescale`` and ``add_int8`` compute in float64: an int32 accumulator times a
   multiplier is exact to the last bit of float32 only in float64, and float64 IEEE multiplication,
-  addition and rint give the same bits in NumPy and in the CUDA kernels (``kernels.cuda_kernels``).
+  addition and rint give the same bits in NumPy and in the CUDA kernels (``int8flow.kernels.cuda_kernels``).
 
 Large element-wise passes are done in row blocks so that their float temporaries stay in cache.
 """
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from kernels.backend import array_module
+from int8flow.kernels.backend import array_module
 
 INT8_MAX = 127
 UINT8_MAX = 255
@@ -44,7 +44,7 @@ def quantize(x: Any, scale: Any, unsigned: bool = False) -> Any:
     scale = _as_float32(xp, scale)
     low, high = (0, UINT8_MAX) if unsigned else (-INT8_MAX, INT8_MAX)
     if xp is not np:
-        from kernels import cuda_kernels
+        from int8flow.kernels import cuda_kernels
 
         return cuda_kernels.quantize(x.astype(xp.float32, copy=False), scale, unsigned)
 
@@ -76,7 +76,7 @@ def requantize(acc: Any, multiplier: Any, low: int = -INT8_MAX, high: int = INT8
     xp = array_module(acc, multiplier)
     multiplier = xp.asarray(multiplier, dtype=xp.float64)
     if xp is not np:
-        from kernels import cuda_kernels
+        from int8flow.kernels import cuda_kernels
 
         return cuda_kernels.requantize(acc, multiplier, low, high)
 

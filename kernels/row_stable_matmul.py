@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kernels.backend import array_module
+from int8flow.kernels.backend import array_module
 
 ROWS = 64
 

@@ -1,6 +1,6 @@
 """Threshold methods: each a pure function from merged histograms to one threshold per tensor.
 
-Collecting statistics (``kernels.histogram``) and choosing thresholds are separate, so a new method
+Collecting statistics (``int8flow.kernels.histogram``) and choosing thresholds are separate, so a new method
 is one function here and the same merged histograms can be re-thresholded without a forward pass.
 
 Documented choices for degenerate tensors (never a NaN threshold):
@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from kernels.backend import array_module, to_numpy
-from kernels.histogram import Histogram
-from kernels.kl_search import kl_divergence_curve
-from schemas.threshold_settings import METHODS, ThresholdSettings
+from int8flow.kernels.backend import array_module, to_numpy
+from int8flow.kernels.histogram import Histogram
+from int8flow.kernels.kl_search import kl_divergence_curve
+from int8flow.schemas.threshold_settings import METHODS, ThresholdSettings
 
 INT8_LEVELS = 127
 UINT8_LEVELS = 255

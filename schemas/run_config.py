@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from schemas.threshold_settings import METHODS, ThresholdSettings
+from int8flow.schemas.threshold_settings import METHODS, ThresholdSettings
 
 NUM_BINS_CHOICES: tuple[int, ...] = tuple(2**power for power in range(4, 17))
-"""Power-of-two bin counts: the only ones whose histograms merge exactly (``kernels.histogram``)."""
+"""Power-of-two bin counts: the only ones whose histograms merge exactly (``int8flow.kernels.histogram``)."""
 
 _THRESHOLD_DEFAULTS = ThresholdSettings()
 

@@ -1,7 +1,7 @@
 """Plain-loop implementations of the published algorithms: the oracles the fast kernels must match.
 
 They follow the published code line by line (MXNet PR #9552 ``_get_optimal_threshold`` and
-``_smooth_distribution``) over the same candidate slices as ``kernels.thresholds``, in float64, with
+``_smooth_distribution``) over the same candidate slices as ``int8flow.kernels.thresholds``, in float64, with
 the same first-of-near-ties rule. They are slow on purpose: clarity over speed.
 """
 
@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from kernels.thresholds import INT8_LEVELS, TIE_ABSOLUTE, TIE_RELATIVE
+from int8flow.kernels.thresholds import INT8_LEVELS, TIE_ABSOLUTE, TIE_RELATIVE
 
 EPS = 1e-4
 
@@ -99,7 +99,7 @@ def entropy_threshold_loop(
 
 
 def mse_threshold_loop(abs_counts: np.ndarray, bin_width: float, abs_max: float, levels: int = INT8_LEVELS) -> float:
-    """Direct sum of the error model of ``kernels.thresholds.mse_threshold`` for every candidate."""
+    """Direct sum of the error model of ``int8flow.kernels.thresholds.mse_threshold`` for every candidate."""
     centres = (np.arange(abs_counts.size) + 0.5) * bin_width
     top = int(math.floor(abs_max / bin_width)) + 1
     errors = []

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from schemas.run_config import SETTINGS, RunConfig, RunConfigError
+from int8flow.schemas.run_config import SETTINGS, RunConfig, RunConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 DAGS = REPO / "dags"
@@ -95,7 +95,7 @@ def dag(dag_bag: Any) -> Any:
 
 def _ours(filename: str) -> bool:
     path = Path(filename).resolve()
-    return any(path.is_relative_to(REPO / folder) for folder in ("dags", "tasks", "schemas", "kernels"))
+    return any(path.is_relative_to(REPO / folder) for folder in ("dags", "int8flow", "tasks", "schemas", "kernels"))
 
 
 def test_dag_folder_imports_without_errors_or_warnings_of_ours(dag_bag: Any) -> None:
@@ -309,7 +309,7 @@ def failed_gate_run(airflow_home: Path) -> DagTest:
 def test_dags_test_runs_every_stage_and_tracks_one_mlflow_run_matching_the_report(
     passed_run: DagTest, airflow_home: Path
 ) -> None:
-    from tasks.pipeline import run_metrics
+    from int8flow.tasks.run.pipeline import run_metrics
 
     assert passed_run.returncode == 0, passed_run.output[-5000:]
     assert passed_run.states() == {task_id: ("success", 1) for task_id in TASK_IDS}

@@ -3,7 +3,7 @@ processes under the supervisor, API server, triggerer), driven over the REST API
 
 ``airflow dags test`` runs tasks in its own process, so it cannot catch what only the real executor
 does: a Dask ``LocalCluster`` whose workers are spawned re-imports the Airflow CLI in the task
-supervisor's environment and fails (STACK.md); forked workers, as ``tasks.cluster`` starts them, work.
+supervisor's environment and fails (STACK.md); forked workers, as ``int8flow.tasks.distributed.cluster`` starts them, work.
 This file starts one standalone Airflow, triggers a small Fashion-MNIST run through the REST API,
 clears its ``track`` and ``register`` tasks to check that a rerun adds no MLflow run or model version,
 and lets the nightly DAG trigger a run from the model list, on an external Dask cluster (scheduler and

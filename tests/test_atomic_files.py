@@ -7,7 +7,7 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from tasks.atomic_files import atomic_output, atomic_write_bytes, atomic_write_text
+from int8flow.tasks.outputs.atomic_files import atomic_output, atomic_write_bytes, atomic_write_text
 
 
 class WriterCrashed(RuntimeError):

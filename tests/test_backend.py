@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kernels.backend import BackendUnavailableError, array_module, gpu_available, select_backend, to_numpy
+from int8flow.kernels.backend import BackendUnavailableError, array_module, gpu_available, select_backend, to_numpy
 
 
 def test_cpu_is_numpy() -> None:

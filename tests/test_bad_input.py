@@ -15,8 +15,8 @@ import pytest
 from onnx import numpy_helper
 from PIL import Image
 
-from tasks.cli import EXIT_BAD_INPUT, EXIT_UNAVAILABLE, main
-from tasks.datasets import fashion_mnist_folder, load_mnist_split
+from int8flow.tasks.cli.main import EXIT_BAD_INPUT, EXIT_UNAVAILABLE, main
+from int8flow.tasks.data import fashion_mnist_folder, load_mnist_split
 
 MODEL = str(Path(__file__).parents[1] / "examples" / "models" / "fashion_mnist_resnet.onnx")
 CALIB = f"{fashion_mnist_folder()}#train"

@@ -8,7 +8,7 @@ import struct
 
 import pytest
 
-from schemas.calibration_table import (
+from int8flow.schemas.calibration_table import (
     INT8_MAX,
     CalibrationTable,
     CalibrationTableError,

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kernels.histogram import Histogram
-from kernels.thresholds import METHODS, ThresholdSettings
-from schemas.calibration_table import CalibrationTable
-from tasks.cli import EXIT_BAD_INPUT, main
-from tasks.demo import DEMO_TENSORS, demo_fingerprint, example_activations
-from tasks.threshold import build_calibration_table
+from int8flow.kernels.histogram import Histogram
+from int8flow.kernels.thresholds import METHODS, ThresholdSettings
+from int8flow.schemas.calibration_table import CalibrationTable
+from int8flow.tasks.cli.main import EXIT_BAD_INPUT, main
+from int8flow.tasks.calibration.shard_demo import DEMO_TENSORS, demo_fingerprint, example_activations
+from int8flow.tasks.calibration.table import build_calibration_table
 
 EXAMPLES = 64
 

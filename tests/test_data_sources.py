@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from tasks.datasets import (
+from int8flow.tasks.data import (
     PRESETS,
     DatasetError,
     decode_image,
@@ -24,7 +24,7 @@ from tasks.datasets import (
     parse_preprocess,
     preprocess_batch,
 )
-from tasks.datasets.mnist_idx import FASHION_MNIST_FOLDER
+from int8flow.tasks.data.mnist_idx import FASHION_MNIST_FOLDER
 
 
 def rgb(seed: int, height: int = 9, width: int = 7) -> np.ndarray:

@@ -10,7 +10,7 @@ import fsspec
 import numpy as np
 import pytest
 
-from tasks.datasets import (
+from int8flow.tasks.data import (
     FASHION_MNIST_CLASSES,
     PHOTO_NAMES,
     DatasetError,
@@ -21,7 +21,7 @@ from tasks.datasets import (
     read_idx_images,
     read_idx_labels,
 )
-from tasks.datasets.mnist_idx import FASHION_MNIST_FOLDER
+from int8flow.tasks.data.mnist_idx import FASHION_MNIST_FOLDER
 
 
 def idx_bytes(array: np.ndarray) -> bytes:

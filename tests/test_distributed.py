@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from schemas.run_config import RunConfig
-from tasks import stages
-from tasks.cluster import ClusterUnavailableError, dask_client
-from tasks.datasets import fashion_mnist_folder
-from tasks.pipeline import plan
+from int8flow.schemas.run_config import RunConfig
+from int8flow.tasks.run import stages
+from int8flow.tasks.distributed.cluster import ClusterUnavailableError, dask_client
+from int8flow.tasks.data import fashion_mnist_folder
+from int8flow.tasks.run.pipeline import plan
 
 MODEL = str(Path(__file__).parents[1] / "examples" / "models" / "fashion_mnist_resnet.onnx")
 CALIB_EXAMPLES = 600

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from conftest import distributions
 
-from kernels.backend import gpu_available, select_backend
-from kernels.histogram import Histogram, merge_all
-from kernels.thresholds import METHODS, ThresholdSettings, choose_thresholds
+from int8flow.kernels.backend import gpu_available, select_backend
+from int8flow.kernels.histogram import Histogram, merge_all
+from int8flow.kernels.thresholds import METHODS, ThresholdSettings, choose_thresholds
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not gpu_available(), reason="needs a CUDA GPU and CuPy")]
 

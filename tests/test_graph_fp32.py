@@ -11,10 +11,10 @@ import pytest
 from graph_builders import INPUT_SHAPES, MODELS
 from onnx import helper
 
-from tasks.graph.executor import GraphExecutor, InputMismatchError
-from tasks.graph.fp32_ops import SUPPORTED_OPS, UnsupportedModelError
-from tasks.graph.load import ModelLoadError, import_model, load_graph
-from tasks.graph.simplify import simplify
+from int8flow.tasks.graph.executor import GraphExecutor, InputMismatchError
+from int8flow.tasks.graph.fp32_ops import SUPPORTED_OPS, UnsupportedModelError
+from int8flow.tasks.graph.load import ModelLoadError, import_model, load_graph
+from int8flow.tasks.graph.simplify import simplify
 
 
 def onnxruntime_outputs(model: onnx.ModelProto, batch: np.ndarray) -> list[np.ndarray]:

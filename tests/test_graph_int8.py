@@ -8,13 +8,13 @@ import onnxruntime as ort
 import pytest
 from graph_builders import INPUT_SHAPES, MODELS
 
-from kernels.thresholds import ThresholdSettings
-from tasks.graph.executor import GraphExecutor
-from tasks.graph.export_qdq import export_qdq
-from tasks.graph.int8_ops import INT8_OPS
-from tasks.graph.ir import Graph
-from tasks.graph.load import import_model
-from tasks.graph.quantize_pass import (
+from int8flow.kernels.thresholds import ThresholdSettings
+from int8flow.tasks.graph.executor import GraphExecutor
+from int8flow.tasks.graph.export_qdq import export_qdq
+from int8flow.tasks.graph.int8_ops import INT8_OPS
+from int8flow.tasks.graph.ir import Graph
+from int8flow.tasks.graph.load import import_model
+from int8flow.tasks.graph.quantize_pass import (
     FIRST_CONV,
     LAST_LAYER,
     QuantizationError,
@@ -23,9 +23,9 @@ from tasks.graph.quantize_pass import (
     quantize_graph,
     quantized_tensors,
 )
-from tasks.graph.simplify import simplify
-from tasks.observe import NonFiniteActivationError, observe
-from tasks.threshold import build_calibration_table
+from int8flow.tasks.graph.simplify import simplify
+from int8flow.tasks.calibration.collector import NonFiniteActivationError, observe
+from int8flow.tasks.calibration.table import build_calibration_table
 
 
 def batches(name: str, count: int = 6, size: int = 16, seed: int = 0) -> list[dict[str, np.ndarray]]:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels.histogram import (
+from int8flow.kernels.histogram import (
     ZERO_EXPONENT,
     Histogram,
     NonFiniteValuesError,

@@ -12,9 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from kernels.histogram import ZERO_EXPONENT, Histogram
-from schemas.partial_histograms import PartialHistogramFileError
-from tasks.histogram_files import (
+from int8flow.kernels.histogram import ZERO_EXPONENT, Histogram
+from int8flow.schemas.partial_histograms import PartialHistogramFileError
+from int8flow.tasks.calibration.partial_files import (
     list_partial_files,
     merge_partial_files,
     read_partial_file,

@@ -9,8 +9,8 @@ from conv_cases import CONV_CASES, CONV_FIELDS, CONV_IDS
 from onnx import TensorProto, helper, numpy_helper
 from skimage import data
 
-from kernels.conv import conv2d, pad_amounts
-from kernels.pooling import average_pool2d, global_average_pool, max_pool2d
+from int8flow.kernels.conv import conv2d, pad_amounts
+from int8flow.kernels.pooling import average_pool2d, global_average_pool, max_pool2d
 
 OPSET = 17
 RNG = np.random.default_rng(7)

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from conv_cases import CONV_CASES, CONV_FIELDS, CONV_IDS
 
-from kernels.backend import gpu_available
-from kernels.int8_gemm import int8_conv2d, int8_matmul
-from kernels.pooling import max_pool2d, window_sums_int32
-from kernels.quantize import add_int8, dequantize, quantize, requantize, rescale
+from int8flow.kernels.backend import gpu_available
+from int8flow.kernels.int8_gemm import int8_conv2d, int8_matmul
+from int8flow.kernels.pooling import max_pool2d, window_sums_int32
+from int8flow.kernels.quantize import add_int8, dequantize, quantize, requantize, rescale
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not gpu_available(), reason="needs a CUDA GPU and CuPy")]
 

@@ -9,10 +9,10 @@ from conv_cases import CONV_CASES, CONV_FIELDS, CONV_IDS
 from onnx import TensorProto, helper, numpy_helper
 from skimage import data
 
-from kernels.conv import Windows
-from kernels.int8_gemm import int8_conv2d, int8_matmul
-from kernels.pooling import max_pool2d, window_sums_int32
-from kernels.quantize import (
+from int8flow.kernels.conv import Windows
+from int8flow.kernels.int8_gemm import int8_conv2d, int8_matmul
+from int8flow.kernels.pooling import max_pool2d, window_sums_int32
+from int8flow.kernels.quantize import (
     BLOCK_ELEMENTS,
     BiasOverflowError,
     add_int8,

@@ -12,9 +12,9 @@ import mlflow.onnx
 import onnx
 import pytest
 
-from tasks.graph.load import ModelLoadError, read_model_bytes
-from tasks.model_source import ResolvedModel, resolve_model
-from tasks.tracking import default_tracking_uri, experiment_for, log_run, register_int8_model, tracking_client
+from int8flow.tasks.graph.load import ModelLoadError, read_model_bytes
+from int8flow.tasks.tracking.model_source import ResolvedModel, resolve_model
+from int8flow.tasks.tracking.mlflow_store import default_tracking_uri, experiment_for, log_run, register_int8_model, tracking_client
 
 MODEL = Path(__file__).parent.parent / "examples" / "models" / "fashion_mnist_resnet.onnx"
 

@@ -8,12 +8,12 @@ from collections.abc import Iterator
 import numpy as np
 from graph_builders import INPUT_SHAPES, MODELS
 
-from kernels.histogram import Histogram
-from tasks.graph.executor import GraphExecutor
-from tasks.graph.load import import_model
-from tasks.graph.quantize_pass import calibration_tensors
-from tasks.graph.simplify import simplify
-from tasks.observe import observe
+from int8flow.kernels.histogram import Histogram
+from int8flow.tasks.graph.executor import GraphExecutor
+from int8flow.tasks.graph.load import import_model
+from int8flow.tasks.graph.quantize_pass import calibration_tensors
+from int8flow.tasks.graph.simplify import simplify
+from int8flow.tasks.calibration.collector import observe
 
 
 def stream(count: int) -> Iterator[dict[str, np.ndarray]]:

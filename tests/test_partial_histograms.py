@@ -7,7 +7,7 @@ import hashlib
 import pyarrow as pa
 import pytest
 
-from schemas.partial_histograms import (
+from int8flow.schemas.partial_histograms import (
     PARTIAL_HISTOGRAM_SCHEMA,
     PartialHistogramFileError,
     validate_partial_table,

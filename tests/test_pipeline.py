@@ -13,19 +13,19 @@ import onnxruntime as ort
 import pytest
 from mlflow import MlflowClient
 
-from schemas.calibration_table import CalibrationTable
-from schemas.run_config import RunConfig
-from tasks.datasets import fashion_mnist_folder, load_mnist_split
-from tasks.graph.executor import GraphExecutor
-from tasks.graph.int8_ops import INT8_OPS
-from tasks.graph.load import load_graph
-from tasks.graph.quantize_pass import QuantizationOptions, calibration_tensors, quantize_graph
-from tasks.graph.simplify import simplify
-from tasks.observe import observe
-from tasks.pipeline import plan, run_pipeline
-from tasks.sensitivity import rank_sensitivity
-from tasks.shard_jobs import sample_indices, top_k
-from tasks.threshold import build_calibration_table
+from int8flow.schemas.calibration_table import CalibrationTable
+from int8flow.schemas.run_config import RunConfig
+from int8flow.tasks.data import fashion_mnist_folder, load_mnist_split
+from int8flow.tasks.graph.executor import GraphExecutor
+from int8flow.tasks.graph.int8_ops import INT8_OPS
+from int8flow.tasks.graph.load import load_graph
+from int8flow.tasks.graph.quantize_pass import QuantizationOptions, calibration_tensors, quantize_graph
+from int8flow.tasks.graph.simplify import simplify
+from int8flow.tasks.calibration.collector import observe
+from int8flow.tasks.run.pipeline import plan, run_pipeline
+from int8flow.tasks.validation.sensitivity import rank_sensitivity
+from int8flow.tasks.distributed.shard_jobs import sample_indices, top_k
+from int8flow.tasks.calibration.table import build_calibration_table
 
 MODEL = str(Path(__file__).parents[1] / "examples" / "models" / "fashion_mnist_resnet.onnx")
 CALIB = f"{fashion_mnist_folder()}#train"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.datasets import (
+from int8flow.tasks.data import (
     PRESETS,
     PreprocessError,
     PreprocessSpec,

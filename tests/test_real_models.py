@@ -12,18 +12,18 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from kernels.thresholds import ThresholdSettings
-from tasks.datasets.mnist_idx import fashion_mnist_folder, load_mnist_split
-from tasks.datasets.photos import photo_crops
-from tasks.graph.executor import GraphExecutor
-from tasks.graph.export_qdq import export_qdq
-from tasks.graph.int8_ops import INT8_OPS
-from tasks.graph.ir import Graph
-from tasks.graph.load import load_graph
-from tasks.graph.quantize_pass import calibration_tensors, quantize_graph
-from tasks.graph.simplify import simplify
-from tasks.observe import observe
-from tasks.threshold import build_calibration_table
+from int8flow.kernels.thresholds import ThresholdSettings
+from int8flow.tasks.data.mnist_idx import fashion_mnist_folder, load_mnist_split
+from int8flow.tasks.data.photos import photo_crops
+from int8flow.tasks.graph.executor import GraphExecutor
+from int8flow.tasks.graph.export_qdq import export_qdq
+from int8flow.tasks.graph.int8_ops import INT8_OPS
+from int8flow.tasks.graph.ir import Graph
+from int8flow.tasks.graph.load import load_graph
+from int8flow.tasks.graph.quantize_pass import calibration_tensors, quantize_graph
+from int8flow.tasks.graph.simplify import simplify
+from int8flow.tasks.calibration.collector import observe
+from int8flow.tasks.calibration.table import build_calibration_table
 
 ROOT = Path(__file__).resolve().parent.parent
 FASHION_MODEL = ROOT / "examples" / "models" / "fashion_mnist_resnet.onnx"

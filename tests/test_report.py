@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kernels.histogram import Histogram
-from schemas.calibration_table import CalibrationTable, TensorCalibration
-from tasks.atomic_files import TEMP_MARKER
-from tasks.plots import plot_sensitivity, plot_tensor_histograms
-from tasks.report import render_markdown, summary_rows, write_report
+from int8flow.kernels.histogram import Histogram
+from int8flow.schemas.calibration_table import CalibrationTable, TensorCalibration
+from int8flow.tasks.outputs.atomic_files import TEMP_MARKER
+from int8flow.tasks.outputs.plots import plot_sensitivity, plot_tensor_histograms
+from int8flow.tasks.outputs.report import render_markdown, summary_rows, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 NUM_BINS = 2048

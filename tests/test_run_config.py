@@ -6,10 +6,10 @@ from dataclasses import fields
 
 import pytest
 
-from kernels.histogram import DEFAULT_NUM_BINS
-from schemas.run_config import NUM_BINS_CHOICES, SETTINGS, SETTINGS_BY_NAME, RunConfig, RunConfigError
-from schemas.threshold_settings import ThresholdSettings
-from tasks.cli import build_parser
+from int8flow.kernels.histogram import DEFAULT_NUM_BINS
+from int8flow.schemas.run_config import NUM_BINS_CHOICES, SETTINGS, SETTINGS_BY_NAME, RunConfig, RunConfigError
+from int8flow.schemas.threshold_settings import ThresholdSettings
+from int8flow.tasks.cli.main import build_parser
 
 REQUIRED = {"model": "m.onnx", "calib_data": "data.parquet"}
 

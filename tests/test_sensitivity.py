@@ -12,18 +12,18 @@ import pytest
 from graph_builders import MODELS
 from test_graph_int8 import calibrated
 
-from kernels.thresholds import ThresholdSettings
-from schemas.calibration_table import CalibrationTable
-from tasks.datasets.mnist_idx import fashion_mnist_folder, load_mnist_split
-from tasks.graph.executor import GraphExecutor
-from tasks.graph.int8_ops import INT8_OPS
-from tasks.graph.ir import Graph
-from tasks.graph.load import load_graph
-from tasks.graph.quantize_pass import QuantizationOptions, calibration_tensors, quantize_graph, quantized_tensors
-from tasks.graph.simplify import simplify
-from tasks.observe import observe
-from tasks.sensitivity import NodeSensitivity, quantizable_nodes, rank_sensitivity
-from tasks.threshold import build_calibration_table
+from int8flow.kernels.thresholds import ThresholdSettings
+from int8flow.schemas.calibration_table import CalibrationTable
+from int8flow.tasks.data.mnist_idx import fashion_mnist_folder, load_mnist_split
+from int8flow.tasks.graph.executor import GraphExecutor
+from int8flow.tasks.graph.int8_ops import INT8_OPS
+from int8flow.tasks.graph.ir import Graph
+from int8flow.tasks.graph.load import load_graph
+from int8flow.tasks.graph.quantize_pass import QuantizationOptions, calibration_tensors, quantize_graph, quantized_tensors
+from int8flow.tasks.graph.simplify import simplify
+from int8flow.tasks.calibration.collector import observe
+from int8flow.tasks.validation.sensitivity import NodeSensitivity, quantizable_nodes, rank_sensitivity
+from int8flow.tasks.calibration.table import build_calibration_table
 
 MODEL = Path(__file__).resolve().parent.parent / "examples" / "models" / "fashion_mnist_resnet.onnx"
 SHORTCUT_CONV = "/blocks/blocks.1/shortcut/shortcut.0/Conv"

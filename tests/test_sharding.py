@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tasks.sharding import batch_ranges, shard_range
+from int8flow.tasks.data.sharding import batch_ranges, shard_range
 
 
 @given(total=st.integers(min_value=0, max_value=5000), shards=st.integers(min_value=1, max_value=64))

@@ -9,8 +9,8 @@ import pytest
 from conftest import distributions
 from oracles import entropy_threshold_loop, mse_threshold_loop
 
-from kernels.histogram import Histogram
-from kernels.thresholds import (
+from int8flow.kernels.histogram import Histogram
+from int8flow.kernels.thresholds import (
     METHODS,
     ZERO_TENSOR_THRESHOLD,
     EmptyHistogramError,
@@ -64,7 +64,7 @@ def test_entropy_is_the_same_batched_or_one_tensor_at_a_time() -> None:
 
 def test_entropy_handles_mxnet_style_odd_histograms() -> None:
     """The search itself is layout-agnostic: MXNet's 8001-bin zero-centred layout works too."""
-    from kernels.kl_search import kl_divergence_curve
+    from int8flow.kernels.kl_search import kl_divergence_curve
     from oracles import kl_for_slice
 
     values = SMALL["laplacian"]

@@ -12,8 +12,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
-from tasks.graph.load import ModelLoadError
-from tasks.tracking import (
+from int8flow.tasks.graph.load import ModelLoadError
+from int8flow.tasks.tracking.mlflow_store import (
     TrackingUnavailableError,
     default_experiment_name,
     default_tracking_uri,

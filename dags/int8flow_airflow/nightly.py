@@ -22,7 +22,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from schemas.run_config import RunConfig, RunConfigError
+from int8flow.schemas.run_config import RunConfig, RunConfigError
 
 from int8flow_airflow.params import run_config_values, run_params
 

@@ -1,6 +1,6 @@
 """The trigger form of ``int8_requantize``: one Airflow Param per run setting, made from the schema.
 
-``schemas.run_config.SETTINGS`` declares every setting once (type, default, bounds, choices, help,
+``int8flow.schemas.run_config.SETTINGS`` declares every setting once (type, default, bounds, choices, help,
 section); this module turns each into a JSON-schema ``Param`` so the form, the CLI and MLflow can
 never disagree. Only the defaults differ, and only where the deployment knows better:
 
@@ -20,7 +20,7 @@ from typing import Any
 
 from airflow.sdk import Param
 
-from schemas.run_config import SETTINGS, RunConfigError, Setting
+from int8flow.schemas.run_config import SETTINGS, RunConfigError, Setting
 
 NOT_FORM_FIELDS = frozenset({"out"})
 """Settings the DAG fixes itself: one output directory per DAG run, so retries find their outputs."""

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from tasks.graph.fp32_ops import FP32_OPS, OpFunction, check_supported
-from tasks.graph.ir import Graph, TensorInfo
+from int8flow.tasks.graph.fp32_ops import FP32_OPS, OpFunction, check_supported
+from int8flow.tasks.graph.ir import Graph, TensorInfo
 
 Observer = Callable[[str, Any], None]
 

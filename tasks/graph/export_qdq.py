@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from tasks.graph.ir import Graph, Node
-from tasks.graph.onnx_build import graph_to_model
-from tasks.graph.quantize_pass import quantized_tensors
+from int8flow.tasks.graph.ir import Graph, Node
+from int8flow.tasks.graph.onnx_build import graph_to_model
+from int8flow.tasks.graph.quantize_pass import quantized_tensors
 
 QDQ_MIN_OPSET = 13
 CONV_ATTRIBUTES = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")

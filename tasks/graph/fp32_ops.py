@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from kernels.backend import array_module
-from kernels.conv import conv2d, pad_amounts
-from kernels.pooling import average_pool2d, global_average_pool, max_pool2d
-from kernels.row_stable_matmul import row_stable_matmul
-from tasks.graph.ir import Graph, Node
+from int8flow.kernels.backend import array_module
+from int8flow.kernels.conv import conv2d, pad_amounts
+from int8flow.kernels.pooling import average_pool2d, global_average_pool, max_pool2d
+from int8flow.kernels.row_stable_matmul import row_stable_matmul
+from int8flow.tasks.graph.ir import Graph, Node
 
 OpFunction = Callable[[Node, list[Any], int], list[Any]]
 

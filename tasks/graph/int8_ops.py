@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from kernels.backend import array_module
-from kernels.int8_gemm import int8_conv2d, int8_matmul
-from kernels.pooling import window_sums_int32
-from kernels.quantize import add_int8, dequantize, quantize, requantize, rescale
-from tasks.graph.fp32_ops import FP32_OPS, OpFunction, window_geometry
-from tasks.graph.ir import Node
+from int8flow.kernels.backend import array_module
+from int8flow.kernels.int8_gemm import int8_conv2d, int8_matmul
+from int8flow.kernels.pooling import window_sums_int32
+from int8flow.kernels.quantize import add_int8, dequantize, quantize, requantize, rescale
+from int8flow.tasks.graph.fp32_ops import FP32_OPS, OpFunction, window_geometry
+from int8flow.tasks.graph.ir import Node
 
 
 def _quantize(node: Node, inputs: list[Any], opset: int) -> list[Any]:

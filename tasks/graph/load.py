@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, shape_inference
 
-from tasks.graph.ir import Graph, Node, TensorInfo
+from int8flow.tasks.graph.ir import Graph, Node, TensorInfo
 
 
 class ModelLoadError(ValueError):

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from tasks.graph.ir import Graph, Node, TensorInfo
+from int8flow.tasks.graph.ir import Graph, Node, TensorInfo
 
 
 def node_to_proto(node: Node) -> onnx.NodeProto:

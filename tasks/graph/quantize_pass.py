@@ -18,10 +18,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kernels.quantize import quantize, quantize_bias, quantize_weights_per_channel, quantize_weights_per_tensor
-from schemas.calibration_table import INT8_MAX, CalibrationTable
-from tasks.graph.fp32_ops import reduce_axes
-from tasks.graph.ir import Graph, Node
+from int8flow.kernels.quantize import quantize, quantize_bias, quantize_weights_per_channel, quantize_weights_per_tensor
+from int8flow.schemas.calibration_table import INT8_MAX, CalibrationTable
+from int8flow.tasks.graph.fp32_ops import reduce_axes
+from int8flow.tasks.graph.ir import Graph, Node
 
 COMPUTE_OPS = ("Conv", "Gemm", "MatMul", "Add", "Concat", "MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean")
 ACTIVATION_OPS = ("Relu", "Clip")

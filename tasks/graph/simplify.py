@@ -14,8 +14,8 @@ import onnx
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from tasks.graph.ir import Graph, Node
-from tasks.graph.onnx_build import node_to_proto
+from int8flow.tasks.graph.ir import Graph, Node
+from int8flow.tasks.graph.onnx_build import node_to_proto
 
 PASS_THROUGH_OPS = ("Identity", "Dropout")
 

@@ -16,19 +16,19 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.table import Table
 
-from kernels.histogram import DEFAULT_NUM_BINS, check_num_bins
-from schemas.calibration_table import CalibrationTable
-from schemas.run_config import SETTINGS, SETTINGS_BY_NAME, RunConfig
-from schemas.threshold_settings import ThresholdSettings
-from tasks.cli_progress import StageProgress
-from tasks.cluster import ClusterUnavailableError
-from tasks.demo import run_demo
-from tasks.pipeline import run_pipeline
-from tasks.report import summary_rows
-from tasks.run_plan import load_plan
-from tasks.stages import GateFailedError, check_gate
-from tasks.threshold import rethreshold
-from tasks.tracking import TrackingUnavailableError, default_tracking_uri, runs_table
+from int8flow.kernels.histogram import DEFAULT_NUM_BINS, check_num_bins
+from int8flow.schemas.calibration_table import CalibrationTable
+from int8flow.schemas.run_config import SETTINGS, SETTINGS_BY_NAME, RunConfig
+from int8flow.schemas.threshold_settings import ThresholdSettings
+from int8flow.tasks.cli.progress import StageProgress
+from int8flow.tasks.distributed.cluster import ClusterUnavailableError
+from int8flow.tasks.calibration.shard_demo import run_demo
+from int8flow.tasks.run.pipeline import run_pipeline
+from int8flow.tasks.outputs.report import summary_rows
+from int8flow.tasks.run.plan import load_plan
+from int8flow.tasks.run.stages import GateFailedError, check_gate
+from int8flow.tasks.calibration.table import rethreshold
+from int8flow.tasks.tracking.mlflow_store import TrackingUnavailableError, default_tracking_uri, runs_table
 
 EXIT_GATE_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -40,7 +40,7 @@ THRESHOLD_SETTINGS = ("method", "num_quantized_bins", "percentile", "spike_fix",
 
 
 def add_setting_options(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
-    """One option per run setting, with the type, choices, default and help of ``schemas.run_config``."""
+    """One option per run setting, with the type, choices, default and help of ``int8flow.schemas.run_config``."""
     for name in names:
         setting = SETTINGS_BY_NAME[name]
         shown = "none" if setting.default in (None, "", ()) else setting.default

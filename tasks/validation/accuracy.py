@@ -13,14 +13,14 @@ from dataclasses import dataclass
 import fsspec
 from distributed import Client
 
-from schemas.calibration_table import CalibrationTable
-from tasks.atomic_files import atomic_write_bytes
-from tasks.fanout import ProgressSink, quiet, run_shards
-from tasks.graph.export_qdq import export_qdq
-from tasks.graph.quantize_pass import quantize_graph
-from tasks.run_plan import RunPlan
-from tasks.shard_jobs import Int8Ref, ValidatedShard, fp32_graph, validate_shard
-from tasks.threshold import CALIBRATION_JSON
+from int8flow.schemas.calibration_table import CalibrationTable
+from int8flow.tasks.outputs.atomic_files import atomic_write_bytes
+from int8flow.tasks.distributed.fanout import ProgressSink, quiet, run_shards
+from int8flow.tasks.graph.export_qdq import export_qdq
+from int8flow.tasks.graph.quantize_pass import quantize_graph
+from int8flow.tasks.run.plan import RunPlan
+from int8flow.tasks.distributed.shard_jobs import Int8Ref, ValidatedShard, fp32_graph, validate_shard
+from int8flow.tasks.calibration.table import CALIBRATION_JSON
 
 INT8_MODEL = "model.int8.onnx"
 

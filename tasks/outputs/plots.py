@@ -19,10 +19,10 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from kernels.histogram import Histogram
-from schemas.calibration_table import CalibrationTable, TensorCalibration
-from tasks.atomic_files import atomic_write_bytes
-from tasks.report import divergence_rank
+from int8flow.kernels.histogram import Histogram
+from int8flow.schemas.calibration_table import CalibrationTable, TensorCalibration
+from int8flow.tasks.outputs.atomic_files import atomic_write_bytes
+from int8flow.tasks.outputs.report import divergence_rank
 
 PLOTS_DIR = "plots"
 SENSITIVITY_PNG = f"{PLOTS_DIR}/sensitivity.png"

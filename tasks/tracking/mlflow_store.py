@@ -29,8 +29,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
-from tasks.atomic_files import TEMP_MARKER
-from tasks.graph.load import ModelLoadError
+from int8flow.tasks.outputs.atomic_files import TEMP_MARKER
+from int8flow.tasks.graph.load import ModelLoadError
 
 EXPERIMENT_PREFIX = "int8flow/"
 RUN_KEY_TAG = "int8flow.run_key"
@@ -290,7 +290,7 @@ def _log_artifacts(client: MlflowClient, run_id: str, fs: AbstractFileSystem, ro
     """Log every file under ``root`` (on any fsspec filesystem) at its relative path.
 
     Files are staged locally because MLflow uploads only local files; half-written temporaries
-    (see tasks.atomic_files) are left out.
+    (see ``int8flow.tasks.outputs.atomic_files``) are left out.
     """
     with tempfile.TemporaryDirectory(prefix="int8flow-artifacts-") as staging:
         for file in fs.find(root):

@@ -23,9 +23,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
 
-from tasks.atomic_files import atomic_write_bytes
-from tasks.graph.load import ModelLoadError
-from tasks.tracking import RegistryReference, filter_literal, reachable, registry_reference, tracking_client
+from int8flow.tasks.outputs.atomic_files import atomic_write_bytes
+from int8flow.tasks.graph.load import ModelLoadError
+from int8flow.tasks.tracking.mlflow_store import RegistryReference, filter_literal, reachable, registry_reference, tracking_client
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import dask
 from distributed import Client, LocalCluster, WorkerPlugin
 from threadpoolctl import threadpool_limits
 
-from kernels.backend import gpu_available
+from int8flow.kernels.backend import gpu_available
 
 CONNECT_TIMEOUT_SECONDS = 10
 

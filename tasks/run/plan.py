@@ -18,17 +18,17 @@ from dataclasses import asdict, dataclass
 import fsspec
 from fsspec.core import url_to_fs
 
-from schemas.run_config import RunConfig
-from tasks.atomic_files import atomic_write_bytes, atomic_write_text
-from tasks.datasets.mnist_idx import DatasetError
-from tasks.datasets.preprocess import check_fits, parse_preprocess
-from tasks.datasets.sources import open_dataset
-from tasks.graph.load import ModelLoadError, import_model, model_fingerprint, parse_model, read_model_bytes
-from tasks.graph.quantize_pass import QuantizationOptions, calibration_tensors, excluded_nodes
-from tasks.graph.simplify import simplify
-from tasks.model_source import resolve_model
-from tasks.shard_jobs import ModelRef, ShardSpec
-from tasks.tracking import default_tracking_uri
+from int8flow.schemas.run_config import RunConfig
+from int8flow.tasks.outputs.atomic_files import atomic_write_bytes, atomic_write_text
+from int8flow.tasks.data.mnist_idx import DatasetError
+from int8flow.tasks.data.preprocess import check_fits, parse_preprocess
+from int8flow.tasks.data.sources import open_dataset
+from int8flow.tasks.graph.load import ModelLoadError, import_model, model_fingerprint, parse_model, read_model_bytes
+from int8flow.tasks.graph.quantize_pass import QuantizationOptions, calibration_tensors, excluded_nodes
+from int8flow.tasks.graph.simplify import simplify
+from int8flow.tasks.tracking.model_source import resolve_model
+from int8flow.tasks.distributed.shard_jobs import ModelRef, ShardSpec
+from int8flow.tasks.tracking.mlflow_store import default_tracking_uri
 
 PLAN_FILE = "run.json"
 HISTOGRAM_DIR = "histograms"

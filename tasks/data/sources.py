@@ -33,8 +33,8 @@ import pyarrow.parquet as pq
 from fsspec.spec import AbstractFileSystem
 from PIL import Image, UnidentifiedImageError
 
-from tasks.datasets.mnist_idx import DatasetError, load_mnist_split
-from tasks.datasets.preprocess import PreprocessSpec, preprocess_batch
+from int8flow.tasks.data.mnist_idx import DatasetError, load_mnist_split
+from int8flow.tasks.data.preprocess import PreprocessSpec, preprocess_batch
 
 DatasetKind = Literal["parquet", "imagefolder", "idx"]
 OnBadImage = Literal["skip", "fail"]

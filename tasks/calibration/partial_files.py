@@ -3,7 +3,7 @@
 Shards run on different workers and possibly at different times; the files are the only thing the
 merge step sees. Writes are atomic and byte-reproducible (rows sorted by tensor, fixed encoding), so
 a re-run shard replaces its file with an identical one. Reads check the contract of
-``schemas.partial_histograms`` before any count is trusted, and the merge refuses files that would
+``int8flow.schemas.partial_histograms`` before any count is trusted, and the merge refuses files that would
 count data twice or mix runs of another model or bin count.
 """
 
@@ -17,13 +17,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
-from kernels.histogram import Histogram, merge_all
-from schemas.partial_histograms import (
+from int8flow.kernels.histogram import Histogram, merge_all
+from int8flow.schemas.partial_histograms import (
     PARTIAL_HISTOGRAM_SCHEMA,
     PartialHistogramFileError,
     validate_partial_table,
 )
-from tasks.atomic_files import atomic_write_bytes
+from int8flow.tasks.outputs.atomic_files import atomic_write_bytes
 
 PARTIAL_FILE_SUFFIX = ".parquet"
 
@@ -174,7 +174,7 @@ def merge_partial_files(
 def list_partial_files(directory: str) -> list[str]:
     """The ``*.parquet`` files directly in ``directory`` (local or fsspec URL), sorted.
 
-    Dot-files are skipped: ``tasks.atomic_files`` writes its temporaries under such names.
+    Dot-files are skipped: ``int8flow.tasks.outputs.atomic_files`` writes its temporaries under such names.
     """
     fs, fs_path = url_to_fs(directory)
     if not fs.isdir(fs_path):

@@ -11,13 +11,13 @@ from collections.abc import Mapping
 from distributed import Client
 from fsspec.core import url_to_fs
 
-from kernels.histogram import Histogram
-from schemas.calibration_table import CalibrationTable
-from tasks.fanout import ProgressSink, quiet, run_shards
-from tasks.histogram_files import merge_partial_files
-from tasks.run_plan import HISTOGRAM_DIR, RunPlan
-from tasks.shard_jobs import ObservedShard, observe_shard
-from tasks.threshold import build_calibration_table, write_calibration_table
+from int8flow.kernels.histogram import Histogram
+from int8flow.schemas.calibration_table import CalibrationTable
+from int8flow.tasks.distributed.fanout import ProgressSink, quiet, run_shards
+from int8flow.tasks.calibration.partial_files import merge_partial_files
+from int8flow.tasks.run.plan import HISTOGRAM_DIR, RunPlan
+from int8flow.tasks.distributed.shard_jobs import ObservedShard, observe_shard
+from int8flow.tasks.calibration.table import build_calibration_table, write_calibration_table
 
 
 def observe_stage(plan: RunPlan, client: Client, progress: ProgressSink = quiet) -> list[ObservedShard]:

@@ -17,7 +17,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from tasks.atomic_files import atomic_write_text
+from int8flow.tasks.outputs.atomic_files import atomic_write_text
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"

@@ -17,14 +17,14 @@ from typing import Any
 
 import fsspec
 
-from schemas.run_config import RunConfig
-from tasks import stages
-from tasks.cluster import ClusterInfo, dask_client, default_worker_count
-from tasks.fanout import ProgressSink, quiet
-from tasks.report import REPORT_JSON, write_report
-from tasks.run_plan import RunPlan, load_plan, plan_run
-from tasks.stages import load_record, load_table, save_record
-from tasks.tracking import (
+from int8flow.schemas.run_config import RunConfig
+from int8flow.tasks.run import stages
+from int8flow.tasks.distributed.cluster import ClusterInfo, dask_client, default_worker_count
+from int8flow.tasks.distributed.fanout import ProgressSink, quiet
+from int8flow.tasks.outputs.report import REPORT_JSON, write_report
+from int8flow.tasks.run.plan import RunPlan, load_plan, plan_run
+from int8flow.tasks.run.stages import load_record, load_table, save_record
+from int8flow.tasks.tracking.mlflow_store import (
     GATE_TAG,
     MODEL_TAG,
     default_experiment_name,
@@ -32,7 +32,7 @@ from tasks.tracking import (
     log_run,
     register_int8_model,
 )
-from tasks.validate import INT8_MODEL, Accuracy
+from int8flow.tasks.validation.accuracy import INT8_MODEL, Accuracy
 
 
 @dataclass(frozen=True)

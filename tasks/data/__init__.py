@@ -10,7 +10,7 @@
 Nothing here downloads anything.
 """
 
-from tasks.datasets.mnist_idx import (
+from int8flow.tasks.data.mnist_idx import (
     FASHION_MNIST_CLASSES,
     DatasetError,
     fashion_mnist_folder,
@@ -18,8 +18,8 @@ from tasks.datasets.mnist_idx import (
     read_idx_images,
     read_idx_labels,
 )
-from tasks.datasets.photos import PHOTO_NAMES, load_photo, photo_crops, preprocess_imagenet_tf
-from tasks.datasets.preprocess import (
+from int8flow.tasks.data.photos import PHOTO_NAMES, load_photo, photo_crops, preprocess_imagenet_tf
+from int8flow.tasks.data.preprocess import (
     PRESETS,
     PreprocessError,
     PreprocessSpec,
@@ -27,7 +27,7 @@ from tasks.datasets.preprocess import (
     parse_preprocess,
     preprocess_batch,
 )
-from tasks.datasets.sources import Batch, ImageDataset, RawExamples, decode_image, load_batch, open_dataset
+from int8flow.tasks.data.sources import Batch, ImageDataset, RawExamples, decode_image, load_batch, open_dataset
 
 __all__ = [
     "FASHION_MNIST_CLASSES",

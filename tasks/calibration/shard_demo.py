@@ -16,12 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kernels.histogram import DEFAULT_NUM_BINS, Histogram
-from kernels.thresholds import METHODS, ThresholdSettings
-from schemas.calibration_table import CalibrationTable
-from tasks.histogram_files import list_partial_files, merge_partial_files, write_partial_histograms
-from tasks.sharding import batch_ranges, shard_range
-from tasks.threshold import build_calibration_table, write_calibration_table
+from int8flow.kernels.histogram import DEFAULT_NUM_BINS, Histogram
+from int8flow.kernels.thresholds import METHODS, ThresholdSettings
+from int8flow.schemas.calibration_table import CalibrationTable
+from int8flow.tasks.calibration.partial_files import list_partial_files, merge_partial_files, write_partial_histograms
+from int8flow.tasks.data.sharding import batch_ranges, shard_range
+from int8flow.tasks.calibration.table import build_calibration_table, write_calibration_table
 
 VALUES_PER_EXAMPLE = 512
 DEMO_SEED = 2026

@@ -1,6 +1,6 @@
 """Progress bars of ``int8flow run``: one per Dask fan-out, shards done of total and examples/s.
 
-The pipeline reports through a plain callback (``tasks.fanout.ProgressSink``), so Airflow tasks can
+The pipeline reports through a plain callback (``int8flow.tasks.distributed.fanout.ProgressSink``), so Airflow tasks can
 log the same events as lines while the terminal shows bars.
 """
 
@@ -11,7 +11,7 @@ from types import TracebackType
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from tasks.cluster import ClusterInfo
+from int8flow.tasks.distributed.cluster import ClusterInfo
 
 
 class StageProgress:

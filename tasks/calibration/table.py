@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from kernels.histogram import Histogram
-from kernels.thresholds import ThresholdSettings, choose_thresholds
-from schemas.calibration_table import CalibrationTable, TensorCalibration
-from tasks.atomic_files import atomic_write_text
-from tasks.histogram_files import list_partial_files, merge_partial_files
+from int8flow.kernels.histogram import Histogram
+from int8flow.kernels.thresholds import ThresholdSettings, choose_thresholds
+from int8flow.schemas.calibration_table import CalibrationTable, TensorCalibration
+from int8flow.tasks.outputs.atomic_files import atomic_write_text
+from int8flow.tasks.calibration.partial_files import list_partial_files, merge_partial_files
 
 CALIBRATION_JSON = "calibration.json"
 TENSORRT_CACHE = "calibration.cache"

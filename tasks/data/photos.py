@@ -19,7 +19,7 @@ from dataclasses import replace
 import numpy as np
 from PIL import Image
 
-from tasks.datasets.preprocess import PRESETS, preprocess_batch
+from int8flow.tasks.data.preprocess import PRESETS, preprocess_batch
 
 # name -> (package, path inside the package). Colour photos first, then three grey ones (as RGB).
 _PHOTO_FILES = {

@@ -14,12 +14,12 @@ from types import ModuleType
 
 import numpy as np
 
-from kernels.backend import to_numpy
-from schemas.calibration_table import CalibrationTable, TensorCalibration
-from tasks.graph.executor import GraphExecutor
-from tasks.graph.int8_ops import INT8_OPS
-from tasks.graph.ir import Graph
-from tasks.graph.quantize_pass import COMPUTE_OPS, QuantizationOptions, calibration_tensors, quantize_graph
+from int8flow.kernels.backend import to_numpy
+from int8flow.schemas.calibration_table import CalibrationTable, TensorCalibration
+from int8flow.tasks.graph.executor import GraphExecutor
+from int8flow.tasks.graph.int8_ops import INT8_OPS
+from int8flow.tasks.graph.ir import Graph
+from int8flow.tasks.graph.quantize_pass import COMPUTE_OPS, QuantizationOptions, calibration_tensors, quantize_graph
 
 DEFAULT_BATCH_SIZE = 32
 

@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 import numpy as np
 from distributed import Client
 
-from schemas.calibration_table import CalibrationTable
-from tasks.datasets.preprocess import parse_preprocess
-from tasks.datasets.sources import load_batch, open_dataset
-from tasks.fanout import ProgressSink, quiet
-from tasks.run_plan import RunPlan
-from tasks.sensitivity import NodeSensitivity, rank_sensitivity
-from tasks.shard_jobs import fp32_graph
-from tasks.validate import Accuracy, validate_stage
+from int8flow.schemas.calibration_table import CalibrationTable
+from int8flow.tasks.data.preprocess import parse_preprocess
+from int8flow.tasks.data.sources import load_batch, open_dataset
+from int8flow.tasks.distributed.fanout import ProgressSink, quiet
+from int8flow.tasks.run.plan import RunPlan
+from int8flow.tasks.validation.sensitivity import NodeSensitivity, rank_sensitivity
+from int8flow.tasks.distributed.shard_jobs import fp32_graph
+from int8flow.tasks.validation.accuracy import Accuracy, validate_stage
 
 
 @dataclass(frozen=True)

@@ -17,15 +17,15 @@ from typing import Any
 import fsspec
 from distributed import Client
 
-from schemas.calibration_table import CalibrationTable
-from tasks.atomic_files import atomic_write_text
-from tasks.calibrate import merge_stage, observe_stage, threshold_stage
-from tasks.fanout import ProgressSink, quiet
-from tasks.gate import GateResult, gate_stage
-from tasks.plots import plot_sensitivity, plot_tensor_histograms
-from tasks.run_plan import STAGE_DIR, RunPlan, load_plan
-from tasks.threshold import CALIBRATION_JSON
-from tasks.validate import Accuracy, build_stage, validate_stage
+from int8flow.schemas.calibration_table import CalibrationTable
+from int8flow.tasks.outputs.atomic_files import atomic_write_text
+from int8flow.tasks.calibration.steps import merge_stage, observe_stage, threshold_stage
+from int8flow.tasks.distributed.fanout import ProgressSink, quiet
+from int8flow.tasks.validation.gate import GateResult, gate_stage
+from int8flow.tasks.outputs.plots import plot_sensitivity, plot_tensor_histograms
+from int8flow.tasks.run.plan import STAGE_DIR, RunPlan, load_plan
+from int8flow.tasks.calibration.table import CALIBRATION_JSON
+from int8flow.tasks.validation.accuracy import Accuracy, build_stage, validate_stage
 
 
 

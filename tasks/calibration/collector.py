@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from kernels.histogram import DEFAULT_NUM_BINS, Histogram, NonFiniteValuesError
-from tasks.graph.executor import GraphExecutor
+from int8flow.kernels.histogram import DEFAULT_NUM_BINS, Histogram, NonFiniteValuesError
+from int8flow.tasks.graph.executor import GraphExecutor
 
 
 class NonFiniteActivationError(ValueError):

@@ -1,0 +1,1 @@
+"""The ``int8flow`` command line and its progress display."""
