@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from int8flow.schemas.histogram_bins import DEFAULT_NUM_BINS, check_num_bins
 from int8flow.kernels.backend import array_module, to_numpy
 
-DEFAULT_NUM_BINS = 8192
 # Exponent of a histogram whose values are all zero (or that holds none): below the exponent of any
 # non-zero float64 magnitude (the smallest subnormal is 2**-1074), so it never wins a merge.
 ZERO_EXPONENT = -1100
@@ -45,16 +45,6 @@ class NonFiniteValuesError(ValueError):
             f"{nan_count} NaN and {inf_count} infinite values: a threshold cannot be calibrated on "
             "non-finite activations; check the model and the preprocessing of its inputs"
         )
-
-
-def check_num_bins(num_bins: int) -> int:
-    """Reject bin counts that would break exact merging (not a power of two, or too few)."""
-    if not isinstance(num_bins, (int, np.integer)) or num_bins < 16 or num_bins & (num_bins - 1):
-        raise ValueError(
-            f"num_bins={num_bins!r}: the histogram bin count must be a power of two >= 16 "
-            "(e.g. 2048, 8192, 16384) so that histograms merge exactly"
-        )
-    return int(num_bins)
 
 
 def range_exponent(abs_max: float) -> int:

@@ -13,7 +13,8 @@ Documented choices for degenerate tensors (never a NaN threshold):
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,10 +52,15 @@ class ThresholdChoice:
     divergence: float
 
 
+MethodFunction = Callable[[Mapping[str, Histogram], ThresholdSettings], dict[str, ThresholdChoice]]
+"""A threshold method: histograms (none empty, none all-zero) and settings in, one choice per tensor out."""
+
+
 def choose_thresholds(
     histograms: Mapping[str, Histogram], settings: ThresholdSettings
 ) -> dict[str, ThresholdChoice]:
     """One threshold per tensor; entropy runs batched over all tensors sharing a layout."""
+    method = method_function(settings.method)
     for name, histogram in histograms.items():
         if histogram.count == 0:
             raise EmptyHistogramError(
@@ -63,22 +69,35 @@ def choose_thresholds(
             )
     regular = {name: h for name, h in histograms.items() if h.abs_max > 0.0}
     choices = {name: ThresholdChoice(ZERO_TENSOR_THRESHOLD, 0.0) for name in histograms if name not in regular}
-    if settings.method == "entropy":
-        choices.update(
-            entropy_thresholds(regular, settings.num_quantized_bins, settings.spike_fix, settings.unsigned_activations)
-        )
-    else:
-        choices.update({name: _per_tensor_threshold(histogram, settings) for name, histogram in regular.items()})
+    choices.update(method(regular, settings))
     return {name: choices[name] for name in histograms}
 
 
-def _per_tensor_threshold(histogram: Histogram, settings: ThresholdSettings) -> ThresholdChoice:
-    if settings.method == "naive":
-        return naive_threshold(histogram)
-    if settings.method == "percentile":
-        return percentile_threshold(histogram, settings.percentile)
-    unsigned = settings.unsigned_activations and not histogram.signed
-    return mse_threshold(histogram, UINT8_LEVELS if unsigned else INT8_LEVELS)
+def method_function(method: str) -> MethodFunction:
+    """The function of threshold method ``method``; an unknown name raises instead of running another method."""
+    try:
+        return METHOD_FUNCTIONS[method]
+    except KeyError:
+        raise ValueError(f"unknown threshold method {method!r}: choose one of {', '.join(METHODS)}") from None
+
+
+def _entropy(histograms: Mapping[str, Histogram], settings: ThresholdSettings) -> dict[str, ThresholdChoice]:
+    return entropy_thresholds(histograms, settings.num_quantized_bins, settings.spike_fix, settings.unsigned_activations)
+
+
+def _naive(histograms: Mapping[str, Histogram], settings: ThresholdSettings) -> dict[str, ThresholdChoice]:
+    return {name: naive_threshold(histogram) for name, histogram in histograms.items()}
+
+
+def _percentile(histograms: Mapping[str, Histogram], settings: ThresholdSettings) -> dict[str, ThresholdChoice]:
+    return {name: percentile_threshold(histogram, settings.percentile) for name, histogram in histograms.items()}
+
+
+def _mse(histograms: Mapping[str, Histogram], settings: ThresholdSettings) -> dict[str, ThresholdChoice]:
+    def levels(histogram: Histogram) -> int:
+        return UINT8_LEVELS if settings.unsigned_activations and not histogram.signed else INT8_LEVELS
+
+    return {name: mse_threshold(histogram, levels(histogram)) for name, histogram in histograms.items()}
 
 
 def naive_threshold(histogram: Histogram) -> ThresholdChoice:
@@ -228,3 +247,9 @@ def _first_minimum(values: np.ndarray) -> int:
     lowest = float(values[finite].min())
     tolerance = TIE_ABSOLUTE + TIE_RELATIVE * abs(lowest)
     return int(np.flatnonzero(finite & (values <= lowest + tolerance))[0])
+
+
+METHOD_FUNCTIONS: Mapping[str, MethodFunction] = MappingProxyType(
+    {"entropy": _entropy, "naive": _naive, "percentile": _percentile, "mse": _mse}
+)
+"""Every method of ``METHODS`` by name; a test checks the two name the same methods."""

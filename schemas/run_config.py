@@ -12,10 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from int8flow.schemas.histogram_bins import DEFAULT_NUM_BINS, NUM_BINS_CHOICES
 from int8flow.schemas.threshold_settings import METHODS, ThresholdSettings
-
-NUM_BINS_CHOICES: tuple[int, ...] = tuple(2**power for power in range(4, 17))
-"""Power-of-two bin counts: the only ones whose histograms merge exactly (``int8flow.kernels.histogram``)."""
 
 _THRESHOLD_DEFAULTS = ThresholdSettings()
 
@@ -102,7 +100,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("batch_size", int, 32, "examples per forward pass (results do not depend on it; peak memory does)", "calibration",
             minimum=1, metavar="B"),
     Setting("method", str, _THRESHOLD_DEFAULTS.method, "threshold method", "calibration", choices=METHODS),
-    Setting("num_bins", int, 8192, "histogram bins, a power of two", "calibration", choices=NUM_BINS_CHOICES,
+    Setting("num_bins", int, DEFAULT_NUM_BINS, "histogram bins, a power of two", "calibration", choices=NUM_BINS_CHOICES,
             metavar="N"),
     Setting("num_quantized_bins", int, _THRESHOLD_DEFAULTS.num_quantized_bins,
             "entropy: quantization groups of a signed tensor", "calibration", minimum=2, maximum=65535, metavar="N"),
@@ -195,9 +193,7 @@ class RunConfig:
         return cls(**checked)
 
     def threshold_settings(self) -> ThresholdSettings:
-        return ThresholdSettings(
-            self.method, self.num_quantized_bins, self.percentile, self.spike_fix, self.unsigned_activations
-        )
+        return ThresholdSettings.of(self)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able values (lists for tuples), in declaration order."""

@@ -6,7 +6,8 @@ them (CLI, Airflow Params, MLflow params) share one definition of the methods an
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 METHODS: tuple[str, ...] = ("entropy", "naive", "percentile", "mse")
 DEFAULT_NUM_QUANTIZED_BINS = 255
@@ -32,3 +33,12 @@ class ThresholdSettings:
             raise ValueError(f"num_quantized_bins={self.num_quantized_bins} must be at least 2")
         if not 0.0 < self.percentile <= 100.0:
             raise ValueError(f"percentile={self.percentile} must be in (0, 100]")
+
+    @classmethod
+    def of(cls, values: Any) -> ThresholdSettings:
+        """The settings held under the same names by ``values`` (a ``RunConfig``, parsed CLI options)."""
+        return cls(**{field.name: getattr(values, field.name) for field in fields(cls)})
+
+
+THRESHOLD_SETTING_NAMES: tuple[str, ...] = tuple(field.name for field in fields(ThresholdSettings))
+"""The run settings that choose thresholds (and so the options of ``int8flow rethreshold``)."""

@@ -13,10 +13,10 @@ from int8flow.kernels.histogram import (
     ZERO_EXPONENT,
     Histogram,
     NonFiniteValuesError,
-    check_num_bins,
     merge_all,
     range_exponent,
 )
+from int8flow.schemas.histogram_bins import check_num_bins
 
 
 def split_merge(values: np.ndarray, cuts: list[int], order: list[int], num_bins: int) -> Histogram:
@@ -148,7 +148,7 @@ def test_non_finite_values_are_refused_with_their_counts(bad: float) -> None:
     assert "non-finite" in str(error.value)
 
 
-@pytest.mark.parametrize("num_bins", [0, 8, 100, 8001, 3.0])
+@pytest.mark.parametrize("num_bins", [0, 8, 100, 8001, 3.0, True, 2**17])
 def test_bin_counts_that_cannot_merge_exactly_are_refused(num_bins: object) -> None:
     with pytest.raises(ValueError, match="power of two"):
         check_num_bins(num_bins)  # type: ignore[arg-type]

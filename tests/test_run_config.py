@@ -6,8 +6,9 @@ from dataclasses import fields
 
 import pytest
 
-from int8flow.kernels.histogram import DEFAULT_NUM_BINS
-from int8flow.schemas.run_config import NUM_BINS_CHOICES, SETTINGS, SETTINGS_BY_NAME, RunConfig, RunConfigError
+from int8flow.schemas.histogram_bins import DEFAULT_NUM_BINS
+from int8flow.schemas.run_config import SETTINGS, SETTINGS_BY_NAME, RunConfig, RunConfigError
+from int8flow.schemas.histogram_bins import NUM_BINS_CHOICES
 from int8flow.schemas.threshold_settings import ThresholdSettings
 from int8flow.tasks.cli.main import build_parser
 

@@ -11,6 +11,7 @@ from oracles import entropy_threshold_loop, mse_threshold_loop
 
 from int8flow.kernels.histogram import Histogram
 from int8flow.kernels.thresholds import (
+    METHOD_FUNCTIONS,
     METHODS,
     ZERO_TENSOR_THRESHOLD,
     EmptyHistogramError,
@@ -19,6 +20,7 @@ from int8flow.kernels.thresholds import (
     entropy_thresholds,
     extreme_bins,
     flatten_spikes,
+    method_function,
     mse_threshold,
     percentile_threshold,
 )
@@ -226,3 +228,12 @@ def test_uint8_thresholds_match_the_loops_with_255_levels(name: str) -> None:
     expected_mse = mse_threshold_loop(small.abs_counts(), small.bin_width, small.abs_max, levels=255)
     settings = ThresholdSettings(method="mse", unsigned_activations=True)
     assert abs(choose_thresholds({name: small}, settings)[name].threshold - expected_mse) <= small.bin_width
+
+
+def test_the_method_table_names_exactly_the_declared_methods() -> None:
+    assert list(METHOD_FUNCTIONS) == list(METHODS)
+
+
+def test_an_unknown_method_raises_instead_of_running_another() -> None:
+    with pytest.raises(ValueError, match=r"unknown threshold method 'kl': choose one of entropy, naive, percentile, mse"):
+        method_function("kl")

@@ -16,7 +16,6 @@ from int8flow.tasks.graph.load import ModelLoadError
 from int8flow.tasks.tracking.mlflow_store import (
     TrackingUnavailableError,
     default_experiment_name,
-    default_tracking_uri,
     experiment_for,
     find_run,
     log_run,
@@ -24,6 +23,7 @@ from int8flow.tasks.tracking.mlflow_store import (
     runs_table,
     tracking_client,
 )
+from int8flow.tasks.tracking.store_uri import default_tracking_uri
 
 MODEL = Path(__file__).parent.parent / "examples" / "models" / "fashion_mnist_resnet.onnx"
 

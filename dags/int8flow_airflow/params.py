@@ -6,7 +6,7 @@ never disagree. Only the defaults differ, and only where the deployment knows be
 
 - ``out`` is no form field: each DAG run writes to ``$INT8FLOW_RUNS_DIR/<dag_id>/<run_id>``;
 - ``scheduler`` / ``tracking_uri`` default to the deployment's Dask scheduler and MLflow server
-  (``INT8FLOW_DASK_SCHEDULER``, ``MLFLOW_TRACKING_URI``), ``alias`` to ``int8-candidate``;
+  (``INT8FLOW_DASK_SCHEDULER``, ``MLFLOW_TRACKING_URI``);
 - ``model``, ``calib_data``, ``val_data`` and ``preprocess`` default to the bundled Fashion-MNIST
   demo, so the form as it opens is a run that works.
 """
@@ -21,14 +21,14 @@ from typing import Any
 from airflow.sdk import Param
 
 from int8flow.schemas.run_config import SETTINGS, RunConfigError, Setting
+from int8flow.tasks.data.mnist_idx import FASHION_MNIST_FOLDER
+from int8flow.tasks.tracking.store_uri import default_tracking_uri
 
 NOT_FORM_FIELDS = frozenset({"out"})
 """Settings the DAG fixes itself: one output directory per DAG run, so retries find their outputs."""
 
-DEFAULT_ALIAS = "int8-candidate"
 DEMO_MODEL = Path(__file__).resolve().parents[2] / "examples" / "models" / "fashion_mnist_resnet.onnx"
-DEMO_DATA = "/usr/share/datasets/fashion-mnist"
-"""Debian's ``dataset-fashion-mnist``: idx files, ``#train`` (60k) and ``#t10k`` (10k) splits."""
+"""The bundled demo model, beside the DAG folder in a checkout (``make airflow``)."""
 
 _JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array"}
 _TITLE_WORDS = {"calib": "calibration", "val": "validation", "num": "number of", "top1": "top-1", "uri": "URI"}
@@ -50,11 +50,11 @@ def run_output_dir(dag_id: str, run_id: str, environ: Mapping[str, str] = os.env
 
 def form_defaults(environ: Mapping[str, str] = os.environ) -> dict[str, tuple[Any, str]]:
     """Defaults that differ from the schema's, each with the note the form shows under the field."""
-    tracking = environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(airflow_home(environ)).resolve()}/mlflow.db"
+    tracking = environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(airflow_home(environ))
     return {
         "model": (str(DEMO_MODEL), "The form starts with the bundled Fashion-MNIST ResNet demo."),
-        "calib_data": (f"{DEMO_DATA}#train", "The form starts with the Fashion-MNIST training split."),
-        "val_data": (f"{DEMO_DATA}#t10k", "The form starts with the Fashion-MNIST test split; clear it to skip."),
+        "calib_data": (f"{FASHION_MNIST_FOLDER}#train", "The form starts with the Fashion-MNIST training split."),
+        "val_data": (f"{FASHION_MNIST_FOLDER}#t10k", "The form starts with the Fashion-MNIST test split; clear it to skip."),
         "preprocess": ("mnist", "The form starts with the demo model's preset."),
         "scheduler": (
             environ.get("INT8FLOW_DASK_SCHEDULER", ""),
@@ -65,7 +65,6 @@ def form_defaults(environ: Mapping[str, str] = os.environ) -> dict[str, tuple[An
             "Default: $MLFLOW_TRACKING_URI, else sqlite:///$AIRFLOW_HOME/mlflow.db; "
             "Airflow runs work in $AIRFLOW_HOME.",
         ),
-        "alias": (DEFAULT_ALIAS, ""),
     }
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from int8flow.kernels.histogram import DEFAULT_NUM_BINS, Histogram, NonFiniteValuesError
+from int8flow.kernels.histogram import Histogram, NonFiniteValuesError
+from int8flow.schemas.histogram_bins import DEFAULT_NUM_BINS
 from int8flow.tasks.graph.executor import GraphExecutor
 
 

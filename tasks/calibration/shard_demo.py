@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from int8flow.kernels.histogram import DEFAULT_NUM_BINS, Histogram
+from int8flow.kernels.histogram import Histogram
+from int8flow.schemas.histogram_bins import DEFAULT_NUM_BINS
 from int8flow.kernels.thresholds import METHODS, ThresholdSettings
 from int8flow.schemas.calibration_table import CalibrationTable
 from int8flow.tasks.calibration.partial_files import list_partial_files, merge_partial_files, write_partial_histograms

@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.table import Table
 
-from int8flow.kernels.histogram import DEFAULT_NUM_BINS, check_num_bins
+from int8flow.schemas.histogram_bins import DEFAULT_NUM_BINS, check_num_bins
 from int8flow.schemas.calibration_table import CalibrationTable
 from int8flow.schemas.run_config import SETTINGS, SETTINGS_BY_NAME, RunConfig
-from int8flow.schemas.threshold_settings import ThresholdSettings
+from int8flow.schemas.threshold_settings import THRESHOLD_SETTING_NAMES, ThresholdSettings
 from int8flow.tasks.cli.progress import StageProgress
 from int8flow.tasks.distributed.cluster import ClusterUnavailableError
 from int8flow.tasks.calibration.shard_demo import run_demo
@@ -28,15 +28,13 @@ from int8flow.tasks.outputs.report import summary_rows
 from int8flow.tasks.run.plan import load_plan
 from int8flow.tasks.run.stages import GateFailedError, check_gate
 from int8flow.tasks.calibration.table import rethreshold
-from int8flow.tasks.tracking.mlflow_store import TrackingUnavailableError, default_tracking_uri, runs_table
+from int8flow.tasks.tracking.mlflow_store import TrackingUnavailableError, runs_table
+from int8flow.tasks.tracking.store_uri import default_tracking_uri
 
 EXIT_GATE_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_UNAVAILABLE = 3
 UNWRAPPED_WIDTH = 240
-
-
-THRESHOLD_SETTINGS = ("method", "num_quantized_bins", "percentile", "spike_fix", "unsigned_activations")
 
 
 def add_setting_options(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
@@ -93,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     again.add_argument("histogram_dir", metavar="HISTOGRAM_DIR", help="folder of shard=NNNNN.parquet files (path or fsspec URL)")
     again.add_argument("--out", required=True, help="output directory (path or fsspec URL)")
-    add_setting_options(again, THRESHOLD_SETTINGS)
+    add_setting_options(again, THRESHOLD_SETTING_NAMES)
 
     runs = commands.add_parser(
         "runs",
@@ -141,10 +139,7 @@ def _run_demo(args: argparse.Namespace, console: Console) -> int:
 
 
 def _run_rethreshold(args: argparse.Namespace, console: Console) -> int:
-    settings = ThresholdSettings(
-        args.method, args.num_quantized_bins, args.percentile, args.spike_fix, args.unsigned_activations
-    )
-    table = rethreshold(args.histogram_dir, settings, args.out)
+    table = rethreshold(args.histogram_dir, ThresholdSettings.of(args), args.out)
     _print_table(console, f"{args.method} thresholds from {args.histogram_dir}", {args.method: table}, {})
     console.print(f"wrote {args.out}/calibration.json and {args.out}/calibration.cache")
     return 0

@@ -28,7 +28,7 @@ from int8flow.tasks.graph.quantize_pass import QuantizationOptions, calibration_
 from int8flow.tasks.graph.simplify import simplify
 from int8flow.tasks.tracking.model_source import resolve_model
 from int8flow.tasks.distributed.shard_jobs import ModelRef, ShardSpec
-from int8flow.tasks.tracking.mlflow_store import default_tracking_uri
+from int8flow.tasks.tracking.store_uri import default_tracking_uri
 
 PLAN_FILE = "run.json"
 HISTOGRAM_DIR = "histograms"

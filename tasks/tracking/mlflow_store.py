@@ -31,6 +31,7 @@ from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 from int8flow.tasks.outputs.atomic_files import TEMP_MARKER
 from int8flow.tasks.graph.load import ModelLoadError
+from int8flow.tasks.tracking.store_uri import sqlite_file
 
 EXPERIMENT_PREFIX = "int8flow/"
 RUN_KEY_TAG = "int8flow.run_key"
@@ -66,11 +67,6 @@ def registry_reference(uri: str) -> RegistryReference | None:
     return RegistryReference(match["name"], match["alias"], match["version"])
 
 
-def default_tracking_uri(directory: str) -> str:
-    """A SQLite store in ``directory``: MLflow 3 refuses plain folder stores without an opt-in."""
-    return f"sqlite:///{Path(directory).resolve() / 'mlflow.db'}"
-
-
 def default_experiment_name(model_uri: str) -> str:
     """``int8flow/<model>``: runs of one model land together whichever file or version they used."""
     reference = registry_reference(model_uri)
@@ -86,7 +82,7 @@ def tracking_client(tracking_uri: str) -> MlflowClient:
     The registry URI is passed too: left out, MLflow takes it from ``MLFLOW_REGISTRY_URI`` or
     ``mlflow.set_registry_uri`` state before falling back to the tracking URI.
     """
-    database = _sqlite_file(tracking_uri)
+    database = sqlite_file(tracking_uri)
     if database is not None:
         database.parent.mkdir(parents=True, exist_ok=True)
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
@@ -260,15 +256,8 @@ def _connection_failure(error: BaseException) -> BaseException | None:
     return None
 
 
-def _sqlite_file(tracking_uri: str) -> Path | None:
-    if not tracking_uri.startswith("sqlite:///"):
-        return None
-    database = tracking_uri.removeprefix("sqlite:///").split("?", 1)[0]
-    return None if database in ("", ":memory:") else Path(database).resolve()
-
-
 def _artifact_location(tracking_uri: str, experiment_name: str) -> str | None:
-    database = _sqlite_file(tracking_uri)
+    database = sqlite_file(tracking_uri)
     if database is None:
         return None
     folder = re.sub(r"[^A-Za-z0-9._-]+", "_", experiment_name).strip("._") or "experiment"
