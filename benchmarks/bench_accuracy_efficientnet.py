@@ -33,7 +33,7 @@ from int8flow.tasks.graph.int8_ops import INT8_OPS
 from int8flow.tasks.graph.load import load_graph
 from int8flow.tasks.graph.quantize_pass import QuantizationOptions, calibration_tensors, quantize_graph
 from int8flow.tasks.graph.simplify import simplify
-from int8flow.tasks.calibration.collector import observe
+from int8flow.tasks.calibration.collector import collect_histograms
 from int8flow.tasks.calibration.table import build_calibration_table
 
 BATCH = 32
@@ -77,7 +77,7 @@ def main() -> None:
     rows = []
     start = time.perf_counter()
     executor = GraphExecutor(graph)
-    histograms = observe(executor, [{name: calib[i : i + BATCH]} for i in range(0, len(calib), BATCH)], calibration_tensors(graph))
+    histograms = collect_histograms(executor, [{name: calib[i : i + BATCH]} for i in range(0, len(calib), BATCH)], calibration_tensors(graph))
     observe_seconds = time.perf_counter() - start
     for method in METHODS:
         for unsigned in (False, True):

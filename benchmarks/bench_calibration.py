@@ -134,7 +134,7 @@ def child_ours(job: dict[str, Any]) -> None:
     from int8flow.schemas.run_config import RunConfig
     from int8flow.tasks.run import stages
     from int8flow.tasks.distributed.cluster import dask_client
-    from int8flow.tasks.run.pipeline import plan
+    from int8flow.tasks.run.plan import plan_run
 
     config = RunConfig.from_mapping({
         "model": MODEL, "calib_data": job["parquet"], "preprocess": "imagenet-tf", "calib_examples": job["images"],
@@ -145,7 +145,7 @@ def child_ours(job: dict[str, Any]) -> None:
     times: dict[str, float] = {}
     _say("PHASE", "plan")
     started = time.perf_counter()
-    plan(config, cwd=job["tmp"])
+    plan_run(config, cwd=job["tmp"])
     times["plan"] = time.perf_counter() - started
     _say("PHASE", "cluster")
     started = time.perf_counter()

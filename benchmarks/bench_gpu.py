@@ -20,7 +20,7 @@ from int8flow.tasks.graph.int8_ops import INT8_OPS
 from int8flow.tasks.graph.load import load_graph
 from int8flow.tasks.graph.quantize_pass import calibration_tensors, quantize_graph
 from int8flow.tasks.graph.simplify import simplify
-from int8flow.tasks.calibration.collector import observe
+from int8flow.tasks.calibration.collector import collect_histograms
 from int8flow.tasks.calibration.table import build_calibration_table
 
 
@@ -65,7 +65,7 @@ def main() -> None:
     batch = np.random.default_rng(0).uniform(-1, 1, (args.batch, 3, 224, 224)).astype(np.float32)
     device_batch = {name: cupy.asarray(batch)}
     fp32 = GraphExecutor(graph, xp=cupy)
-    histograms = observe(fp32, [device_batch], calibration_tensors(graph))
+    histograms = collect_histograms(fp32, [device_batch], calibration_tensors(graph))
     int8 = GraphExecutor(quantize_graph(graph, build_calibration_table(histograms, ThresholdSettings(), {})), xp=cupy, ops=INT8_OPS)
     fp32_seconds = gpu_time(lambda: fp32.run(device_batch), args.repeats)
     int8_seconds = gpu_time(lambda: int8.run(device_batch), args.repeats)

@@ -23,7 +23,7 @@ from int8flow.tasks.graph.int8_ops import INT8_OPS
 from int8flow.tasks.graph.load import load_graph
 from int8flow.tasks.graph.quantize_pass import calibration_tensors, quantize_graph
 from int8flow.tasks.graph.simplify import simplify
-from int8flow.tasks.calibration.collector import observe
+from int8flow.tasks.calibration.collector import collect_histograms
 from int8flow.tasks.calibration.table import build_calibration_table
 
 
@@ -52,7 +52,7 @@ def main() -> None:
     session = ort.InferenceSession(args.model, providers=["CPUExecutionProvider"])
 
     calibration = [{name: photo_crops(args.batch, seed=100 + i)} for i in range(2)]
-    histograms = observe(fp32, calibration, calibration_tensors(graph))
+    histograms = collect_histograms(fp32, calibration, calibration_tensors(graph))
     table = build_calibration_table(histograms, ThresholdSettings(method="entropy"), {})
     int8 = GraphExecutor(quantize_graph(graph, table), ops=INT8_OPS)
 

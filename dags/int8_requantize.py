@@ -58,7 +58,7 @@ log = logging.getLogger("int8flow.int8_requantize")
 
 
 class ProgressLog:
-    """A ``int8flow.tasks.distributed.fanout.ProgressSink`` that writes shard progress to the task log, every 10 s at most."""
+    """An ``int8flow.tasks.distributed.fanout.ProgressSink`` that writes shard progress to the task log, every 10 s at most."""
 
     def __init__(self, every_seconds: float = 10.0) -> None:
         self.every_seconds = every_seconds
@@ -113,12 +113,12 @@ def int8_requantize() -> None:
     @bad_input_fails_at_once
     def plan() -> str:
         from int8flow.schemas.run_config import RunConfig
-        from int8flow.tasks.run import pipeline
+        from int8flow.tasks.run.plan import plan_run
 
         context = get_current_context()
         out = run_output_dir(context["dag"].dag_id, context["run_id"])
         config = RunConfig.from_mapping(run_config_values(context["params"], out))
-        planned = pipeline.plan(config, cwd=airflow_home())
+        planned = plan_run(config, cwd=airflow_home())
         log.info(
             "planned %s: %d calibration examples in %d shards, %d tensors; outputs in %s; MLflow %s",
             config.model, planned.calibration.sample, planned.shards, len(planned.tensors), planned.out,
@@ -129,13 +129,13 @@ def int8_requantize() -> None:
     @task(task_display_name="Observe: histograms on Dask")
     @bad_input_fails_at_once
     def observe(out: str) -> str:
-        from int8flow.tasks.run import pipeline, stages
+        from int8flow.tasks.run import stages
 
         with run_cluster(out) as (client, info):
-            pipeline.record_cluster(out, info)
+            stages.record_cluster(out, info)
             record = stages.observe(out, client, ProgressLog())
-        log.info("observed %d examples in %d shards, %.1f s (%d images skipped)", record["examples"],
-                 record["shards"], record["seconds"], record["skipped_images"])
+        log.info("observed %d examples in %d shards, %.1f s (%d images skipped)", record.examples,
+                 record.shards, record.seconds, record.skipped_images)
         return out
 
     @task(task_display_name="Thresholds")
@@ -144,8 +144,8 @@ def int8_requantize() -> None:
         from int8flow.tasks.run import stages
 
         record = stages.thresholds(out)
-        log.info("thresholds of %d tensors: merge %.1f s, search %.1f s", record["tensors"],
-                 record["reduce_seconds"], record["thresholds_seconds"])
+        log.info("thresholds of %d tensors: merge %.1f s, search %.1f s", record.tensors,
+                 record.reduce_seconds, record.thresholds_seconds)
         return out
 
     @task(task_display_name="Build INT8 model")
@@ -154,7 +154,7 @@ def int8_requantize() -> None:
         from int8flow.tasks.run import stages
 
         record = stages.build(out)
-        log.info("wrote %s in %.1f s", record["path"], record["seconds"])
+        log.info("wrote %s in %.1f s", record.path, record.seconds)
         return out
 
     @task(task_display_name="Validate on Dask")
@@ -167,60 +167,62 @@ def int8_requantize() -> None:
         if record is None:
             log.info("no validation data: validation and gate skipped")
         else:
-            accuracy = record["accuracy"]
-            log.info("%d examples: FP32 top-1 %.2f%%, INT8 top-1 %.2f%%, agreement %.2f%%", accuracy["examples"],
-                     accuracy["fp32_top1"], accuracy["int8_top1"], accuracy["agreement_top1"])
+            accuracy = record.accuracy
+            log.info("%d examples: FP32 top-1 %.2f%%, INT8 top-1 %.2f%%, agreement %.2f%%", accuracy.examples,
+                     accuracy.fp32_top1, accuracy.int8_top1, accuracy.agreement_top1)
         return out
 
     @task(task_display_name="Accuracy gate")
     @bad_input_fails_at_once
     def gate(out: str) -> str:
-        from int8flow.tasks.run import pipeline, stages
+        from int8flow.tasks.outputs.run_report import write_run_report
+        from int8flow.tasks.run import stages
+        from int8flow.tasks.tracking.run_logging import track
 
         with run_cluster(out) as (client, _):
             record = stages.gate(out, client, ProgressLog())
-        for attempt in record["attempts"]:
+        for attempt in record.attempts:
             log.info("gate attempt: FP32 kept %s, INT8 top-1 %.2f%%, drop %.2f points: %s",
-                     ", ".join(attempt["excluded"]) or "none", attempt["int8_top1"], attempt["top1_drop"],
-                     "passed" if attempt["passed"] else "failed")
+                     ", ".join(attempt.excluded) or "none", attempt.accuracy.int8_top1, attempt.accuracy.top1_drop,
+                     "passed" if attempt.passed else "failed")
         try:
             stages.check_gate(out)
         except stages.GateFailedError as error:
             try:  # like `int8flow run`, the failed calibration is tracked (tag int8flow.gate=failed)
-                pipeline.write_run_report(out, started())
-                log.info("failed run tracked in MLflow: run %s", pipeline.track(out, run_key()))
+                write_run_report(out, started())
+                log.info("failed run tracked in MLflow: run %s", track(out, run_key()))
             except Exception as tracking_error:  # noqa: BLE001 - the gate's verdict is this task's result
                 log.warning("the failed run was not tracked in MLflow: %s", tracking_error)
             raise AirflowFailException(str(error)) from None
-        log.info("gate passed (max top-1 drop %s)", record["max_top1_drop"])
+        log.info("gate passed (max top-1 drop %s)", record.max_top1_drop)
         return out
 
     @task(task_display_name="Report")
     @bad_input_fails_at_once
     def report(out: str) -> str:
-        from int8flow.tasks.run import pipeline
+        from int8flow.tasks.outputs.run_report import write_run_report
 
-        pipeline.write_run_report(out, started())
+        write_run_report(out, started())
         log.info("wrote %s/report.json and report.md", out)
         return out
 
     @task(task_display_name="Track in MLflow")
     @bad_input_fails_at_once
     def track(out: str) -> str:
-        from int8flow.tasks.run import pipeline
+        from int8flow.tasks.tracking.run_logging import track
 
-        mlflow_run_id = pipeline.track(out, run_key())
+        mlflow_run_id = track(out, run_key())
         log.info("MLflow run %s", mlflow_run_id)
         return mlflow_run_id
 
     @task(task_display_name="Register INT8 model")
     @bad_input_fails_at_once
     def register(out: str, mlflow_run_id: str) -> str | None:
-        from int8flow.tasks.run import pipeline
         from int8flow.tasks.run.plan import load_plan
+        from int8flow.tasks.tracking.run_logging import register
 
         config = load_plan(out).config
-        version = pipeline.register(out, mlflow_run_id)
+        version = register(out, mlflow_run_id)
         if version is None:
             log.info("not registered: no model name in 'register'")
         else:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -57,7 +57,8 @@ def pad_amounts(
     SAME_UPPER and to the top/left for SAME_LOWER. NOTSET returns the explicit ``pads``.
     """
     if auto_pad == "NOTSET":
-        return tuple(int(p) for p in pads)
+        # Not length-checked here: pads of another length reach Windows.of, which rejects them.
+        return cast(Pads, tuple(int(p) for p in pads))
     if auto_pad == "VALID":
         return (0, 0, 0, 0)
     if auto_pad not in AUTO_PADS:
@@ -105,17 +106,18 @@ class Windows:
     ) -> Windows:
         in_hw, kernel_hw = _pair(in_hw, "input size"), _pair(kernel_hw, "kernel_shape")
         strides, dilations = _pair(strides, "strides"), _pair(dilations, "dilations")
-        pads = tuple(int(p) for p in pads)
-        if len(pads) != 4 or min(pads) < 0:
-            raise ValueError(f"pads={pads}: expected four non-negative ints (top, left, bottom, right)")
+        int_pads = tuple(int(p) for p in pads)
+        if len(int_pads) != 4 or min(int_pads) < 0:
+            raise ValueError(f"pads={int_pads}: expected four non-negative ints (top, left, bottom, right)")
+        pads = int_pads
         for name, values in (("strides", strides), ("dilations", dilations), ("kernel_shape", kernel_hw)):
             if min(values) < 1:
                 raise ValueError(f"{name}={values}: every value must be >= 1")
-        out_hw = tuple(
+        out_h, out_w = (
             output_size(in_hw[axis], kernel_hw[axis], strides[axis], pads[axis], pads[axis + 2], dilations[axis], ceil_mode)
             for axis in (0, 1)
         )
-        return cls(in_hw, kernel_hw, strides, pads, dilations, out_hw)
+        return cls(in_hw, kernel_hw, strides, pads, dilations, (out_h, out_w))
 
     @property
     def taps(self) -> int:

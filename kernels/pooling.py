@@ -24,6 +24,7 @@ def max_pool2d(
     """ONNX MaxPool. Float pads are -inf; int8/uint8 pads are the type's minimum, so quantized max
     pooling is exact and keeps the dtype (max commutes with the monotone quantization)."""
     xp = array_module(x)
+    fill: float
     if x.dtype in (xp.int8, xp.uint8):
         fill = int(np.iinfo(x.dtype).min)
     elif x.dtype.kind == "f":

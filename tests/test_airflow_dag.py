@@ -309,7 +309,7 @@ def failed_gate_run(airflow_home: Path) -> DagTest:
 def test_dags_test_runs_every_stage_and_tracks_one_mlflow_run_matching_the_report(
     passed_run: DagTest, airflow_home: Path
 ) -> None:
-    from int8flow.tasks.run.pipeline import run_metrics
+    from int8flow.tasks.outputs.run_report import run_metrics
 
     assert passed_run.returncode == 0, passed_run.output[-5000:]
     assert passed_run.states() == {task_id: ("success", 1) for task_id in TASK_IDS}

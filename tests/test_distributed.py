@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import os
 import signal
+import struct
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from int8flow.schemas.run_config import RunConfig
 from int8flow.tasks.run import stages
 from int8flow.tasks.distributed.cluster import ClusterUnavailableError, dask_client
-from int8flow.tasks.data import fashion_mnist_folder
-from int8flow.tasks.run.pipeline import plan
+from int8flow.tasks.data import fashion_mnist_folder, load_mnist_split
+from int8flow.tasks.run.plan import plan_run
 
 MODEL = str(Path(__file__).parents[1] / "examples" / "models" / "fashion_mnist_resnet.onnx")
 CALIB_EXAMPLES = 600
@@ -34,7 +37,7 @@ def config(out: Path, batch_size: int, shards: int, workers: int) -> RunConfig:
 
 
 def calibrate(out: Path, client, batch_size: int, shards: int, workers: int, progress=stages.quiet) -> bytes:  # type: ignore[no-untyped-def]
-    plan(config(out, batch_size, shards, workers))
+    plan_run(config(out, batch_size, shards, workers))
     stages.observe(str(out), client, progress)
     stages.thresholds(str(out))
     return (out / "calibration.json").read_bytes()
@@ -107,3 +110,34 @@ def test_an_unreachable_scheduler_fails_fast_naming_it() -> None:
     with pytest.raises(ClusterUnavailableError, match=r"tcp://127\.0\.0\.1:9 did not answer"):
         with dask_client("tcp://127.0.0.1:9"):
             pass
+
+
+def write_idx_split(folder: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    """``train`` idx files of ``images`` (uint8, N x 28 x 28) and ``labels``, as the MNIST format lays them out."""
+    folder.mkdir(parents=True, exist_ok=True)
+    header = struct.pack(">HBB", 0, 0x08, 3) + struct.pack(">III", *images.shape)
+    (folder / "train-images-idx3-ubyte").write_bytes(header + images.astype(np.uint8).tobytes())
+    label_header = struct.pack(">HBB", 0, 0x08, 1) + struct.pack(">I", len(labels))
+    (folder / "train-labels-idx1-ubyte").write_bytes(label_header + labels.astype(np.uint8).tobytes())
+
+
+def calibrate_folder(data: Path, out: Path, client) -> bytes:  # type: ignore[no-untyped-def]
+    plan_run(replace(config(out, 32, 2, 2), calib_data=f"{data}#train", calib_examples=128))
+    stages.observe(str(out), client)
+    stages.thresholds(str(out))
+    return (out / "calibration.json").read_bytes()
+
+
+def test_a_reused_worker_reads_a_rewritten_dataset_afresh(two_workers, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A long-lived worker (an external cluster serving every nightly run) caches opened data sets; a
+    data set rewritten at the same URI between runs must be read as it is now, not as cached."""
+    images, labels = load_mnist_split(fashion_mnist_folder(), "train")
+    data = tmp_path / "data"
+    write_idx_split(data, images[:128], labels[:128])
+    first = calibrate_folder(data, tmp_path / "first", two_workers)
+    write_idx_split(data, 255 - images[128:256], labels[128:256])  # the same URI, other (inverted) images
+    second = calibrate_folder(data, tmp_path / "second", two_workers)
+    with dask_client(workers=1) as (fresh, _):
+        expected = calibrate_folder(data, tmp_path / "fresh", fresh)
+    assert second == expected
+    assert second != first

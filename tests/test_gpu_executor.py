@@ -15,7 +15,7 @@ from int8flow.tasks.graph.int8_ops import INT8_OPS
 from int8flow.tasks.graph.load import import_model, load_graph
 from int8flow.tasks.graph.quantize_pass import calibration_tensors, quantize_graph
 from int8flow.tasks.graph.simplify import simplify
-from int8flow.tasks.calibration.collector import observe
+from int8flow.tasks.calibration.collector import collect_histograms
 from int8flow.tasks.calibration.table import build_calibration_table
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not gpu_available(), reason="needs a CUDA GPU and CuPy")]
@@ -50,7 +50,7 @@ def test_int8_on_the_gpu_is_bit_identical(source: str) -> None:
         graph = simplify(import_model(MODELS[source](), source))
         batch = np.random.default_rng(1).normal(0, 1, (16, *INPUT_SHAPES[source])).astype(np.float32)
     name = graph.inputs[0].name
-    histograms = observe(GraphExecutor(graph), [{name: batch}], calibration_tensors(graph))
+    histograms = collect_histograms(GraphExecutor(graph), [{name: batch}], calibration_tensors(graph))
     quantized = quantize_graph(graph, build_calibration_table(histograms, ThresholdSettings(), {}))
     on_cpu, on_gpu = run_both(quantized, batch, INT8_OPS)
     np.testing.assert_array_equal(on_gpu, on_cpu)

@@ -24,7 +24,7 @@ from int8flow.tasks.graph.quantize_pass import (
     quantized_tensors,
 )
 from int8flow.tasks.graph.simplify import simplify
-from int8flow.tasks.calibration.collector import NonFiniteActivationError, observe
+from int8flow.tasks.calibration.collector import NonFiniteActivationError, collect_histograms
 from int8flow.tasks.calibration.table import build_calibration_table
 
 
@@ -35,7 +35,7 @@ def batches(name: str, count: int = 6, size: int = 16, seed: int = 0) -> list[di
 
 def calibrated(name: str, method: str = "entropy") -> tuple[Graph, object]:
     graph = simplify(import_model(MODELS[name](), name))
-    histograms = observe(GraphExecutor(graph), batches(name), calibration_tensors(graph), 2048)
+    histograms = collect_histograms(GraphExecutor(graph), batches(name), calibration_tensors(graph), 2048)
     return graph, build_calibration_table(histograms, ThresholdSettings(method=method), {})
 
 
@@ -134,7 +134,7 @@ def test_nan_activations_name_the_tensor() -> None:
     graph = simplify(import_model(MODELS["layout"](), "layout"))
     bad = {"input": np.full((2, *INPUT_SHAPES["layout"]), np.nan, dtype=np.float32)}
     with pytest.raises(NonFiniteActivationError, match="tensor 'pad2_0': 256 NaN"):
-        observe(GraphExecutor(graph), [bad], calibration_tensors(graph))
+        collect_histograms(GraphExecutor(graph), [bad], calibration_tensors(graph))
 
 
 def test_unsigned_option_stores_non_negative_tensors_as_uint8() -> None:

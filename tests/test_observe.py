@@ -13,7 +13,7 @@ from int8flow.tasks.graph.executor import GraphExecutor
 from int8flow.tasks.graph.load import import_model
 from int8flow.tasks.graph.quantize_pass import calibration_tensors
 from int8flow.tasks.graph.simplify import simplify
-from int8flow.tasks.calibration.collector import observe
+from int8flow.tasks.calibration.collector import collect_histograms
 
 
 def stream(count: int) -> Iterator[dict[str, np.ndarray]]:
@@ -28,7 +28,7 @@ def peak_bytes(batches: int) -> int:
     executor = GraphExecutor(graph)
     tensors = calibration_tensors(graph)
     tracemalloc.start()
-    observe(executor, stream(batches), tensors, 1024)
+    collect_histograms(executor, stream(batches), tensors, 1024)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     return peak
@@ -41,6 +41,6 @@ def test_peak_memory_does_not_grow_with_the_number_of_batches() -> None:
 
 def test_streamed_histograms_equal_one_pass_over_all_examples() -> None:
     graph = simplify(import_model(MODELS["cnn"](), "cnn"))
-    streamed = observe(GraphExecutor(graph), stream(3), ["input"], 1024)["input"]
+    streamed = collect_histograms(GraphExecutor(graph), stream(3), ["input"], 1024)["input"]
     everything = np.concatenate([batch["input"] for batch in stream(3)])
     assert streamed.same_as(Histogram.of(everything, 1024))

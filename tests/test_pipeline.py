@@ -15,14 +15,16 @@ from mlflow import MlflowClient
 
 from int8flow.schemas.calibration_table import CalibrationTable
 from int8flow.schemas.run_config import RunConfig
+from int8flow.schemas.run_folder import FP32_MODEL, RESULT_NAMES
 from int8flow.tasks.data import fashion_mnist_folder, load_mnist_split
 from int8flow.tasks.graph.executor import GraphExecutor
 from int8flow.tasks.graph.int8_ops import INT8_OPS
 from int8flow.tasks.graph.load import load_graph
 from int8flow.tasks.graph.quantize_pass import QuantizationOptions, calibration_tensors, quantize_graph
 from int8flow.tasks.graph.simplify import simplify
-from int8flow.tasks.calibration.collector import observe
-from int8flow.tasks.run.pipeline import plan, run_pipeline
+from int8flow.tasks.calibration.collector import collect_histograms
+from int8flow.tasks.run.pipeline import run_pipeline
+from int8flow.tasks.run.plan import plan_run
 from int8flow.tasks.validation.sensitivity import rank_sensitivity
 from int8flow.tasks.distributed.shard_jobs import sample_indices, top_k
 from int8flow.tasks.calibration.table import build_calibration_table
@@ -70,6 +72,7 @@ def mnist_inputs(pixels: np.ndarray) -> np.ndarray:
 def test_the_run_writes_every_output(demo_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
     cwd, done = demo_run
     out = cwd / "out"
+    assert sorted(path.name for path in out.iterdir()) == sorted(set(RESULT_NAMES) - {FP32_MODEL})
     assert sorted(path.name for path in (out / "histograms").iterdir()) == [f"shard={i:05d}.parquet" for i in range(3)]
     for name in ("calibration.json", "calibration.cache", "model.int8.onnx", "report.json", "report.md", "run.json"):
         assert (out / name).is_file(), name
@@ -85,7 +88,7 @@ def test_the_distributed_table_equals_a_single_process_calibration(
     cwd, _ = demo_run
     chosen = sample_indices(len(images[0]), CALIB_EXAMPLES, 0)
     graph = simplify(load_graph(MODEL)[0])
-    histograms = observe(GraphExecutor(graph), [{"input": mnist_inputs(images[0][chosen])}], calibration_tensors(graph))
+    histograms = collect_histograms(GraphExecutor(graph), [{"input": mnist_inputs(images[0][chosen])}], calibration_tensors(graph))
     written = CalibrationTable.from_json((cwd / "out" / "calibration.json").read_text(), "calibration.json")
     expected = build_calibration_table(histograms, RunConfig.from_mapping({"model": MODEL, "calib_data": CALIB}).threshold_settings(), written.metadata)
     assert written.to_json() == expected.to_json()
@@ -177,5 +180,5 @@ def test_the_fallback_moves_the_most_sensitive_nodes_to_fp32_until_the_gate_pass
     built = json.loads((tmp_path / "out" / "stages" / "build.json").read_text())
     gate = json.loads((tmp_path / "out" / "stages" / "gate.json").read_text())
     assert built["excluded"] == gate["final_excluded"]
-    plan(config)  # a new run in the same folder must not build with this run's gate exclusions
+    plan_run(config)  # a new run in the same folder must not build with this run's gate exclusions
     assert not (tmp_path / "out" / "stages").exists()

@@ -22,7 +22,7 @@ from int8flow.tasks.graph.ir import Graph
 from int8flow.tasks.graph.load import load_graph
 from int8flow.tasks.graph.quantize_pass import calibration_tensors, quantize_graph
 from int8flow.tasks.graph.simplify import simplify
-from int8flow.tasks.calibration.collector import observe
+from int8flow.tasks.calibration.collector import collect_histograms
 from int8flow.tasks.calibration.table import build_calibration_table
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,7 +49,7 @@ def fashion() -> dict[str, object]:
     graph = simplify(graph)
     scale = lambda images: (images.astype(np.float32) / 255.0)[:, None, :, :]  # noqa: E731 - the mnist preset
     calibration = batched(graph, scale(train_images[:1000]))
-    histograms = observe(GraphExecutor(graph), calibration, calibration_tensors(graph))
+    histograms = collect_histograms(GraphExecutor(graph), calibration, calibration_tensors(graph))
     table = build_calibration_table(histograms, ThresholdSettings(method="entropy"), {})
     quantized = quantize_graph(graph, table)
     test = batched(graph, scale(test_images))

@@ -21,7 +21,7 @@ from int8flow.tasks.graph.ir import Graph
 from int8flow.tasks.graph.load import load_graph
 from int8flow.tasks.graph.quantize_pass import QuantizationOptions, calibration_tensors, quantize_graph, quantized_tensors
 from int8flow.tasks.graph.simplify import simplify
-from int8flow.tasks.calibration.collector import observe
+from int8flow.tasks.calibration.collector import collect_histograms
 from int8flow.tasks.validation.sensitivity import NodeSensitivity, quantizable_nodes, rank_sensitivity
 from int8flow.tasks.calibration.table import build_calibration_table
 
@@ -42,7 +42,7 @@ def resnet() -> tuple[Graph, CalibrationTable, dict[str, np.ndarray]]:
     train_images, _ = load_mnist_split(folder, "train")
     test_images, _ = load_mnist_split(folder, "t10k")
     graph = simplify(load_graph(str(MODEL))[0])
-    histograms = observe(GraphExecutor(graph), [{"input": pixels(train_images[:300])}], calibration_tensors(graph))
+    histograms = collect_histograms(GraphExecutor(graph), [{"input": pixels(train_images[:300])}], calibration_tensors(graph))
     table = build_calibration_table(histograms, ThresholdSettings(method="entropy"), {})
     return graph, table, {"input": pixels(test_images[:256])}
 

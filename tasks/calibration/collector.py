@@ -1,4 +1,4 @@
-"""The observe step: run the FP32 model over batches and stream the watched tensors into histograms.
+"""Streaming activations into histograms: what the observe stage runs on each worker, batch by batch.
 
 Each activation is histogrammed as soon as it is produced and then dropped by the executor, so
 memory holds one batch of activations plus one histogram per tensor, however many examples pass.
@@ -36,13 +36,13 @@ class HistogramCollector:
         self.histograms[name] = self.histograms[name].merge(batch)
 
 
-def observe(
+def collect_histograms(
     executor: GraphExecutor,
     batches: Iterable[Mapping[str, Any]],
     tensors: Sequence[str],
     num_bins: int = DEFAULT_NUM_BINS,
 ) -> dict[str, Histogram]:
-    """Histograms of ``tensors`` over every batch, on the executor's backend."""
+    """Histograms of ``tensors`` over every batch, on the executor's backend: the one observe loop."""
     collector = HistogramCollector(tensors, num_bins)
     watched = frozenset(tensors)
     for batch in batches:

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
 from int8flow.kernels.histogram import Histogram, merge_all
+from int8flow.schemas.run_folder import PARTIAL_FILE_SUFFIX
 from int8flow.schemas.partial_histograms import (
     PARTIAL_HISTOGRAM_SCHEMA,
     PartialHistogramFileError,
@@ -25,7 +26,6 @@ from int8flow.schemas.partial_histograms import (
 )
 from int8flow.tasks.outputs.atomic_files import atomic_write_bytes
 
-PARTIAL_FILE_SUFFIX = ".parquet"
 
 
 @dataclass(frozen=True)

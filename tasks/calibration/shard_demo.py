@@ -1,11 +1,11 @@
-"""The bundled demo: distributed calibration math on generated activations, split three ways.
+"""The shard demo (``int8flow shard-demo``): the merge-exactness contract shown without a model or data.
 
-Until the model pipeline lands, the "model" is a generator of activation-like tensors (a stem conv,
-a zero-heavy ReLU6, a residual add, a pooled ReLU, a tensor with outliers), each example drawn from
-its own seed so a shard can produce its examples alone, as a data shard would be read. The demo
-calibrates the same examples as one shard with large batches, as 4 shards and as 7 shards in reverse
-order with small batches, writes Parquet partials for each, merges them and checks that every
-method's thresholds are bit-identical across the three splits.
+The "model" is a generator of activation-like tensors (a stem conv, a zero-heavy ReLU6, a residual
+add, a pooled ReLU, a tensor with outliers), each example drawn from its own seed so a shard can
+produce its examples alone, as a data shard would be read. The demo calibrates the same examples as
+one shard with large batches, as 4 shards and as 7 shards in reverse order with small batches,
+streams them through the collector the real observe step uses, writes Parquet partials for each,
+merges them and checks that every method's thresholds are bit-identical across the three splits.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from int8flow.kernels.histogram import Histogram
 from int8flow.schemas.histogram_bins import DEFAULT_NUM_BINS
 from int8flow.kernels.thresholds import METHODS, ThresholdSettings
 from int8flow.schemas.calibration_table import CalibrationTable
+from int8flow.schemas.run_folder import HISTOGRAM_DIR, partial_file_name
+from int8flow.tasks.calibration.collector import HistogramCollector
 from int8flow.tasks.calibration.partial_files import list_partial_files, merge_partial_files, write_partial_histograms
 from int8flow.tasks.data.sharding import batch_ranges, shard_range
 from int8flow.tasks.calibration.table import build_calibration_table, write_calibration_table
@@ -98,23 +100,22 @@ def example_activations(index: int) -> dict[str, np.ndarray]:
     return {name: make(rng) for name, make in DEMO_TENSORS.items()}
 
 
-def observe_shard(examples: range, batch_size: int, num_bins: int) -> dict[str, Histogram]:
+def observe_examples(examples: range, batch_size: int, num_bins: int) -> dict[str, Histogram]:
     """Stream one shard batch by batch into histograms: only one batch is held at a time."""
-    running = {name: Histogram.empty(num_bins) for name in DEMO_TENSORS}
+    collector = HistogramCollector(tuple(DEMO_TENSORS), num_bins)
     for batch in batch_ranges(examples, batch_size):
         activations = [example_activations(index) for index in batch]
         for name in DEMO_TENSORS:
-            batch_values = np.concatenate([example[name] for example in activations])
-            running[name] = running[name].merge(Histogram.of(batch_values, num_bins))
-    return running
+            collector(name, np.concatenate([example[name] for example in activations]))
+    return collector.histograms
 
 
 def calibrate_split(split: Split, examples: int, histogram_dir: str, num_bins: int) -> dict[str, Histogram]:
     order = range(split.shards - 1, -1, -1) if split.reverse else range(split.shards)
     for shard in order:
-        histograms = observe_shard(shard_range(examples, split.shards, shard), split.batch_size, num_bins)
+        histograms = observe_examples(shard_range(examples, split.shards, shard), split.batch_size, num_bins)
         write_partial_histograms(
-            f"{histogram_dir}/shard={shard:05d}.parquet", "demo", demo_fingerprint(), shard, histograms
+            f"{histogram_dir}/{partial_file_name(shard)}", "demo", demo_fingerprint(), shard, histograms
         )
     return merge_partial_files(list_partial_files(histogram_dir), demo_fingerprint(), num_bins)
 
@@ -124,7 +125,7 @@ def run_demo(out_dir: str, examples: int = 1024, num_bins: int = DEFAULT_NUM_BIN
     tables_by_split: list[dict[str, CalibrationTable]] = []
     first_histograms: dict[str, Histogram] = {}
     for position, split in enumerate(DEMO_SPLITS):
-        histogram_dir = f"{out_dir}/histograms" if position == 0 else f"{out_dir}/splits/{position}/histograms"
+        histogram_dir = f"{out_dir}/{HISTOGRAM_DIR}" if position == 0 else f"{out_dir}/splits/{position}/{HISTOGRAM_DIR}"
         histograms = calibrate_split(split, examples, histogram_dir, num_bins)
         first_histograms = first_histograms or histograms
         metadata = {"model_sha256": demo_fingerprint(), "num_bins": str(num_bins), "examples": str(examples)}

@@ -1,7 +1,7 @@
-"""The calibration stages of a run: observe (Dask fan-out) and reduce + thresholds (one process).
+"""Calibrating a planned run: observe the shards on Dask, merge their partial files, write the table.
 
-They meet only through the partial-histogram files named by the plan, so the threshold stage can
-run in another process, another Airflow task or another day.
+The steps meet only through the partial-histogram files named by the plan, so thresholds can be
+chosen in another process, another Airflow task or another day.
 """
 
 from __future__ import annotations
@@ -15,12 +15,13 @@ from int8flow.kernels.histogram import Histogram
 from int8flow.schemas.calibration_table import CalibrationTable
 from int8flow.tasks.distributed.fanout import ProgressSink, quiet, run_shards
 from int8flow.tasks.calibration.partial_files import merge_partial_files
-from int8flow.tasks.run.plan import HISTOGRAM_DIR, RunPlan
+from int8flow.schemas.run_folder import HISTOGRAM_DIR
+from int8flow.tasks.run.plan import RunPlan
 from int8flow.tasks.distributed.shard_jobs import ObservedShard, observe_shard
 from int8flow.tasks.calibration.table import build_calibration_table, write_calibration_table
 
 
-def observe_stage(plan: RunPlan, client: Client, progress: ProgressSink = quiet) -> list[ObservedShard]:
+def observe_shards(plan: RunPlan, client: Client, progress: ProgressSink = quiet) -> list[ObservedShard]:
     """Every calibration shard's partial histograms on disk; stale partials of other plans removed.
 
     A shard file left by an earlier attempt with another shard count would be merged with this
@@ -36,13 +37,13 @@ def observe_stage(plan: RunPlan, client: Client, progress: ProgressSink = quiet)
     return run_shards(client, "observe", observe_shard, jobs, progress)
 
 
-def merge_stage(plan: RunPlan) -> dict[str, Histogram]:
+def merge_histograms(plan: RunPlan) -> dict[str, Histogram]:
     """The exact merge of the plan's partial files (any order gives the same histograms)."""
     paths = [plan.histogram_path(spec.shard) for spec in plan.shard_specs(plan.calibration)]
     return merge_partial_files(paths, plan.model.sha256, plan.config.num_bins)
 
 
-def threshold_stage(plan: RunPlan, histograms: Mapping[str, Histogram]) -> CalibrationTable:
+def write_table(plan: RunPlan, histograms: Mapping[str, Histogram]) -> CalibrationTable:
     """The calibration table, written as JSON and TensorRT cache; bit-identical for any sharding."""
     metadata = {
         "model_sha256": plan.model.sha256,

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import fsspec
+
 from int8flow.kernels.histogram import Histogram
 from int8flow.kernels.thresholds import ThresholdSettings, choose_thresholds
 from int8flow.schemas.calibration_table import CalibrationTable, TensorCalibration
 from int8flow.tasks.outputs.atomic_files import atomic_write_text
+from int8flow.schemas.run_folder import CALIBRATION_JSON, TENSORRT_CACHE
 from int8flow.tasks.calibration.partial_files import list_partial_files, merge_partial_files
 
-CALIBRATION_JSON = "calibration.json"
-TENSORRT_CACHE = "calibration.cache"
 
 
 def build_calibration_table(
@@ -47,6 +48,13 @@ def write_calibration_table(table: CalibrationTable, out_dir: str) -> tuple[str,
     atomic_write_text(json_path, table.to_json())
     atomic_write_text(cache_path, table.to_tensorrt_cache())
     return json_path, cache_path
+
+
+def read_calibration_table(out_dir: str) -> CalibrationTable:
+    """The table a run wrote into ``out_dir``, checked by the strict reader."""
+    path = f"{out_dir.rstrip('/')}/{CALIBRATION_JSON}"
+    with fsspec.open(path, "r") as file:
+        return CalibrationTable.from_json(file.read(), path)
 
 
 def rethreshold(histogram_dir: str, settings: ThresholdSettings, out_dir: str) -> CalibrationTable:

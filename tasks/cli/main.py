@@ -148,17 +148,17 @@ def _run_rethreshold(args: argparse.Namespace, console: Console) -> int:
 def _run_run(args: argparse.Namespace, console: Console) -> int:
     config = RunConfig.from_mapping({setting.name: getattr(args, setting.name) for setting in SETTINGS})
     with StageProgress(console) as progress:
-        outcome = run_pipeline(config, progress, progress.announce_cluster)
+        result = run_pipeline(config, progress, progress.announce_cluster)
     view = Table(title=f"int8flow run: {config.model}", show_header=False)
-    for label, value in summary_rows(outcome.report, outcome.out):
+    for label, value in summary_rows(result.report, result.out):
         view.add_row(label, value)
-    view.add_row("MLflow run", f"{outcome.mlflow_run_id} ({load_plan(outcome.out).tracking_uri})")
+    view.add_row("MLflow run", f"{result.mlflow_run_id} ({load_plan(result.out).tracking_uri})")
     if config.register:
-        registered = f"{config.register} version {outcome.registered_version}" if outcome.registered_version else "not registered"
+        registered = f"{config.register} version {result.registered_version}" if result.registered_version else "not registered"
         view.add_row("registered", registered)
     console.print(view)
-    if not outcome.passed:
-        check_gate(outcome.out)
+    if not result.passed:
+        check_gate(result.out)
     return 0
 
 

@@ -11,7 +11,7 @@ from types import TracebackType
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from int8flow.tasks.distributed.cluster import ClusterInfo
+from int8flow.schemas.stage_records import ClusterRecord
 
 
 class StageProgress:
@@ -48,7 +48,7 @@ class StageProgress:
             return
         self.bars.update(self.tasks[stage], completed=done, examples=examples, rate=rate)
 
-    def announce_cluster(self, info: ClusterInfo) -> None:
+    def announce_cluster(self, info: ClusterRecord) -> None:
         self.console.print(
             f"Dask {info.kind}: {info.workers} worker(s) at {info.scheduler}; dashboard: {info.dashboard or 'none'}",
             soft_wrap=True,

@@ -11,13 +11,14 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+
 
 import dask
 from distributed import Client, LocalCluster, WorkerPlugin
 from threadpoolctl import threadpool_limits
 
 from int8flow.kernels.backend import gpu_available
+from int8flow.schemas.stage_records import ClusterRecord
 
 CONNECT_TIMEOUT_SECONDS = 10
 
@@ -26,22 +27,12 @@ class ClusterUnavailableError(RuntimeError):
     """The scheduler could not be reached: transient for an orchestrator, so worth a retry."""
 
 
-@dataclass(frozen=True)
-class ClusterInfo:
-    """What the report and the progress line say about the cluster."""
-
-    scheduler: str
-    dashboard: str | None
-    workers: int
-    kind: str
-
-
 def default_worker_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 @contextlib.contextmanager
-def dask_client(scheduler: str = "", workers: int = 0, device: str = "auto") -> Iterator[tuple[Client, ClusterInfo]]:
+def dask_client(scheduler: str = "", workers: int = 0, device: str = "auto") -> Iterator[tuple[Client, ClusterRecord]]:
     """A client of ``scheduler``, or of an embedded cluster that lives as long as the block."""
     if scheduler:
         client = _connect(scheduler)
@@ -107,8 +98,8 @@ def _has_dask_cuda() -> bool:
     return True
 
 
-def _info(client: Client, kind: str) -> ClusterInfo:
-    return ClusterInfo(
+def _info(client: Client, kind: str) -> ClusterRecord:
+    return ClusterRecord(
         scheduler=client.scheduler.address,
         dashboard=client.dashboard_link,
         workers=len(client.scheduler_info(n_workers=-1)["workers"]),

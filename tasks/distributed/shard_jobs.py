@@ -2,8 +2,10 @@
 
 Only small, picklable descriptions travel to a worker (paths, fingerprints, index rules) and only
 paths and counts come back; the examples and activations never leave the worker. Models, data sets
-and INT8 graphs are loaded once per worker process and cached by fingerprint, since a worker runs
-many shards of the same run.
+and INT8 graphs are loaded once per worker process and cached by their content's fingerprint (the
+one the plan recorded), not by their location: a long-lived worker (an external cluster that serves
+every nightly run) must not read yesterday's file listing or Parquet footers for a URI whose data
+has been rewritten since.
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 
 import fsspec
 import numpy as np
@@ -29,7 +31,7 @@ from int8flow.tasks.graph.load import ModelLoadError, import_model, model_finger
 from int8flow.tasks.graph.quantize_pass import QuantizationOptions, quantize_graph
 from int8flow.tasks.graph.simplify import simplify
 from int8flow.tasks.calibration.partial_files import write_partial_histograms
-from int8flow.tasks.calibration.collector import HistogramCollector
+from int8flow.tasks.calibration.collector import collect_histograms
 from int8flow.tasks.data.sharding import batch_ranges, shard_range
 
 TOP_K = 5
@@ -53,6 +55,7 @@ class ShardSpec:
     """
 
     data_uri: str
+    data_fingerprint: str
     total: int
     sample: int
     seed: int | None
@@ -117,17 +120,13 @@ def observe_shard(
     """Histograms of ``tensors`` over the shard, written atomically to ``path``."""
     started = time.perf_counter()
     graph, executor = _fp32_executor(model)
-    collector = HistogramCollector(tensors, num_bins)
-    watched = frozenset(tensors)
-    examples, skipped, sources = 0, 0, []
-    for batch in _batches(spec, graph):
-        skipped += batch.skipped
-        sources.extend(batch.skipped_sources)
-        if len(batch.labels):
-            executor.run({graph.inputs[0].name: batch.inputs}, collector, watched)
-            examples += len(batch.labels)
-    write_partial_histograms(path, run_key, model.sha256, spec.shard, collector.histograms)
-    return ObservedShard(path, spec.shard, examples, skipped, tuple(sources), time.perf_counter() - started)
+    tally = _Tally()
+    inputs = ({graph.inputs[0].name: batch.inputs} for batch in tally.usable(_batches(spec, graph)))
+    histograms = collect_histograms(executor, inputs, tensors, num_bins)
+    write_partial_histograms(path, run_key, model.sha256, spec.shard, histograms)
+    return ObservedShard(
+        path, spec.shard, tally.examples, tally.skipped, tuple(tally.sources), time.perf_counter() - started
+    )
 
 
 def validate_shard(model: ModelRef, spec: ShardSpec, int8: Int8Ref) -> ValidatedShard:
@@ -137,11 +136,8 @@ def validate_shard(model: ModelRef, spec: ShardSpec, int8: Int8Ref) -> Validated
     quantized = _int8_executor(model, int8)
     classes = graph.outputs[0].shape[-1]
     counts = np.zeros(5, dtype=np.int64)
-    examples, skipped = 0, 0
-    for batch in _batches(spec, graph):
-        skipped += batch.skipped
-        if not len(batch.labels):
-            continue
+    tally = _Tally()
+    for batch in tally.usable(_batches(spec, graph)):
         check_labels(batch.labels, classes, spec.data_uri)
         inputs = {graph.inputs[0].name: batch.inputs}
         fp32_ranks = top_k(to_numpy(fp32.run(inputs)[graph.outputs[0].name]))
@@ -154,8 +150,7 @@ def validate_shard(model: ModelRef, spec: ShardSpec, int8: Int8Ref) -> Validated
             np.sum(np.any(int8_ranks == labels, axis=1)),
             np.sum(fp32_ranks[:, 0] == int8_ranks[:, 0]),
         ]
-        examples += len(batch.labels)
-    return ValidatedShard(spec.shard, examples, skipped, *map(int, counts), time.perf_counter() - started)
+    return ValidatedShard(spec.shard, tally.examples, tally.skipped, *map(int, counts), time.perf_counter() - started)
 
 
 def top_k(logits: np.ndarray) -> np.ndarray:
@@ -175,8 +170,26 @@ def check_labels(labels: np.ndarray, classes: int | None, source: str) -> None:
         )
 
 
+@dataclass
+class _Tally:
+    """What a shard's batches held: examples that decoded, images skipped and where those came from."""
+
+    examples: int = 0
+    skipped: int = 0
+    sources: list[str] = field(default_factory=list)
+
+    def usable(self, batches: Iterable[Batch]) -> Iterator[Batch]:
+        """The batches with at least one decoded example, counted as they pass."""
+        for batch in batches:
+            self.skipped += batch.skipped
+            self.sources.extend(batch.skipped_sources)
+            if len(batch.labels):
+                self.examples += len(batch.labels)
+                yield batch
+
+
 def _batches(spec: ShardSpec, graph: Graph) -> Iterator[Batch]:
-    dataset = _dataset(spec.data_uri)
+    dataset = _dataset(spec.data_uri, spec.data_fingerprint)
     preprocess = parse_preprocess(spec.preprocess)
     input_shape = graph.inputs[0].shape
     indices = spec.indices()
@@ -185,7 +198,8 @@ def _batches(spec: ShardSpec, graph: Graph) -> Iterator[Batch]:
 
 
 @functools.lru_cache(maxsize=4)
-def _dataset(uri: str) -> ImageDataset:
+def _dataset(uri: str, fingerprint: str) -> ImageDataset:
+    """The data set at ``uri`` as it was when planned: keyed by ``fingerprint``, a rewrite is a new entry."""
     return open_dataset(uri)
 
 

@@ -1,7 +1,8 @@
 """Rewriting an FP32 graph to INT8 from a calibration table.
 
-Every tensor of the new graph is either float32 or int8 with a per-tensor scale (threshold / 127,
-symmetric, zero point 0). Compute ops (Conv, Gemm, MatMul, Add, Concat, pools, spatial ReduceMean)
+Every tensor of the new graph is either float32 or 8-bit with a per-tensor scale and zero point 0:
+symmetric int8 (threshold / 127), or, with ``unsigned_activations``, uint8 (threshold / 255) for
+tensors calibrated non-negative. Compute ops (Conv, Gemm, MatMul, Add, Concat, pools, spatial ReduceMean)
 become ``Int8*`` nodes that read and write int8; a ReLU/Clip right after Conv/Gemm/MatMul/Add is
 fused into its requantization bounds; Flatten/Reshape/Transpose/MaxPool/zero Pad pass int8 through
 unchanged (exact). Everything else, and every excluded node, runs in FP32: conversions are inserted

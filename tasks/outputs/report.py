@@ -18,9 +18,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from int8flow.tasks.outputs.atomic_files import atomic_write_text
+from int8flow.schemas.run_folder import REPORT_JSON, REPORT_MD
 
-REPORT_JSON = "report.json"
-REPORT_MD = "report.md"
 STAGE_ORDER = ("observe", "reduce", "thresholds", "build", "validate", "gate", "track")
 # The stages that turn images into a calibration table; their sum is the "calibration time".
 CALIBRATION_STAGES = ("observe", "reduce", "thresholds")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import tempfile
 from dataclasses import asdict, dataclass
 
@@ -19,6 +20,7 @@ import fsspec
 from fsspec.core import url_to_fs
 
 from int8flow.schemas.run_config import RunConfig
+from int8flow.schemas.run_folder import FP32_MODEL, HISTOGRAM_DIR, PLAN_FILE, RESULT_NAMES, STAGE_DIR, partial_file_name
 from int8flow.tasks.outputs.atomic_files import atomic_write_bytes, atomic_write_text
 from int8flow.tasks.data.mnist_idx import DatasetError
 from int8flow.tasks.data.preprocess import check_fits, parse_preprocess
@@ -27,18 +29,11 @@ from int8flow.tasks.graph.load import ModelLoadError, import_model, model_finger
 from int8flow.tasks.graph.quantize_pass import QuantizationOptions, calibration_tensors, excluded_nodes
 from int8flow.tasks.graph.simplify import simplify
 from int8flow.tasks.tracking.model_source import resolve_model
+from int8flow.tasks.distributed.cluster import default_worker_count
 from int8flow.tasks.distributed.shard_jobs import ModelRef, ShardSpec
 from int8flow.tasks.tracking.store_uri import default_tracking_uri
 
-PLAN_FILE = "run.json"
-HISTOGRAM_DIR = "histograms"
-STAGE_DIR = "stages"
 SHARDS_PER_WORKER = 4
-RESULT_NAMES = (
-    PLAN_FILE, HISTOGRAM_DIR, "calibration.json", "calibration.cache", "model.int8.onnx", "model.fp32.onnx",
-    "report.json", "report.md", "plots", STAGE_DIR,
-)
-"""Everything a run writes into its output directory; ``--overwrite`` removes exactly these."""
 _NOT_RESULT_SETTINGS = frozenset(
     {"batch_size", "scheduler", "workers", "shards", "out", "overwrite", "tracking_uri", "experiment", "register", "alias"}
 )
@@ -81,7 +76,7 @@ class RunPlan:
         return f"{self.out}/{name}"
 
     def histogram_path(self, shard: int) -> str:
-        return f"{self.out}/{HISTOGRAM_DIR}/shard={shard:05d}.parquet"
+        return f"{self.out}/{HISTOGRAM_DIR}/{partial_file_name(shard)}"
 
     def quantization_options(self, extra_exclude: tuple[str, ...] = ()) -> QuantizationOptions:
         return QuantizationOptions(
@@ -92,7 +87,7 @@ class RunPlan:
         shards = min(self.shards, data.sample)
         return [
             ShardSpec(
-                data.uri, data.total, data.sample, data.seed, shard, shards, self.config.batch_size,
+                data.uri, data.fingerprint, data.total, data.sample, data.seed, shard, shards, self.config.batch_size,
                 self.config.preprocess, self.config.on_bad_image,
             )
             for shard in range(shards)
@@ -114,9 +109,14 @@ class RunPlan:
         return cls(**record)
 
 
-def plan_run(config: RunConfig, workers: int, cwd: str) -> RunPlan:
-    """Check every input, then write ``run.json``; nothing is written if any check fails."""
-    tracking_uri = config.tracking_uri or default_tracking_uri(cwd)
+def plan_run(config: RunConfig, cwd: str | None = None) -> RunPlan:
+    """Check every input, then write ``run.json``; nothing is written if any check fails.
+
+    ``cwd`` is where the default tracking store goes (the working directory unless given); shards
+    default to ``SHARDS_PER_WORKER`` per expected worker.
+    """
+    tracking_uri = config.tracking_uri or default_tracking_uri(cwd or os.getcwd())
+    workers = config.workers or default_worker_count()
     with tempfile.TemporaryDirectory(prefix="int8flow-model-") as download:
         resolved = resolve_model(config.model, tracking_uri, download)
         data = read_model_bytes(resolved.path)
@@ -141,7 +141,7 @@ def plan_run(config: RunConfig, workers: int, cwd: str) -> RunPlan:
     _forget_stage_records(config.out)
     model_path = resolved.path
     if resolved.registered_name is not None:
-        model_path = f"{config.out.rstrip('/')}/model.fp32.onnx"
+        model_path = f"{config.out.rstrip('/')}/{FP32_MODEL}"
         atomic_write_bytes(model_path, data)
     plan = RunPlan(
         config=config,

@@ -38,6 +38,11 @@ RUN_KEY_TAG = "int8flow.run_key"
 MODEL_TAG = "int8flow.model"
 GATE_TAG = "int8flow.gate"
 REGISTERED_VERSION_TAG = "int8flow.registered_version"
+MODEL_SHA256_TAG = "int8flow.model_sha256"
+CALIB_FINGERPRINT_TAG = "int8flow.calib_data_fingerprint"
+VAL_FINGERPRINT_TAG = "int8flow.val_data_fingerprint"
+VERSION_TAG = "int8flow.version"
+PLAN_KEY_TAG = "int8flow.plan_key"
 MODELS_URI_FORMS = "models:/<name>@<alias> or models:/<name>/<version>"
 
 _MODELS_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>[0-9]+))")

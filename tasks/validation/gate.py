@@ -15,20 +15,14 @@ import numpy as np
 from distributed import Client
 
 from int8flow.schemas.calibration_table import CalibrationTable
+from int8flow.schemas.stage_records import Accuracy, GateAttempt, NodeSensitivity
 from int8flow.tasks.data.preprocess import parse_preprocess
 from int8flow.tasks.data.sources import load_batch, open_dataset
 from int8flow.tasks.distributed.fanout import ProgressSink, quiet
 from int8flow.tasks.run.plan import RunPlan
-from int8flow.tasks.validation.sensitivity import NodeSensitivity, rank_sensitivity
+from int8flow.tasks.validation.sensitivity import rank_sensitivity
 from int8flow.tasks.distributed.shard_jobs import fp32_graph
-from int8flow.tasks.validation.accuracy import Accuracy, validate_stage
-
-
-@dataclass(frozen=True)
-class GateAttempt:
-    excluded: tuple[str, ...]
-    accuracy: Accuracy
-    passed: bool
+from int8flow.tasks.validation.accuracy import validate_int8
 
 
 @dataclass(frozen=True)
@@ -51,7 +45,7 @@ class GateResult:
         return min(self.attempts, key=lambda attempt: (attempt.accuracy.top1_drop, len(attempt.excluded)))
 
 
-def gate_stage(
+def apply_gate(
     plan: RunPlan, client: Client, table: CalibrationTable, first: Accuracy, progress: ProgressSink = quiet
 ) -> GateResult:
     """Rank the nodes, check ``first`` against the gate; on failure, fall back node by node within the budget.
@@ -67,7 +61,7 @@ def gate_stage(
     excluded: tuple[str, ...] = ()
     for node in ranking[: plan.config.fallback_budget]:
         excluded += (node.node,)
-        accuracy = validate_stage(plan, client, excluded, progress)
+        accuracy = validate_int8(plan, client, excluded, progress)
         attempts.append(GateAttempt(excluded, accuracy, accuracy.top1_drop <= limit))
         if attempts[-1].passed:
             break

@@ -16,23 +16,13 @@ import numpy as np
 
 from int8flow.kernels.backend import to_numpy
 from int8flow.schemas.calibration_table import CalibrationTable, TensorCalibration
+from int8flow.schemas.stage_records import NodeSensitivity
 from int8flow.tasks.graph.executor import GraphExecutor
 from int8flow.tasks.graph.int8_ops import INT8_OPS
 from int8flow.tasks.graph.ir import Graph
 from int8flow.tasks.graph.quantize_pass import COMPUTE_OPS, QuantizationOptions, calibration_tensors, quantize_graph
 
 DEFAULT_BATCH_SIZE = 32
-
-
-@dataclass(frozen=True)
-class NodeSensitivity:
-    """``error``: normalised squared error of the model outputs, sum((y_int8 - y)^2) / sum(y^2),
-    when this node alone runs in INT8; continuous, so nodes that never flip a prediction on a small
-    slice are still ordered."""
-
-    node: str
-    op_type: str
-    error: float
 
 
 def quantizable_nodes(graph: Graph, options: QuantizationOptions) -> list[str]:

@@ -1,0 +1,45 @@
+"""The names inside a run's output folder, listed once.
+
+Everything int8flow writes into ``--out`` is named here, and ``RESULT_NAMES`` is derived from the
+same constants, so a new output cannot be written without ``--overwrite`` (and the MLflow upload)
+knowing about it. Stages, reports and tests import these names instead of spelling them.
+"""
+
+from __future__ import annotations
+
+PLAN_FILE = "run.json"
+HISTOGRAM_DIR = "histograms"
+STAGE_DIR = "stages"
+CALIBRATION_JSON = "calibration.json"
+TENSORRT_CACHE = "calibration.cache"
+INT8_MODEL = "model.int8.onnx"
+FP32_MODEL = "model.fp32.onnx"
+"""A registry model's FP32 bytes, downloaded once at plan time so every worker reads the same file."""
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+PLOTS_DIR = "plots"
+PARTIAL_FILE_SUFFIX = ".parquet"
+
+RESULT_NAMES: tuple[str, ...] = (
+    PLAN_FILE,
+    HISTOGRAM_DIR,
+    CALIBRATION_JSON,
+    TENSORRT_CACHE,
+    INT8_MODEL,
+    FP32_MODEL,
+    REPORT_JSON,
+    REPORT_MD,
+    PLOTS_DIR,
+    STAGE_DIR,
+)
+"""Every top-level entry a run writes into its output folder; ``--overwrite`` removes exactly these."""
+
+
+def partial_file_name(shard: int) -> str:
+    """The partial-histogram file of calibration shard ``shard`` (``shard=00003.parquet``)."""
+    return f"shard={shard:05d}{PARTIAL_FILE_SUFFIX}"
+
+
+def stage_record_name(stage: str) -> str:
+    """Where stage ``stage`` leaves its record, relative to the output folder."""
+    return f"{STAGE_DIR}/{stage}.json"

@@ -1,0 +1,185 @@
+"""The records each stage of a run leaves under ``stages/`` in the output folder, typed.
+
+Stages run in different processes (CLI, Airflow tasks, another day), so what one stage tells the
+next (timings, counts, accuracies, the gate's exclusions) travels through these files. A record is a
+frozen dataclass of plain values, tuples and nested records; ``to_json``/``from_json`` round-trip
+it, and a file whose fields do not match is refused naming the file, so a key renamed in one stage
+cannot silently read as missing in another.
+"""
+
+from __future__ import annotations
+
+import json
+import types
+from dataclasses import asdict, dataclass, fields, is_dataclass
+from typing import Any, ClassVar, TypeVar, Union, get_args, get_origin, get_type_hints
+
+RecordT = TypeVar("RecordT", bound="StageRecord")
+
+
+class StageRecordError(ValueError):
+    """A stage record file does not hold the record its stage writes (another version, or edited)."""
+
+
+class StageRecord:
+    """A stage's record; ``STAGE`` names its file, ``stages/<STAGE>.json``."""
+
+    STAGE: ClassVar[str]
+
+    def to_json(self) -> str:
+        assert is_dataclass(self)
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls: type[RecordT], text: str, source: str) -> RecordT:
+        try:
+            record: RecordT = _decode(cls, json.loads(text))
+        except (TypeError, KeyError, ValueError) as error:
+            raise StageRecordError(
+                f"{source}: not a {cls.STAGE} stage record ({error}); rerun the run's stages (int8flow run)"
+            ) from None
+        return record
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    """Top-k accuracies in percent over ``examples`` labelled examples (``skipped`` failed to decode)."""
+
+    examples: int
+    skipped: int
+    fp32_top1: float
+    fp32_top5: float
+    int8_top1: float
+    int8_top5: float
+    agreement_top1: float
+
+    @property
+    def top1_drop(self) -> float:
+        return self.fp32_top1 - self.int8_top1
+
+    @property
+    def top5_drop(self) -> float:
+        return self.fp32_top5 - self.int8_top5
+
+    def summary(self) -> dict[str, float | int]:
+        """The report's accuracy section; ``int8flow run`` logs the same figures as MLflow metrics."""
+        return {
+            "examples": self.examples,
+            "fp32_top1": self.fp32_top1,
+            "int8_top1": self.int8_top1,
+            "top1_drop": self.top1_drop,
+            "fp32_top5": self.fp32_top5,
+            "int8_top5": self.int8_top5,
+            "top5_drop": self.top5_drop,
+            "agreement_top1": self.agreement_top1,
+        }
+
+
+@dataclass(frozen=True)
+class NodeSensitivity:
+    """``error``: normalised squared error of the model outputs, sum((y_int8 - y)^2) / sum(y^2),
+    when this node alone runs in INT8; continuous, so nodes that never flip a prediction on a small
+    slice are still ordered."""
+
+    node: str
+    op_type: str
+    error: float
+
+
+@dataclass(frozen=True)
+class GateAttempt:
+    """One validation of the INT8 model with ``excluded`` kept in FP32."""
+
+    excluded: tuple[str, ...]
+    accuracy: Accuracy
+    passed: bool
+
+
+@dataclass(frozen=True)
+class ClusterRecord(StageRecord):
+    """The Dask cluster the run used, as the report and the progress line show it."""
+
+    STAGE: ClassVar[str] = "cluster"
+    scheduler: str
+    dashboard: str | None
+    workers: int
+    kind: str
+
+
+@dataclass(frozen=True)
+class ObserveRecord(StageRecord):
+    STAGE: ClassVar[str] = "observe"
+    seconds: float
+    examples: int
+    examples_per_second: float
+    shards: int
+    skipped_images: int
+    skipped_sources: tuple[str, ...]
+    """The first sources that failed to decode (at most ``MAX_SKIPPED_SOURCES``)."""
+
+    MAX_SKIPPED_SOURCES: ClassVar[int] = 20
+
+
+@dataclass(frozen=True)
+class ThresholdsRecord(StageRecord):
+    STAGE: ClassVar[str] = "thresholds"
+    reduce_seconds: float
+    thresholds_seconds: float
+    tensors: int
+    plots: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class BuildRecord(StageRecord):
+    STAGE: ClassVar[str] = "build"
+    seconds: float
+    path: str
+    excluded: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ValidateRecord(StageRecord):
+    STAGE: ClassVar[str] = "validate"
+    seconds: float
+    examples_per_second: float
+    accuracy: Accuracy
+
+
+@dataclass(frozen=True)
+class GateRecord(StageRecord):
+    """The gate's verdict; ``final_*`` is the attempt the run keeps (None: no validation, no gate)."""
+
+    STAGE: ClassVar[str] = "gate"
+    seconds: float
+    max_top1_drop: float | None
+    passed: bool
+    attempts: tuple[GateAttempt, ...]
+    final_excluded: tuple[str, ...]
+    final_accuracy: Accuracy | None
+    sensitivity: tuple[NodeSensitivity, ...]
+    plots: tuple[str, ...]
+
+
+def _decode(kind: Any, value: Any) -> Any:
+    """``value`` (parsed JSON) as an instance of the annotated type ``kind``."""
+    if isinstance(kind, type) and is_dataclass(kind):
+        if not isinstance(value, dict):
+            raise TypeError(f"expected an object for {kind.__name__}, got {type(value).__name__}")
+        hints = get_type_hints(kind)
+        names = [field.name for field in fields(kind)]
+        unknown = sorted(set(value) - set(names))
+        if unknown:
+            raise KeyError(f"unknown field(s) {', '.join(unknown)} in {kind.__name__}")
+        return kind(**{name: _decode(hints[name], value[name]) for name in names})
+    origin = get_origin(kind)
+    if origin is tuple:
+        item = get_args(kind)[0]
+        return tuple(_decode(item, entry) for entry in value)
+    if origin in (Union, types.UnionType):
+        options = [option for option in get_args(kind) if option is not type(None)]
+        return None if value is None else _decode(options[0], value)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(kind, type) and not isinstance(value, kind):
+        raise TypeError(f"expected {kind.__name__}, got {value!r}")
+    return value

@@ -1,0 +1,161 @@
+"""The report of a run assembled from its plan and stage records, and the metrics derived from it.
+
+The report is built from the output folder alone, so a run driven stage by stage from Airflow
+reports exactly like one driven from the command line; MLflow's metrics are read off the report,
+so the two can never disagree. ``report`` renders it; this module decides what it holds.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import fsspec
+
+from int8flow.schemas.run_folder import REPORT_JSON
+from int8flow.schemas.stage_records import (
+    BuildRecord,
+    ClusterRecord,
+    GateRecord,
+    ObserveRecord,
+    ThresholdsRecord,
+    ValidateRecord,
+)
+from int8flow.tasks.calibration.table import read_calibration_table
+from int8flow.tasks.outputs.report import CALIBRATION_STAGES, write_report
+from int8flow.tasks.run.plan import RunPlan, load_plan
+from int8flow.tasks.run.stages import load_record
+
+
+def int8flow_version() -> str:
+    try:
+        return version("int8flow")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def write_run_report(out: str, started: str | None = None) -> dict[str, Any]:
+    """report.json and report.md from the plan and the stage records."""
+    plan = load_plan(out)
+    report = assemble_report(plan, started or now(), now())
+    write_report(plan.out, report)
+    return report
+
+
+def read_run_report(plan: RunPlan) -> dict[str, Any]:
+    with fsspec.open(plan.path(REPORT_JSON), "r") as file:
+        report: dict[str, Any] = json.load(file)
+    return report
+
+
+def assemble_report(plan: RunPlan, started: str, finished: str) -> dict[str, Any]:
+    observe = load_record(plan, ObserveRecord)
+    thresholds = load_record(plan, ThresholdsRecord)
+    build = load_record(plan, BuildRecord)
+    validate = load_record(plan, ValidateRecord)
+    gate = load_record(plan, GateRecord)
+    cluster = load_record(plan, ClusterRecord)
+    table = read_calibration_table(plan.out)
+    stage_times: dict[str, Any] = {
+        "observe": {
+            "seconds": observe.seconds if observe else None,
+            "examples": observe.examples if observe else None,
+            "examples_per_second": observe.examples_per_second if observe else None,
+        },
+        "reduce": {"seconds": thresholds.reduce_seconds if thresholds else None},
+        "thresholds": {"seconds": thresholds.thresholds_seconds if thresholds else None},
+        "build": {"seconds": build.seconds if build else None},
+    }
+    report: dict[str, Any] = {
+        "int8flow_version": int8flow_version(),
+        "started": started,
+        "finished": finished,
+        "model": {
+            "uri": plan.model_uri,
+            "sha256": plan.model.sha256,
+            "registered_name": plan.registered_name,
+            "registered_version": plan.registered_version,
+        },
+        "data": {
+            "calibration": {
+                "uri": plan.calibration.uri,
+                "fingerprint": plan.calibration.fingerprint,
+                "examples": observe.examples if observe else None,
+                "skipped_images": observe.skipped_images if observe else None,
+            },
+        },
+        "settings": plan.config.as_dict(),
+        "stages": stage_times,
+        "cluster": {
+            "scheduler": cluster.scheduler if cluster else None,
+            "dashboard": cluster.dashboard if cluster else None,
+            "workers": cluster.workers if cluster else None,
+            "shards": observe.shards if observe else None,
+            "device": plan.config.device,
+        },
+        "tensors": [
+            {"name": r.name, "threshold": r.threshold, "divergence": r.divergence, "signed": r.signed}
+            for r in table.tensors
+        ],
+        "plots": list(thresholds.plots if thresholds else ()) + list(gate.plots if gate else ()),
+    }
+    if validate is not None and gate is not None and gate.final_accuracy is not None:
+        final = gate.final_accuracy
+        report["accuracy"] = final.summary()
+        report["data"]["validation"] = {
+            "uri": plan.validation.uri if plan.validation else None,
+            "fingerprint": plan.validation.fingerprint if plan.validation else None,
+            "examples": final.examples,
+            "skipped_images": final.skipped,
+        }
+        stage_times["validate"] = {
+            "seconds": validate.seconds,
+            "examples": validate.accuracy.examples,
+            "examples_per_second": validate.examples_per_second,
+        }
+        stage_times["gate"] = {"seconds": gate.seconds}
+        report["gate"] = {
+            "max_top1_drop": gate.max_top1_drop,
+            "passed": gate.passed,
+            "attempts": [
+                {
+                    "excluded": list(attempt.excluded),
+                    "int8_top1": attempt.accuracy.int8_top1,
+                    "top1_drop": attempt.accuracy.top1_drop,
+                    "passed": attempt.passed,
+                }
+                for attempt in gate.attempts
+            ],
+        }
+        report["sensitivity"] = [
+            {"node": node.node, "op_type": node.op_type, "error": node.error} for node in gate.sensitivity
+        ]
+    return report
+
+
+def run_metrics(report: dict[str, Any]) -> dict[str, float]:
+    """The MLflow metrics of a run, under the stable names ``int8flow runs`` and dashboards read."""
+    stage_times = report["stages"]
+    observe = stage_times["observe"]
+    calib_seconds = sum(stage_times[name]["seconds"] or 0.0 for name in CALIBRATION_STAGES)
+    metrics = {
+        "calib_seconds": calib_seconds,
+        "calib_examples_per_second": (observe["examples"] or 0) / calib_seconds if calib_seconds else 0.0,
+        "calib_examples": float(observe["examples"] or 0),
+        "calib_skipped_images": float(report["data"]["calibration"]["skipped_images"] or 0),
+    }
+    for name, timing in stage_times.items():
+        if timing.get("seconds") is not None:
+            metrics[f"{name}_seconds"] = timing["seconds"]
+    if "accuracy" in report:
+        metrics.update({key: value for key, value in report["accuracy"].items() if key != "examples"})
+        metrics["val_examples"] = float(report["accuracy"]["examples"])
+        metrics["gate_attempts"] = float(len(report["gate"]["attempts"]))
+        metrics["validate_examples_per_second"] = stage_times["validate"]["examples_per_second"]
+    return metrics

@@ -1,0 +1,78 @@
+"""A finished run in MLflow: its params, metrics, tags and outputs as one run, and its INT8 model registered.
+
+Both read only the output folder (plan, stage records, report), so a run driven stage by stage from
+Airflow is logged and registered exactly like one driven from the command line.
+"""
+
+from __future__ import annotations
+
+from int8flow.schemas.run_folder import INT8_MODEL
+from int8flow.schemas.stage_records import GateRecord
+from int8flow.tasks.outputs.run_report import int8flow_version, read_run_report, run_metrics
+from int8flow.tasks.run.plan import RunPlan, load_plan
+from int8flow.tasks.run.stages import load_record
+from int8flow.tasks.tracking.mlflow_store import (
+    CALIB_FINGERPRINT_TAG,
+    GATE_TAG,
+    MODEL_SHA256_TAG,
+    MODEL_TAG,
+    PLAN_KEY_TAG,
+    VAL_FINGERPRINT_TAG,
+    VERSION_TAG,
+    default_experiment_name,
+    experiment_for,
+    log_run,
+    register_int8_model,
+)
+
+
+def track(out: str, run_key: str | None = None) -> str:
+    """Log the run (params, metrics, tags, every output file) to MLflow; returns the run id.
+
+    ``run_key`` makes a retry find its own finished run instead of logging a duplicate (Airflow).
+    """
+    plan = load_plan(out)
+    report = read_run_report(plan)
+    experiment = plan.config.experiment or default_experiment_name(plan.model_uri)
+    experiment_id = experiment_for(plan.tracking_uri, experiment)
+    tags = {
+        MODEL_TAG: plan.model_uri,
+        MODEL_SHA256_TAG: plan.model.sha256,
+        CALIB_FINGERPRINT_TAG: plan.calibration.fingerprint,
+        VAL_FINGERPRINT_TAG: plan.validation.fingerprint if plan.validation else "",
+        VERSION_TAG: int8flow_version(),
+        PLAN_KEY_TAG: plan.run_key,
+        GATE_TAG: gate_tag(plan),
+    }
+    run_name = f"{plan.config.method}-{plan.calibration.sample}"
+    return log_run(
+        plan.tracking_uri, experiment_id, run_name, plan.config.mlflow_params(), run_metrics(report), tags,
+        plan.out, run_key=run_key,
+    )
+
+
+def register(out: str, run_id: str) -> str | None:
+    """Register model.int8.onnx when the run asks for it and its gate passed; returns the version."""
+    plan = load_plan(out)
+    gate = load_record(plan, GateRecord)
+    if not plan.config.register or (gate is not None and not gate.passed):
+        return None
+    tags = {name: f"{value:.6g}" for name, value in run_metrics(read_run_report(plan)).items()}
+    tags.update({
+        "fp32_model_uri": plan.model_uri,
+        "fp32_sha256": plan.model.sha256,
+        "fp32_registered_name": plan.registered_name or "",
+        "fp32_registered_version": plan.registered_version or "",
+        "method": plan.config.method,
+    })
+    return register_int8_model(
+        plan.tracking_uri, plan.config.register, run_id, INT8_MODEL, tags, plan.config.alias or None
+    )
+
+
+def gate_tag(plan: RunPlan) -> str:
+    """``passed``/``failed`` for a gated run, ``none`` when no gate was set or the gate never ran."""
+    gate = load_record(plan, GateRecord)
+    if gate is None or plan.config.max_top1_drop is None:
+        return "none"
+    return "passed" if gate.passed else "failed"
