@@ -291,6 +291,24 @@ def test_an_idx_file_itself_points_to_its_folder():
         open_dataset(path)
 
 
+def write_idx_t10k(folder, images: np.ndarray, labels: np.ndarray) -> None:
+    for stem, array in (("t10k-images-idx3-ubyte", images), ("t10k-labels-idx1-ubyte", labels)):
+        header = bytes([0, 0, 8, array.ndim]) + b"".join(size.to_bytes(4, "big") for size in array.shape)
+        (folder / f"{stem}.gz").write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
+
+
+def test_an_idx_split_rewritten_in_place_is_read_afresh_by_a_new_open(tmp_path):
+    """No process-wide cache by location: a long-lived process must see the files as they are now."""
+    write_idx_t10k(tmp_path, np.zeros((2, 3, 3)), np.array([1, 2]))
+    before = open_dataset(f"{tmp_path}#t10k")
+    fingerprint = before.fingerprint()
+    write_idx_t10k(tmp_path, np.full((3, 3, 3), 7), np.array([4, 5, 6]))
+    after = open_dataset(f"{tmp_path}#t10k")
+    assert len(before) == 2 and len(after) == 3 and after.fingerprint() != fingerprint
+    read = after.read([0, 2])
+    assert read.labels.tolist() == [4, 6] and all(np.all(image == 7) for image in read.images)
+
+
 def test_idx_split_missing_from_the_folder_is_refused(tmp_path):
     for stem, array in (("t10k-images-idx3-ubyte", np.zeros((2, 3, 3))), ("t10k-labels-idx1-ubyte", np.zeros(2))):
         header = bytes([0, 0, 8, array.ndim]) + b"".join(size.to_bytes(4, "big") for size in array.shape)

@@ -280,7 +280,13 @@ class ImageFolderDataset(_FilesFingerprint):
 
 
 class IdxDataset(_FilesFingerprint):
-    """One split of MNIST-format idx files, loaded once per process and shared by every shard read."""
+    """One split of MNIST-format idx files, loaded once per data set object and shared by its reads.
+
+    The arrays belong to the object, not to a process-wide cache keyed by the folder: a cache by
+    location would serve a long-lived process (a Dask worker, or the client whose forked workers
+    inherit its memory) the old examples after the files were rewritten. Workers share one object
+    per data fingerprint (``int8flow.tasks.distributed.shard_jobs``).
+    """
 
     kind: DatasetKind = "idx"
 
@@ -292,26 +298,25 @@ class IdxDataset(_FilesFingerprint):
             raise DatasetError(f"{uri}: the split has no examples; add examples or choose another split")
 
     def __len__(self) -> int:
-        return len(_idx_split(self.folder, self.split)[1])
+        return len(self._split[1])
+
+    @functools.cached_property
+    def _split(self) -> tuple[np.ndarray, np.ndarray]:
+        images, labels = load_mnist_split(self.folder, self.split)  # type: ignore[arg-type]
+        images.setflags(write=False)
+        labels.setflags(write=False)
+        return images, labels
 
 
     def read(self, indices: Sequence[int]) -> RawExamples:
         positions = _positions(self.uri, len(self), indices)
-        images, labels = _idx_split(self.folder, self.split)
+        images, labels = self._split
         return RawExamples(
             [images[position] for position in positions],
             labels[positions],
             [f"{self.uri} example {position}" for position in positions],
             [None] * len(positions),
         )
-
-
-@functools.lru_cache(maxsize=4)
-def _idx_split(folder: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-    images, labels = load_mnist_split(folder, split)  # type: ignore[arg-type]
-    images.setflags(write=False)
-    labels.setflags(write=False)
-    return images, labels
 
 
 def _open_idx(
