@@ -27,14 +27,14 @@ import onnxruntime as ort
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
 from int8flow.kernels.thresholds import METHODS, ThresholdSettings
+from int8flow.tasks.calibration.collector import collect_histograms
+from int8flow.tasks.calibration.table import build_calibration_table
 from int8flow.tasks.data.photos import photo_crops
 from int8flow.tasks.graph.executor import GraphExecutor
 from int8flow.tasks.graph.int8_ops import INT8_OPS
 from int8flow.tasks.graph.load import load_graph
 from int8flow.tasks.graph.quantize_pass import QuantizationOptions, calibration_tensors, quantize_graph
 from int8flow.tasks.graph.simplify import simplify
-from int8flow.tasks.calibration.collector import collect_histograms
-from int8flow.tasks.calibration.table import build_calibration_table
 
 BATCH = 32
 
@@ -77,7 +77,9 @@ def main() -> None:
     rows = []
     start = time.perf_counter()
     executor = GraphExecutor(graph)
-    histograms = collect_histograms(executor, [{name: calib[i : i + BATCH]} for i in range(0, len(calib), BATCH)], calibration_tensors(graph))
+    histograms = collect_histograms(
+        executor, [{name: calib[i : i + BATCH]} for i in range(0, len(calib), BATCH)], calibration_tensors(graph)
+    )
     observe_seconds = time.perf_counter() - start
     for method in METHODS:
         for unsigned in (False, True):
@@ -87,7 +89,7 @@ def main() -> None:
             seconds = observe_seconds + time.perf_counter() - start
             options = QuantizationOptions(unsigned_activations=unsigned)
             int8 = GraphExecutor(quantize_graph(graph, table, options), ops=INT8_OPS)
-            predicted = top1(lambda feed: int8.run(feed)[graph.outputs[0].name], name, val)
+            predicted = top1(lambda feed, executor=int8: executor.run(feed)[graph.outputs[0].name], name, val)
             rows.append((f"int8flow {method}{' uint8' if unsigned else ''}", seconds, predicted))
 
     with tempfile.TemporaryDirectory() as folder:
@@ -99,12 +101,18 @@ def main() -> None:
             output = str(Path(folder) / f"{label}.onnx")
             start = time.perf_counter()
             quantize_static(
-                args.model, output, _Reader(name, calib), quant_format=QuantFormat.QDQ, per_channel=True,
-                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=method,
+                args.model,
+                output,
+                _Reader(name, calib),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=method,
             )
             seconds = time.perf_counter() - start
             quantized = ort.InferenceSession(output, providers=["CPUExecutionProvider"])
-            predicted = top1(lambda feed: quantized.run(None, feed)[0], name, val)
+            predicted = top1(lambda feed, session=quantized: session.run(None, feed)[0], name, val)
             rows.append((f"onnxruntime {label}", seconds, predicted))
 
     print(f"{'method':<24}{'calibration s':>14}{'agreement':>11}{'confident':>11}")

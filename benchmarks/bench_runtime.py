@@ -17,14 +17,14 @@ import numpy as np
 import onnxruntime as ort
 
 from int8flow.kernels.thresholds import ThresholdSettings
+from int8flow.tasks.calibration.collector import collect_histograms
+from int8flow.tasks.calibration.table import build_calibration_table
 from int8flow.tasks.data.photos import photo_crops
 from int8flow.tasks.graph.executor import GraphExecutor
 from int8flow.tasks.graph.int8_ops import INT8_OPS
 from int8flow.tasks.graph.load import load_graph
 from int8flow.tasks.graph.quantize_pass import calibration_tensors, quantize_graph
 from int8flow.tasks.graph.simplify import simplify
-from int8flow.tasks.calibration.collector import collect_histograms
-from int8flow.tasks.calibration.table import build_calibration_table
 
 
 def best_time(run: Callable[[], object], repeats: int) -> float:
@@ -60,12 +60,16 @@ def main() -> None:
     fp32_seconds = best_time(lambda: fp32.run(batch), args.repeats)
     int8_seconds = best_time(lambda: int8.run(batch), args.repeats)
     print(f"EfficientNet-Lite0, batch {args.batch}, best of {args.repeats}:")
-    print(f"  onnxruntime FP32 {ort_seconds * 1e3:.0f} ms | ours FP32 {fp32_seconds * 1e3:.0f} ms | ours INT8 {int8_seconds * 1e3:.0f} ms")
+    print(
+        f"  onnxruntime FP32 {ort_seconds * 1e3:.0f} ms | ours FP32 {fp32_seconds * 1e3:.0f} ms"
+        f" | ours INT8 {int8_seconds * 1e3:.0f} ms"
+    )
     print(f"  ours FP32 / onnxruntime FP32 = {fp32_seconds / ort_seconds:.2f} (target <= 2)")
     print(f"  ours INT8 / ours FP32 = {int8_seconds / fp32_seconds:.2f} (target <= 2)")
     outputs = fp32.run(batch)[graph.outputs[0].name]
     reference = session.run(None, batch)[0]
-    print(f"  max |ours - onnxruntime| / max |onnxruntime| = {np.abs(outputs - reference).max() / np.abs(reference).max():.2e}")
+    error = np.abs(outputs - reference).max() / np.abs(reference).max()
+    print(f"  max |ours - onnxruntime| / max |onnxruntime| = {error:.2e}")
 
 
 if __name__ == "__main__":

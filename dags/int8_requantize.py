@@ -13,10 +13,14 @@ tracks and registers exactly like one from the command line.
 | `thresholds` | merges the partial histograms, chooses the thresholds, writes the calibration table |
 | `build` | writes `model.int8.onnx` |
 | `validate` | fans the validation shards out over Dask: FP32 vs INT8 top-1 / top-5 |
-| `gate` | accuracy gate with fallback (the most sensitive nodes back to FP32, within the budget); rebuilds the INT8 model with the final exclusions. **A failed gate fails the run here**, with the figures in the log; that run is still tracked in MLflow (tag `int8flow.gate=failed`) and nothing is registered |
+| `gate` | accuracy gate with fallback (the most sensitive nodes back to FP32, within the budget) |
 | `report` | `report.json`, `report.md` and plots |
 | `track` | one MLflow run: params, metrics, tags, every output file |
-| `register` | registers `model.int8.onnx` under *Register* and points *Alias* at it (only when *Register* is set and the gate passed) |
+| `register` | registers `model.int8.onnx` under *Register*, points *Alias* at it (gate passed) |
+
+The gate rebuilds the INT8 model with its final exclusions. **A failed gate fails the run at
+`gate`**, with the figures in the log; that run is still tracked in MLflow (tag
+`int8flow.gate=failed`) and nothing is registered.
 
 **Parameters.** The form has one field per run setting, made from the run-configuration schema
 (the `int8flow run` options). The form's defaults are the bundled Fashion-MNIST demo; the Dask
@@ -58,7 +62,7 @@ log = logging.getLogger("int8flow.int8_requantize")
 
 
 class ProgressLog:
-    """An ``int8flow.tasks.distributed.fanout.ProgressSink`` that writes shard progress to the task log, every 10 s at most."""
+    """A ``ProgressSink`` (``int8flow.tasks.distributed.fanout``): shard progress in the task log, every 10 s."""
 
     def __init__(self, every_seconds: float = 10.0) -> None:
         self.every_seconds = every_seconds
@@ -121,7 +125,11 @@ def int8_requantize() -> None:
         planned = plan_run(config, cwd=airflow_home())
         log.info(
             "planned %s: %d calibration examples in %d shards, %d tensors; outputs in %s; MLflow %s",
-            config.model, planned.calibration.sample, planned.shards, len(planned.tensors), planned.out,
+            config.model,
+            planned.calibration.sample,
+            planned.shards,
+            len(planned.tensors),
+            planned.out,
             planned.tracking_uri,
         )
         return planned.out
@@ -134,8 +142,13 @@ def int8_requantize() -> None:
         with run_cluster(out) as (client, info):
             stages.record_cluster(out, info)
             record = stages.observe(out, client, ProgressLog())
-        log.info("observed %d examples in %d shards, %.1f s (%d images skipped)", record.examples,
-                 record.shards, record.seconds, record.skipped_images)
+        log.info(
+            "observed %d examples in %d shards, %.1f s (%d images skipped)",
+            record.examples,
+            record.shards,
+            record.seconds,
+            record.skipped_images,
+        )
         return out
 
     @task(task_display_name="Thresholds")
@@ -144,8 +157,12 @@ def int8_requantize() -> None:
         from int8flow.tasks.run import stages
 
         record = stages.thresholds(out)
-        log.info("thresholds of %d tensors: merge %.1f s, search %.1f s", record.tensors,
-                 record.reduce_seconds, record.thresholds_seconds)
+        log.info(
+            "thresholds of %d tensors: merge %.1f s, search %.1f s",
+            record.tensors,
+            record.reduce_seconds,
+            record.thresholds_seconds,
+        )
         return out
 
     @task(task_display_name="Build INT8 model")
@@ -168,8 +185,13 @@ def int8_requantize() -> None:
             log.info("no validation data: validation and gate skipped")
         else:
             accuracy = record.accuracy
-            log.info("%d examples: FP32 top-1 %.2f%%, INT8 top-1 %.2f%%, agreement %.2f%%", accuracy.examples,
-                     accuracy.fp32_top1, accuracy.int8_top1, accuracy.agreement_top1)
+            log.info(
+                "%d examples: FP32 top-1 %.2f%%, INT8 top-1 %.2f%%, agreement %.2f%%",
+                accuracy.examples,
+                accuracy.fp32_top1,
+                accuracy.int8_top1,
+                accuracy.agreement_top1,
+            )
         return out
 
     @task(task_display_name="Accuracy gate")
@@ -182,9 +204,13 @@ def int8_requantize() -> None:
         with run_cluster(out) as (client, _):
             record = stages.gate(out, client, ProgressLog())
         for attempt in record.attempts:
-            log.info("gate attempt: FP32 kept %s, INT8 top-1 %.2f%%, drop %.2f points: %s",
-                     ", ".join(attempt.excluded) or "none", attempt.accuracy.int8_top1, attempt.accuracy.top1_drop,
-                     "passed" if attempt.passed else "failed")
+            log.info(
+                "gate attempt: FP32 kept %s, INT8 top-1 %.2f%%, drop %.2f points: %s",
+                ", ".join(attempt.excluded) or "none",
+                attempt.accuracy.int8_top1,
+                attempt.accuracy.top1_drop,
+                "passed" if attempt.passed else "failed",
+            )
         try:
             stages.check_gate(out)
         except stages.GateFailedError as error:

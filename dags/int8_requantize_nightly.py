@@ -66,8 +66,9 @@ def int8_requantize_nightly() -> None:
     @task(task_display_name="Read the model list")
     @bad_input_fails_at_once
     def model_runs() -> list[dict]:
-        runs = nightly_runs(Variable.get(MODELS_VARIABLE, default=None, deserialize_json=True),
-                            get_current_context()["run_id"])
+        runs = nightly_runs(
+            Variable.get(MODELS_VARIABLE, default=None, deserialize_json=True), get_current_context()["run_id"]
+        )
         for run in runs:
             log.info("%s: %s", run["trigger_run_id"], run["conf"]["model"])
         log.info("%d model(s) to requantize", len(runs))

@@ -84,15 +84,19 @@ def class_name(index: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("out", nargs="?", type=Path, default=DEFAULT_OUT, help=f"ONNX file to write (default {DEFAULT_OUT})")
+    parser.add_argument(
+        "out", nargs="?", type=Path, default=DEFAULT_OUT, help=f"ONNX file to write (default {DEFAULT_OUT})"
+    )
     args = parser.parse_args(argv)
 
     model = build_model()
     export(model, args.out)
     graph = onnx.load(str(args.out)).graph
     counts = collections.Counter(node.op_type for node in graph.node)
-    print(f"wrote {args.out} ({args.out.stat().st_size:,} bytes): "
-          + ", ".join(f"{op} {count}" for op, count in counts.most_common()))
+    print(
+        f"wrote {args.out} ({args.out.stat().st_size:,} bytes): "
+        + ", ".join(f"{op} {count}" for op, count in counts.most_common())
+    )
 
     session = ort.InferenceSession(str(args.out), providers=["CPUExecutionProvider"])
     crops = photo_crops(16, seed=0)
@@ -100,8 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         reference = model(torch.from_numpy(crops)).numpy()
     agreement = float((logits.argmax(1) == reference.argmax(1)).mean())
-    print(f"onnxruntime vs torch on 16 photo crops: max |diff| {np.abs(logits - reference).max():.2e}, "
-          f"top-1 agreement {agreement:.0%}")
+    print(
+        f"onnxruntime vs torch on 16 photo crops: max |diff| {np.abs(logits - reference).max():.2e}, "
+        f"top-1 agreement {agreement:.0%}"
+    )
 
     for name in ("chelsea", "coffee", "rocket", "motorcycle_left"):
         photo = preprocess_imagenet_tf(load_photo(name))[None]

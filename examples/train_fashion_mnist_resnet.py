@@ -72,7 +72,9 @@ def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return padded[:, :, dy : dy + 28, dx : dx + 28]
 
 
-def train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epochs: int, batch_size: int, seed: int) -> None:
+def train(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epochs: int, batch_size: int, seed: int
+) -> None:
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=5e-4)
     steps_per_epoch = (len(images) + batch_size - 1) // batch_size
@@ -91,7 +93,10 @@ def train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epochs: 
             optimizer.step()
             schedule.step()
             total_loss += loss.item() * len(index)
-        print(f"epoch {epoch + 1}/{epochs}: loss {total_loss / len(images):.4f} ({time.perf_counter() - start:.0f} s)", flush=True)
+        print(
+            f"epoch {epoch + 1}/{epochs}: loss {total_loss / len(images):.4f} ({time.perf_counter() - start:.0f} s)",
+            flush=True,
+        )
 
 
 def export(model: nn.Module, out: Path) -> None:
@@ -150,8 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     x_test = test_images[:, None].astype(np.float32) / 255.0
 
     model = SmallResNet()
-    print(f"SmallResNet: {sum(p.numel() for p in model.parameters()):,} parameters; "
-          f"{args.epochs} epochs on {len(x_train):,} images, {torch.get_num_threads()} threads", flush=True)
+    print(
+        f"SmallResNet: {sum(p.numel() for p in model.parameters()):,} parameters; "
+        f"{args.epochs} epochs on {len(x_train):,} images, {torch.get_num_threads()} threads",
+        flush=True,
+    )
     start = time.perf_counter()
     train(model, x_train, y_train, args.epochs, args.batch_size, args.seed)
     print(f"trained in {time.perf_counter() - start:.0f} s")

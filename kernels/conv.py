@@ -73,7 +73,9 @@ def pad_amounts(
     return (before[0], before[1], after[0], after[1])
 
 
-def output_size(size: int, kernel: int, stride: int, pad_before: int, pad_after: int, dilation: int, ceil_mode: bool) -> int:
+def output_size(
+    size: int, kernel: int, stride: int, pad_before: int, pad_after: int, dilation: int, ceil_mode: bool
+) -> int:
     """Output length along one axis; in ceil mode the last window must start inside the input or its
     leading pad (the ONNX Runtime and PyTorch rule)."""
     span = size + pad_before + pad_after - (kernel - 1) * dilation - 1
@@ -101,8 +103,13 @@ class Windows:
 
     @classmethod
     def of(
-        cls, in_hw: Pair, kernel_hw: Pair, strides: Pair = (1, 1), pads: Pads = (0, 0, 0, 0),
-        dilations: Pair = (1, 1), ceil_mode: bool = False,
+        cls,
+        in_hw: Pair,
+        kernel_hw: Pair,
+        strides: Pair = (1, 1),
+        pads: Pads = (0, 0, 0, 0),
+        dilations: Pair = (1, 1),
+        ceil_mode: bool = False,
     ) -> Windows:
         in_hw, kernel_hw = _pair(in_hw, "input size"), _pair(kernel_hw, "kernel_shape")
         strides, dilations = _pair(strides, "strides"), _pair(dilations, "dilations")
@@ -114,7 +121,9 @@ class Windows:
             if min(values) < 1:
                 raise ValueError(f"{name}={values}: every value must be >= 1")
         out_h, out_w = (
-            output_size(in_hw[axis], kernel_hw[axis], strides[axis], pads[axis], pads[axis + 2], dilations[axis], ceil_mode)
+            output_size(
+                in_hw[axis], kernel_hw[axis], strides[axis], pads[axis], pads[axis + 2], dilations[axis], ceil_mode
+            )
             for axis in (0, 1)
         )
         return cls(in_hw, kernel_hw, strides, pads, dilations, (out_h, out_w))
@@ -201,7 +210,9 @@ class Windows:
             windows = as_strided(plane, shape, (*plane.strides[:2], row_step * item, col_step * item, item))
             target = cols[:, :, first:]
             target_strides = target.strides
-            as_strided(target, shape, (*target_strides[:2], len(cols_j) * target_strides[2], *target_strides[2:]))[...] = windows
+            as_strided(target, shape, (*target_strides[:2], len(cols_j) * target_strides[2], *target_strides[2:]))[
+                ...
+            ] = windows
             first += len(rows) * len(cols_j)
         return cols
 
@@ -212,8 +223,13 @@ class Windows:
 
 
 def conv2d(
-    x: Any, weight: Any, bias: Any | None = None, strides: Pair = (1, 1), pads: Pads = (0, 0, 0, 0),
-    dilations: Pair = (1, 1), groups: int = 1,
+    x: Any,
+    weight: Any,
+    bias: Any | None = None,
+    strides: Pair = (1, 1),
+    pads: Pads = (0, 0, 0, 0),
+    dilations: Pair = (1, 1),
+    groups: int = 1,
 ) -> Any:
     """ONNX Conv in float32: ``x`` (N, C, H, W), ``weight`` (M, C/groups, kH, kW), ``bias`` (M,)."""
     xp = array_module(x, weight)
@@ -223,7 +239,9 @@ def conv2d(
     windows = check_conv(x, weight, strides, pads, dilations, groups)
     if bias is not None:
         if tuple(bias.shape) != (weight.shape[0],):
-            raise ValueError(f"bias has shape {tuple(bias.shape)}; expected ({weight.shape[0]},), one per output channel")
+            raise ValueError(
+                f"bias has shape {tuple(bias.shape)}; expected ({weight.shape[0]},), one per output channel"
+            )
         bias = xp.asarray(bias, dtype=xp.float32)
     return convolve(x, weight, windows, groups, xp.matmul, xp.float32, xp.float32, bias)
 
@@ -245,8 +263,14 @@ def check_conv(x: Any, weight: Any, strides: Pair, pads: Pads, dilations: Pair, 
 
 
 def convolve(
-    x: Any, weight: Any, windows: Windows, groups: int, product: Callable[[Any, Any], Any], col_dtype: Any,
-    out_dtype: Any, bias: Any | None = None,
+    x: Any,
+    weight: Any,
+    windows: Windows,
+    groups: int,
+    product: Callable[[Any, Any], Any],
+    col_dtype: Any,
+    out_dtype: Any,
+    bias: Any | None = None,
 ) -> Any:
     """The shared convolution driver: ``product(weight (G, Mg, K), columns (n, G, K, L))`` does the
     arithmetic (float32 matmul, or the exact INT8 one) on blocks laid out here. A bias is added

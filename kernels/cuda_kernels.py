@@ -134,12 +134,29 @@ def depthwise(x: cupy.ndarray, weight: cupy.ndarray, windows: Windows) -> cupy.n
         return out
     blocks = min(-(-out.size // THREADS_PER_BLOCK), MAX_BLOCKS)
     scalars = (
-        channels, height, width, out_channels // channels, kernel_h, kernel_w, out_h, out_w,
-        *windows.strides, windows.pads[0], windows.pads[1], *windows.dilations,
+        channels,
+        height,
+        width,
+        out_channels // channels,
+        kernel_h,
+        kernel_w,
+        out_h,
+        out_w,
+        *windows.strides,
+        windows.pads[0],
+        windows.pads[1],
+        *windows.dilations,
     )
     _DEPTHWISE(
-        (blocks,), (THREADS_PER_BLOCK,),
-        (cupy.ascontiguousarray(x), cupy.ascontiguousarray(weight), out, *(np.int32(v) for v in scalars), np.int64(out.size)),
+        (blocks,),
+        (THREADS_PER_BLOCK,),
+        (
+            cupy.ascontiguousarray(x),
+            cupy.ascontiguousarray(weight),
+            out,
+            *(np.int32(v) for v in scalars),
+            np.int64(out.size),
+        ),
     )
     return out
 
@@ -173,11 +190,25 @@ def gemm_int8(a: cupy.ndarray, b: cupy.ndarray) -> cupy.ndarray:
     try:
         # Column-major view: C^T (n_padded x m) = B^T (n_padded x k_padded) @ A^T (k_padded x m).
         cublas.gemmEx(
-            handle, cublas.CUBLAS_OP_N, cublas.CUBLAS_OP_N, n_padded, m, k_padded,
-            one.ctypes.data, b.data.ptr, CUDA_R_8I, n_padded,
-            a.data.ptr, CUDA_R_8I, k_padded,
-            zero.ctypes.data, c.data.ptr, CUDA_R_32I, n_padded,
-            CUBLAS_COMPUTE_32I, CUBLAS_GEMM_DEFAULT,
+            handle,
+            cublas.CUBLAS_OP_N,
+            cublas.CUBLAS_OP_N,
+            n_padded,
+            m,
+            k_padded,
+            one.ctypes.data,
+            b.data.ptr,
+            CUDA_R_8I,
+            n_padded,
+            a.data.ptr,
+            CUDA_R_8I,
+            k_padded,
+            zero.ctypes.data,
+            c.data.ptr,
+            CUDA_R_32I,
+            n_padded,
+            CUBLAS_COMPUTE_32I,
+            CUBLAS_GEMM_DEFAULT,
         )
     except cublas.CUBLASError:
         # Exact too: |products| <= 2**14, so float64 sums are exact for K < 2**39.
@@ -198,4 +229,3 @@ def _aligned(matrix: cupy.ndarray, rows: int, cols: int) -> cupy.ndarray:
 
 def _round_up(size: int) -> int:
     return -(-size // INT8_GEMM_ALIGNMENT) * INT8_GEMM_ALIGNMENT
-

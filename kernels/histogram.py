@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from int8flow.schemas.histogram_bins import DEFAULT_NUM_BINS, check_num_bins
 from int8flow.kernels.backend import array_module, to_numpy
+from int8flow.schemas.histogram_bins import DEFAULT_NUM_BINS, check_num_bins
 
 # Exponent of a histogram whose values are all zero (or that holds none): below the exponent of any
 # non-zero float64 magnitude (the smallest subnormal is 2**-1074), so it never wins a merge.

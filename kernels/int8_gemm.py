@@ -35,7 +35,9 @@ def int8_matmul(a: Any, b: Any) -> Any:
     xp = array_module(a, b)
     _check_operands(a, b)
     if b.ndim != 2 or a.shape[-1] != b.shape[0]:
-        raise ValueError(f"int8_matmul: a {tuple(a.shape)} and b {tuple(b.shape)} do not chain: need a (..., K), b (K, N)")
+        raise ValueError(
+            f"int8_matmul: a {tuple(a.shape)} and b {tuple(b.shape)} do not chain: need a (..., K), b (K, N)"
+        )
     if xp is not np and a.dtype == xp.int8:
         from int8flow.kernels import cuda_kernels
 

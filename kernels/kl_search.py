@@ -103,9 +103,7 @@ class _Prefix:
         inverse = xp.where(large, 1.0 / safe, 0.0)
         self.cum_xlogx = _prefix_sums(counts * log_h, xp)
         self.cum_log_plus_one = _prefix_sums(log_h + large, xp)
-        self.cum_inverse_powers = [
-            _prefix_sums(inverse ** (order - 1), xp) for order in range(2, SERIES_ORDER + 1)
-        ]
+        self.cum_inverse_powers = [_prefix_sums(inverse ** (order - 1), xp) for order in range(2, SERIES_ORDER + 1)]
 
 
 def _curve_piece(prefix: _Prefix, starts: Any, stops: Any, bounds: Any, xp: Any) -> Any:
@@ -140,8 +138,10 @@ def _curve_piece(prefix: _Prefix, starts: Any, stops: Any, bounds: Any, xp: Any)
     outlier_only_last = (last == 0) & (p_last > 0)
     group_nonzero[:, :, 0] += outlier_only_first
     group_nonzero[:, :, -1] += outlier_only_last
-    q_zero = p_zero + (outlier_only_first & (group_counts[:, :, 0] == 0)) + (
-        outlier_only_last & (group_counts[:, :, -1] == 0)
+    q_zero = (
+        p_zero
+        + (outlier_only_first & (group_counts[:, :, 0] == 0))
+        + (outlier_only_last & (group_counts[:, :, -1] == 0))
     )
     q_nonzero = lengths - q_zero
     q_shift = eps * q_zero / xp.maximum(q_nonzero, 1.0)

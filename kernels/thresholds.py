@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from types import MappingProxyType
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -56,9 +56,7 @@ MethodFunction = Callable[[Mapping[str, Histogram], ThresholdSettings], dict[str
 """A threshold method: histograms (none empty, none all-zero) and settings in, one choice per tensor out."""
 
 
-def choose_thresholds(
-    histograms: Mapping[str, Histogram], settings: ThresholdSettings
-) -> dict[str, ThresholdChoice]:
+def choose_thresholds(histograms: Mapping[str, Histogram], settings: ThresholdSettings) -> dict[str, ThresholdChoice]:
     """One threshold per tensor; entropy runs batched over all tensors sharing a layout."""
     method = method_function(settings.method)
     for name, histogram in histograms.items():
@@ -82,7 +80,9 @@ def method_function(method: str) -> MethodFunction:
 
 
 def _entropy(histograms: Mapping[str, Histogram], settings: ThresholdSettings) -> dict[str, ThresholdChoice]:
-    return entropy_thresholds(histograms, settings.num_quantized_bins, settings.spike_fix, settings.unsigned_activations)
+    return entropy_thresholds(
+        histograms, settings.num_quantized_bins, settings.spike_fix, settings.unsigned_activations
+    )
 
 
 def _naive(histograms: Mapping[str, Histogram], settings: ThresholdSettings) -> dict[str, ThresholdChoice]:
@@ -118,10 +118,10 @@ def percentile_threshold(histogram: Histogram, percentile: float) -> ThresholdCh
 def mse_threshold(histogram: Histogram, levels: int = INT8_LEVELS) -> ThresholdChoice:
     """The bin edge minimising the expected squared error of symmetric int8 quantization.
 
-    For a candidate threshold ``t`` (scale ``s = t / levels``: 127, or 255 for uint8), every |x| bin is represented by its
-    centre ``c``: bins beyond ``t`` cost the clipping error ``(c - t)**2``; bins that round to zero
-    (``c < s / 2``) cost ``c**2``; the others cost ``s**2 / 12``, the mean rounding error of a value
-    spread evenly over a step. All candidates come from prefix sums at once.
+    For a candidate threshold ``t`` (scale ``s = t / levels``: 127, or 255 for uint8), every |x| bin
+    is represented by its centre ``c``: bins beyond ``t`` cost the clipping error ``(c - t)**2``;
+    bins that round to zero (``c < s / 2``) cost ``c**2``; the others cost ``s**2 / 12``, the mean
+    rounding error of a value spread evenly over a step. All candidates come from prefix sums at once.
     """
     counts = to_numpy(histogram.abs_counts()).astype(np.float64)
     width = histogram.bin_width

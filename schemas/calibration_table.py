@@ -47,23 +47,12 @@ class TensorCalibration:
     divergence: float
 
     def __post_init__(self) -> None:
-        if (
-            not isinstance(self.name, str)
-            or not self.name
-            or "\n" in self.name
-            or "\r" in self.name
-        ):
-            raise CalibrationTableError(
-                f"tensor name {self.name!r} must be a non-empty string without line breaks"
-            )
+        if not isinstance(self.name, str) or not self.name or "\n" in self.name or "\r" in self.name:
+            raise CalibrationTableError(f"tensor name {self.name!r} must be a non-empty string without line breaks")
         if not isinstance(self.method, str) or not self.method:
-            raise CalibrationTableError(
-                f"tensor {self.name!r}: method {self.method!r} must be a non-empty string"
-            )
+            raise CalibrationTableError(f"tensor {self.name!r}: method {self.method!r} must be a non-empty string")
         if not isinstance(self.signed, bool):
-            raise CalibrationTableError(
-                f"tensor {self.name!r}: signed {self.signed!r} must be a bool"
-            )
+            raise CalibrationTableError(f"tensor {self.name!r}: signed {self.signed!r} must be a bool")
         threshold = _as_float(self.threshold)
         if threshold is None or not math.isfinite(threshold) or threshold <= 0.0:
             raise CalibrationTableError(
@@ -98,8 +87,7 @@ class CalibrationTable:
         for tensor in self.tensors:
             if not isinstance(tensor, TensorCalibration):
                 raise CalibrationTableError(
-                    "calibration table entries must be TensorCalibration, not "
-                    f"{type(tensor).__name__}"
+                    f"calibration table entries must be TensorCalibration, not {type(tensor).__name__}"
                 )
         seen: set[str] = set()
         for tensor in self.tensors:
@@ -110,9 +98,7 @@ class CalibrationTable:
             seen.add(tensor.name)
         for key, value in self.metadata.items():
             if not isinstance(key, str) or not isinstance(value, str):
-                raise CalibrationTableError(
-                    f"metadata {key!r}: {value!r}: keys and values must be strings"
-                )
+                raise CalibrationTableError(f"metadata {key!r}: {value!r}: keys and values must be strings")
         object.__setattr__(self, "metadata", dict(self.metadata))
 
     def by_name(self) -> dict[str, TensorCalibration]:
@@ -158,9 +144,7 @@ class CalibrationTable:
                 f"this int8flow reads version {FORMAT_VERSION}; recalibrate with this version"
             )
         if not isinstance(document["metadata"], dict) or not isinstance(document["tensors"], list):
-            raise CalibrationTableError(
-                f"{source}: 'metadata' must be an object and 'tensors' a list"
-            )
+            raise CalibrationTableError(f"{source}: 'metadata' must be an object and 'tensors' a list")
         tensors = []
         for index, entry in enumerate(document["tensors"]):
             where = f"{source}: tensor #{index}"
@@ -186,8 +170,7 @@ class CalibrationTable:
         """The TensorRT calibration cache: a header, then ``name: <big-endian float32 scale>``."""
         if not _TENSORRT_HEADER.fullmatch(version_tag):
             raise CalibrationTableError(
-                f"TensorRT version tag {version_tag!r} must look like "
-                f"{DEFAULT_TENSORRT_VERSION_TAG!r}"
+                f"TensorRT version tag {version_tag!r} must look like {DEFAULT_TENSORRT_VERSION_TAG!r}"
             )
         lines = [version_tag]
         for tensor in self.tensors:
@@ -264,8 +247,7 @@ def _check_keys(entry: dict[str, Any], expected: tuple[str, ...], where: str) ->
     unknown = sorted(key for key in entry if key not in expected)
     if missing or unknown:
         raise CalibrationTableError(
-            f"{where}: missing keys {missing!r}, unknown keys {unknown!r}; expected exactly "
-            f"{list(expected)!r}"
+            f"{where}: missing keys {missing!r}, unknown keys {unknown!r}; expected exactly {list(expected)!r}"
         )
 
 

@@ -129,9 +129,7 @@ def _check_format(schema: pa.Schema, fail: Callable[[str], NoReturn]) -> None:
 
 def _check_columns(schema: pa.Schema, fail: Callable[[str], NoReturn]) -> None:
     """Name the first column that is missing, unexpected or of the wrong type."""
-    remedy = (
-        f"recalibrate the shard to rewrite it in partial-histogram format {FORMAT_VERSION.decode()}"
-    )
+    remedy = f"recalibrate the shard to rewrite it in partial-histogram format {FORMAT_VERSION.decode()}"
     for expected in PARTIAL_HISTOGRAM_SCHEMA:
         index = schema.get_field_index(expected.name)
         if index < 0:

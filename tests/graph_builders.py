@@ -55,8 +55,13 @@ def cnn_model(seed: int = 0) -> onnx.ModelProto:
     x = b.op("Conv", ["input", b.weight(8, 3, 3, 3), b.weight(8)], pads=[1, 1, 1, 1])
     x = b.op(
         "BatchNormalization",
-        [x, b.const(b.rng.uniform(0.5, 1.5, 8).astype(np.float32)), b.weight(8), b.weight(8),
-         b.const(b.rng.uniform(0.5, 2.0, 8).astype(np.float32))],
+        [
+            x,
+            b.const(b.rng.uniform(0.5, 1.5, 8).astype(np.float32)),
+            b.weight(8),
+            b.weight(8),
+            b.const(b.rng.uniform(0.5, 2.0, 8).astype(np.float32)),
+        ],
         epsilon=1e-3,
     )
     x = b.op("Relu", [x])
@@ -85,7 +90,11 @@ def residual_model(seed: int = 1) -> onnx.ModelProto:
     gate = b.op("Sigmoid", [b.op("Mul", [x, b.const(b.rng.uniform(0.5, 1.5, (1, 8, 1, 1)).astype(np.float32))])])
     x = b.op("Mul", [x, gate])
     x = b.op("HardSwish", [b.op("Add", [x, b.op("HardSigmoid", [x], alpha=0.3, beta=0.4)])])
-    pad_amounts = b.op("Concat", [b.const(np.array([0, 0, 1, 0], dtype=np.int64)), b.const(np.array([0, 0, 1, 2], dtype=np.int64))], axis=0)
+    pad_amounts = b.op(
+        "Concat",
+        [b.const(np.array([0, 0, 1, 0], dtype=np.int64)), b.const(np.array([0, 0, 1, 2], dtype=np.int64))],
+        axis=0,
+    )
     x = b.op("Pad", [x, pad_amounts, b.const(np.float32(0.0))], mode="constant")
     x = b.op("Conv", [x, b.weight(4, 4, 3, 3)], group=2, strides=[2, 2], auto_pad="SAME_LOWER")
     x = b.op("ReduceMean", [x], axes=[2, 3], keepdims=0)
@@ -101,7 +110,9 @@ def layout_model(seed: int = 2) -> onnx.ModelProto:
     x = b.op("Conv", [x, b.weight(6, 2, 3, 3), b.weight(6)], auto_pad="VALID")
     x = b.op("Relu", [x])
     x = b.op("Transpose", [x], perm=[0, 2, 3, 1])
-    b.nodes.append(helper.make_node("Constant", [], ["target_tail"], value=numpy_helper.from_array(np.array([-1], dtype=np.int64))))
+    b.nodes.append(
+        helper.make_node("Constant", [], ["target_tail"], value=numpy_helper.from_array(np.array([-1], dtype=np.int64)))
+    )
     shape = b.op("Concat", [b.const(np.array([0], dtype=np.int64)), "target_tail"], axis=0)
     x = b.op("Reshape", [x, shape])
     x = b.op("Gemm", [x, b.weight(6 * 6 * 6, 7, scale=0.05)], alpha=0.5)

@@ -77,7 +77,12 @@ def first_minimum(values: list[float]) -> int:
 
 
 def entropy_threshold_loop(
-    hist: np.ndarray, signed: bool, bin_width: float, abs_max: float, num_quantized_bins: int, unsigned_levels: bool = False
+    hist: np.ndarray,
+    signed: bool,
+    bin_width: float,
+    abs_max: float,
+    num_quantized_bins: int,
+    unsigned_levels: bool = False,
 ) -> tuple[float, float]:
     """The published search over our histogram layout: (threshold, its KL divergence)."""
     num_bins = hist.size

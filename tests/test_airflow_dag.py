@@ -33,10 +33,26 @@ DAG_IDS = {DAG_ID, "int8_requantize_nightly"}
 TASK_IDS = ["plan", "observe", "thresholds", "build", "validate", "gate", "report", "track", "register"]
 SMALL_RUN = {"calib_examples": 256, "val_examples": 1000, "batch_size": 64, "workers": 2, "sensitivity_examples": 32}
 EXPECTED_METRICS = {
-    "calib_seconds", "calib_examples_per_second", "calib_examples", "calib_skipped_images",
-    "observe_seconds", "reduce_seconds", "thresholds_seconds", "build_seconds", "validate_seconds", "gate_seconds",
-    "fp32_top1", "int8_top1", "top1_drop", "fp32_top5", "int8_top5", "top5_drop", "agreement_top1",
-    "val_examples", "gate_attempts", "validate_examples_per_second",
+    "calib_seconds",
+    "calib_examples_per_second",
+    "calib_examples",
+    "calib_skipped_images",
+    "observe_seconds",
+    "reduce_seconds",
+    "thresholds_seconds",
+    "build_seconds",
+    "validate_seconds",
+    "gate_seconds",
+    "fp32_top1",
+    "int8_top1",
+    "top1_drop",
+    "fp32_top5",
+    "int8_top5",
+    "top5_drop",
+    "agreement_top1",
+    "val_examples",
+    "gate_attempts",
+    "validate_examples_per_second",
 }
 JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array"}
 
@@ -48,16 +64,19 @@ needs_fashion_mnist = pytest.mark.skipif(
 def airflow_environment(home: Path) -> dict[str, str]:
     """What every Airflow process of these tests runs with: its own home, our DAG folder, no examples."""
     env = {
-        key: value for key, value in os.environ.items()
+        key: value
+        for key, value in os.environ.items()
         if key not in ("MLFLOW_TRACKING_URI", "INT8FLOW_DASK_SCHEDULER", "INT8FLOW_RUNS_DIR")
         and not key.startswith("AIRFLOW")
     }
-    env.update({
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
-        "PATH": f"{AIRFLOW.parent}{os.pathsep}{os.environ.get('PATH', '')}",
-    })
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+            "PATH": f"{AIRFLOW.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+    )
     return env
 
 
@@ -141,7 +160,9 @@ def test_the_form_defaults_are_a_run_that_configures(dag: Any, airflow_home: Pat
     values = {name: param.value for name, param in dag.params.items()}
     config = RunConfig.from_mapping({**values, "out": str(airflow_home / "check")})
     assert (config.model, config.calib_data, config.val_data) == (
-        str(DEMO_MODEL), f"{FASHION_MNIST}#train", f"{FASHION_MNIST}#t10k"
+        str(DEMO_MODEL),
+        f"{FASHION_MNIST}#train",
+        f"{FASHION_MNIST}#t10k",
     )
     assert (config.preprocess, config.scheduler, config.alias) == ("mnist", "", "int8-candidate")
     assert config.tracking_uri == f"sqlite:///{airflow_home.resolve()}/mlflow.db"
@@ -196,8 +217,14 @@ def test_a_run_config_comes_from_the_params_and_the_dags_out() -> None:
 
     form = {"model": "m.onnx", "calib_data": "d", "batch_size": 32.0, "register": None, "val_data": None}
     values = run_config_values(form, out="/runs/x")
-    assert values == {"model": "m.onnx", "calib_data": "d", "batch_size": 32, "register": "", "val_data": None,
-                      "out": "/runs/x"}
+    assert values == {
+        "model": "m.onnx",
+        "calib_data": "d",
+        "batch_size": 32,
+        "register": "",
+        "val_data": None,
+        "out": "/runs/x",
+    }
     assert RunConfig.from_mapping(values).register == ""
     with pytest.raises(RunConfigError, match="'out' cannot be set"):
         run_config_values({"model": "m.onnx", "out": "/elsewhere"}, out="/runs/x")
@@ -251,10 +278,9 @@ class DagTest:
 
     def states(self) -> dict[str, tuple[str, int]]:
         """task id -> (state, try number), from Airflow's database."""
-        from sqlalchemy import select
-
         from airflow.models.taskinstance import TaskInstance
         from airflow.utils.session import create_session
+        from sqlalchemy import select
 
         with create_session() as session:
             rows = session.execute(
@@ -270,7 +296,10 @@ def dags_test(home: Path, conf: dict[str, Any]) -> DagTest:
     before = set(runs.iterdir()) if runs.is_dir() else set()
     done = subprocess.run(
         [str(AIRFLOW), "dags", "test", DAG_ID, "-c", json.dumps(conf)],
-        env=airflow_environment(home), capture_output=True, text=True, timeout=600,
+        env=airflow_environment(home),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     output = done.stdout + done.stderr
     (out,) = set(runs.iterdir()) - before if runs.is_dir() else (None,)
@@ -299,8 +328,16 @@ def passed_run(airflow_home: Path) -> DagTest:
 
 @pytest.fixture(scope="module")
 def failed_gate_run(airflow_home: Path) -> DagTest:
-    conf = {"calib_examples": 64, "val_examples": 128, "batch_size": 32, "workers": 2, "sensitivity_examples": 16,
-            "max_top1_drop": -1, "fallback_budget": 1, "register": "fashion-int8-gate-failed"}
+    conf = {
+        "calib_examples": 64,
+        "val_examples": 128,
+        "batch_size": 32,
+        "workers": 2,
+        "sensitivity_examples": 16,
+        "max_top1_drop": -1,
+        "fallback_budget": 1,
+        "register": "fashion-int8-gate-failed",
+    }
     return dags_test(airflow_home, conf)
 
 

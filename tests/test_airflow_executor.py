@@ -3,7 +3,8 @@ processes under the supervisor, API server, triggerer), driven over the REST API
 
 ``airflow dags test`` runs tasks in its own process, so it cannot catch what only the real executor
 does: a Dask ``LocalCluster`` whose workers are spawned re-imports the Airflow CLI in the task
-supervisor's environment and fails (STACK.md); forked workers, as ``int8flow.tasks.distributed.cluster`` starts them, work.
+supervisor's environment and fails (STACK.md); forked workers, as ``int8flow.tasks.distributed.cluster``
+starts them, work.
 This file starts one standalone Airflow, triggers a small Fashion-MNIST run through the REST API,
 clears its ``track`` and ``register`` tasks to check that a rerun adds no MLflow run or model version,
 and lets the nightly DAG trigger a run from the model list, on an external Dask cluster (scheduler and
@@ -27,7 +28,14 @@ from typing import Any
 import pytest
 import requests
 from test_airflow_dag import (
-    AIRFLOW, DAG_ID, DEMO_MODEL, FASHION_MNIST, TASK_IDS, airflow_environment, mlflow_client, runs_with_key,
+    AIRFLOW,
+    DAG_ID,
+    DEMO_MODEL,
+    FASHION_MNIST,
+    TASK_IDS,
+    airflow_environment,
+    mlflow_client,
+    runs_with_key,
 )
 
 pytestmark = [
@@ -40,13 +48,25 @@ START_TIMEOUT = 180
 RUN_TIMEOUT = 300
 REGISTERED = "fashion-int8-executor"
 REST_CONF = {
-    "calib_examples": 128, "val_examples": 256, "batch_size": 64, "workers": 2, "sensitivity_examples": 16,
-    "max_top1_drop": 2.0, "register": REGISTERED,
+    "calib_examples": 128,
+    "val_examples": 256,
+    "batch_size": 64,
+    "workers": 2,
+    "sensitivity_examples": 16,
+    "max_top1_drop": 2.0,
+    "register": REGISTERED,
 }
 NIGHTLY_ENTRY = {
-    "model": str(DEMO_MODEL), "calib_data": f"{FASHION_MNIST}#train", "val_data": f"{FASHION_MNIST}#t10k",
-    "preprocess": "mnist", "calib_examples": 64, "val_examples": 128, "batch_size": 32, "workers": 1,
-    "sensitivity_examples": 8, "method": "percentile",
+    "model": str(DEMO_MODEL),
+    "calib_data": f"{FASHION_MNIST}#train",
+    "val_data": f"{FASHION_MNIST}#t10k",
+    "preprocess": "mnist",
+    "calib_examples": 64,
+    "val_examples": 128,
+    "batch_size": 32,
+    "workers": 1,
+    "sensitivity_examples": 8,
+    "method": "percentile",
 }
 
 
@@ -100,8 +120,9 @@ def stop(process: subprocess.Popen) -> list[str]:
             os.killpg(pgid, sig)
         except ProcessLookupError:
             break
-        components_done = (lambda: group_members(pgid) in ([], [pgid])) if sig is signal.SIGINT else (
-            lambda: not group_members(pgid))
+        components_done = (
+            (lambda: group_members(pgid) in ([], [pgid])) if sig is signal.SIGINT else (lambda: not group_members(pgid))
+        )
         wait_until(components_done, grace)
         steps.append(f"{sig.name}: after {time.monotonic() - started:.1f} s running {process_names(pgid)}")
     try:
@@ -182,15 +203,17 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Standalone]:
     home = tmp_path_factory.mktemp("airflow-standalone")
     api_port, log_port, trigger_log_port = free_ports(3)
     env = airflow_environment(home)
-    env.update({
-        "AIRFLOW__CORE__PARALLELISM": "4",  # the default 32 starts 32 executor workers (~5.6 GiB)
-        "AIRFLOW__API__HOST": "127.0.0.1",
-        "AIRFLOW__API__PORT": str(api_port),
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
-        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(log_port),
-        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(trigger_log_port),
-        "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "5",
-    })
+    env.update(
+        {
+            "AIRFLOW__CORE__PARALLELISM": "4",  # the default 32 starts 32 executor workers (~5.6 GiB)
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__PORT": str(api_port),
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(log_port),
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(trigger_log_port),
+            "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "5",
+        }
+    )
     # standalone starts with SIGINT ignored, as under a non-interactive shell: on the group's SIGINT its
     # components stop cleanly, while a standalone that handles SIGINT also SIGTERMs the scheduler mid-
     # shutdown, which then hangs and leaves its LocalExecutor workers behind (Airflow 3.3.2, measured).
@@ -198,7 +221,11 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Standalone]:
     try:
         with (home / "standalone.log").open("w") as output:
             process = subprocess.Popen(
-                [str(AIRFLOW), "standalone"], env=env, cwd=home, stdout=output, stderr=subprocess.STDOUT,
+                [str(AIRFLOW), "standalone"],
+                env=env,
+                cwd=home,
+                stdout=output,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
     finally:
@@ -221,8 +248,9 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Standalone]:
         airflow.token = token.json()["access_token"]
 
         def parsed(dag_id: str) -> bool:
-            return requests.get(f"{airflow.url}/api/v2/dags/{dag_id}", timeout=5,
-                                headers={"Authorization": f"Bearer {airflow.token}"}).ok
+            return requests.get(
+                f"{airflow.url}/api/v2/dags/{dag_id}", timeout=5, headers={"Authorization": f"Bearer {airflow.token}"}
+            ).ok
 
         assert wait_until(lambda: parsed(DAG_ID) and parsed(NIGHTLY_DAG_ID), 120, interval=1), airflow.logs()
         yield airflow
@@ -276,9 +304,16 @@ def test_clearing_track_and_register_reruns_them_without_a_second_run_or_version
 ) -> None:
     run_id = rest_run_id
     assert airflow.wait_for_run(DAG_ID, run_id) == "success", airflow.logs(run_id)
-    airflow.api("POST", f"/dags/{DAG_ID}/clearTaskInstances", json={
-        "dag_run_id": run_id, "task_ids": ["track", "register"], "dry_run": False, "only_failed": False,
-    })
+    airflow.api(
+        "POST",
+        f"/dags/{DAG_ID}/clearTaskInstances",
+        json={
+            "dag_run_id": run_id,
+            "task_ids": ["track", "register"],
+            "dry_run": False,
+            "only_failed": False,
+        },
+    )
     rerun = wait_until(lambda: airflow.task_states(DAG_ID, run_id)["register"] == ("success", 2), RUN_TIMEOUT, 2)
     assert rerun, f"{airflow.task_states(DAG_ID, run_id)}\n{airflow.logs(run_id)}"
     assert airflow.task_states(DAG_ID, run_id)["track"] == ("success", 2)

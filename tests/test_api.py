@@ -36,7 +36,9 @@ def test_the_code_imports_under_int8flow_from_anywhere(tmp_path: Path) -> None:
 
 
 def test_importing_the_api_loads_no_cluster_or_tracking_library(tmp_path: Path) -> None:
-    done = python("import sys, int8flow; print(sorted({'dask', 'distributed', 'mlflow', 'airflow'} & set(sys.modules)))", tmp_path)
+    done = python(
+        "import sys, int8flow; print(sorted({'dask', 'distributed', 'mlflow', 'airflow'} & set(sys.modules)))", tmp_path
+    )
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr
 
 
@@ -61,12 +63,29 @@ def test_the_python_api_runs_the_same_job_as_the_cli(tmp_path: Path, capsys: pyt
     data = fashion_mnist_folder()
     tracking = f"sqlite:///{tmp_path}/mlflow.db"
     result = int8flow.run(
-        MODEL, calib_data=Path(data + "#train"), val_data=f"{data}#t10k", out=tmp_path / "api", tracking_uri=tracking,
+        MODEL,
+        calib_data=Path(data + "#train"),
+        val_data=f"{data}#t10k",
+        out=tmp_path / "api",
+        tracking_uri=tracking,
         **SETTINGS,
     )
     flags = [f"--{name.replace('_', '-')}={value}" for name, value in SETTINGS.items()]
-    code = main(["run", str(MODEL), "--calib-data", f"{data}#train", "--val-data", f"{data}#t10k", *flags,
-                 "--out", str(tmp_path / "cli"), "--tracking-uri", tracking])
+    code = main(
+        [
+            "run",
+            str(MODEL),
+            "--calib-data",
+            f"{data}#train",
+            "--val-data",
+            f"{data}#t10k",
+            *flags,
+            "--out",
+            str(tmp_path / "cli"),
+            "--tracking-uri",
+            tracking,
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     assert result.passed and result.out == str(tmp_path / "api") and result.registered_version is None
     assert (tmp_path / "api" / "calibration.json").read_bytes() == (tmp_path / "cli" / "calibration.json").read_bytes()

@@ -14,8 +14,6 @@ class WriterCrashed(RuntimeError):
     pass
 
 
-
-
 def test_write_bytes_creates_parent_directories(tmp_path: Path) -> None:
     target = tmp_path / "a" / "b" / "table.bin"
     atomic_write_bytes(str(target), b"\x00\x01payload")
@@ -84,9 +82,7 @@ def test_memory_url_round_trip(memory_dir: str) -> None:
     with fsspec.open(url, "rt") as file:
         assert file.read() == '{"a": 1}'
     fs = fsspec.filesystem("memory")
-    assert [entry.rpartition("/")[2] for entry in fs.ls(f"{memory_dir}/tables", detail=False)] == [
-        "model.json"
-    ]
+    assert [entry.rpartition("/")[2] for entry in fs.ls(f"{memory_dir}/tables", detail=False)] == ["model.json"]
 
 
 def test_memory_url_temporary_is_a_hidden_sibling_url(memory_dir: str) -> None:

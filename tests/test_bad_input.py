@@ -33,16 +33,29 @@ def parquet_data(path: Path, count: int, labels: list[int] | None = None, corrup
     """``count`` Fashion-MNIST test images as PNG bytes; rows in ``corrupt`` hold truncated PNGs."""
     pixels, real_labels = load_mnist_split(fashion_mnist_folder(), "t10k")
     images = [png(pixels[index])[: 30 if index in corrupt else None] for index in range(count)]
-    table = pa.table({"image": pa.array(images, pa.binary()), "label": pa.array(labels or real_labels[:count].tolist(), pa.int64())})
+    table = pa.table(
+        {"image": pa.array(images, pa.binary()), "label": pa.array(labels or real_labels[:count].tolist(), pa.int64())}
+    )
     pq.write_table(table, path)
     return str(path)
 
 
 def run(tmp_path: Path, capsys: pytest.CaptureFixture[str], *args: str, model: str = MODEL) -> tuple[int, str]:
-    code = main([
-        "run", model, "--preprocess", "mnist", "--workers", "1", "--out", str(tmp_path / "out"),
-        "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", *args,
-    ])
+    code = main(
+        [
+            "run",
+            model,
+            "--preprocess",
+            "mnist",
+            "--workers",
+            "1",
+            "--out",
+            str(tmp_path / "out"),
+            "--tracking-uri",
+            f"sqlite:///{tmp_path}/mlflow.db",
+            *args,
+        ]
+    )
     return code, capsys.readouterr().err
 
 
@@ -86,7 +99,9 @@ def test_an_idx_folder_without_a_split(tmp_path: Path, capsys: pytest.CaptureFix
 
 
 def test_an_empty_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    pq.write_table(pa.table({"image": pa.array([], pa.binary()), "label": pa.array([], pa.int64())}), tmp_path / "e.parquet")
+    pq.write_table(
+        pa.table({"image": pa.array([], pa.binary()), "label": pa.array([], pa.int64())}), tmp_path / "e.parquet"
+    )
     code, error = run(tmp_path, capsys, "--calib-data", str(tmp_path / "e.parquet"))
     assert code == EXIT_BAD_INPUT
     assert_one_line(error, "e.parquet", "no rows")
@@ -102,7 +117,10 @@ def test_fewer_examples_than_one_batch(tmp_path: Path, capsys: pytest.CaptureFix
 
 
 def test_a_preprocessing_that_does_not_fit_the_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, error = main(["run", MODEL, "--calib-data", CALIB, "--preprocess", "imagenet-tf", "--out", str(tmp_path / "out")]), capsys.readouterr().err
+    code, error = (
+        main(["run", MODEL, "--calib-data", CALIB, "--preprocess", "imagenet-tf", "--out", str(tmp_path / "out")]),
+        capsys.readouterr().err,
+    )
     assert code == EXIT_BAD_INPUT
     assert_one_line(error, "imagenet-tf", "mnist")
     assert_nothing_written(tmp_path)
@@ -130,7 +148,9 @@ def test_a_registry_uri_that_does_not_resolve(tmp_path: Path, capsys: pytest.Cap
 
 
 def test_an_unreachable_scheduler_fails_fast(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, error = run(tmp_path, capsys, "--calib-data", CALIB, "--calib-examples", "64", "--scheduler", "tcp://127.0.0.1:9")
+    code, error = run(
+        tmp_path, capsys, "--calib-data", CALIB, "--calib-examples", "64", "--scheduler", "tcp://127.0.0.1:9"
+    )
     assert code == EXIT_UNAVAILABLE
     assert_one_line(error, "tcp://127.0.0.1:9", "did not answer")
     assert not (tmp_path / "out" / "histograms").exists()
@@ -168,18 +188,25 @@ def test_nan_activations_name_the_tensor(tmp_path: Path, capsys: pytest.CaptureF
     broken.flat[0] = np.inf
     weight.CopyFrom(numpy_helper.from_array(broken, weight.name))
     onnx.save(model, tmp_path / "broken.onnx")
-    code, error = run(tmp_path, capsys, "--calib-data", CALIB, "--calib-examples", "64", model=str(tmp_path / "broken.onnx"))
+    code, error = run(
+        tmp_path, capsys, "--calib-data", CALIB, "--calib-examples", "64", model=str(tmp_path / "broken.onnx")
+    )
     assert code == EXIT_BAD_INPUT
     assert_one_line(error, "tensor '", "NaN", "infinite")
     assert not (tmp_path / "out" / "calibration.json").exists()
 
 
-def test_an_output_directory_of_another_run_is_refused_unless_overwritten(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_output_directory_of_another_run_is_refused_unless_overwritten(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert run(tmp_path, capsys, "--calib-data", CALIB, "--calib-examples", "64")[0] == 0
     before = (tmp_path / "out" / "calibration.json").read_bytes()
     code, error = run(tmp_path, capsys, "--calib-data", CALIB, "--calib-examples", "64", "--method", "naive")
     assert code == EXIT_BAD_INPUT
     assert_one_line(error, "another run", "--overwrite")
     assert (tmp_path / "out" / "calibration.json").read_bytes() == before
-    assert run(tmp_path, capsys, "--calib-data", CALIB, "--calib-examples", "64", "--method", "naive", "--overwrite")[0] == 0
+    assert (
+        run(tmp_path, capsys, "--calib-data", CALIB, "--calib-examples", "64", "--method", "naive", "--overwrite")[0]
+        == 0
+    )
     assert (tmp_path / "out" / "calibration.json").read_bytes() != before

@@ -98,9 +98,7 @@ def test_cache_encodes_scale_as_big_endian_float32_hex() -> None:
             TensorCalibration("relu", "entropy", 254.0, False, 0.5),
         )
     )
-    assert table.to_tensorrt_cache() == (
-        "TRT-8601-EntropyCalibration2\nconv1: 3f800000\nrelu: 40000000\n"
-    )
+    assert table.to_tensorrt_cache() == ("TRT-8601-EntropyCalibration2\nconv1: 3f800000\nrelu: 40000000\n")
 
 
 def test_cache_uses_the_given_version_tag() -> None:
@@ -143,9 +141,7 @@ def test_cache_round_trip_keeps_scales_exact_in_float32() -> None:
     )
     read = CalibrationTable.from_tensorrt_cache(table.to_tensorrt_cache(), CACHE)
     assert [tensor.name for tensor in read.tensors] == ["t0", "t1", "t2", "t3"]
-    assert [_float32(tensor.scale) for tensor in read.tensors] == [
-        _float32(t / 127) for t in thresholds
-    ]
+    assert [_float32(tensor.scale) for tensor in read.tensors] == [_float32(t / 127) for t in thresholds]
 
 
 def test_cache_text_round_trips_byte_for_byte() -> None:
@@ -160,9 +156,7 @@ def test_cache_names_may_contain_colon_space() -> None:
 
 def test_cache_method_comes_from_the_header() -> None:
     text = "TRT-7000-MinMaxCalibration\nx: 3f800000\n"
-    assert (
-        CalibrationTable.from_tensorrt_cache(text, CACHE).tensors[0].method == "MinMaxCalibration"
-    )
+    assert CalibrationTable.from_tensorrt_cache(text, CACHE).tensors[0].method == "MinMaxCalibration"
 
 
 def test_cache_with_bad_header_names_file_and_line() -> None:
@@ -196,9 +190,7 @@ def test_cache_with_non_positive_or_non_finite_scale_names_line_and_tensor(scale
 
 
 def test_cache_with_tensor_twice_names_both_lines() -> None:
-    message = _cache_rejection(
-        "TRT-8601-EntropyCalibration2\nx: 3f800000\ny: 3f800000\nx: 40000000\n"
-    )
+    message = _cache_rejection("TRT-8601-EntropyCalibration2\nx: 3f800000\ny: 3f800000\nx: 40000000\n")
     assert message.startswith(f"{CACHE}, line 4: tensor 'x' appears again (first on line 2)")
 
 
@@ -214,17 +206,13 @@ def test_json_nan_literal_is_refused() -> None:
 def test_json_of_another_format_is_refused() -> None:
     document = json.loads(_table().to_json())
     document["format"] = "something-else"
-    assert "format 'something-else' is not 'int8flow.calibration-table'" in _json_rejection(
-        json.dumps(document)
-    )
+    assert "format 'something-else' is not 'int8flow.calibration-table'" in _json_rejection(json.dumps(document))
 
 
 def test_json_of_another_version_is_refused() -> None:
     document = json.loads(_table().to_json())
     document["format_version"] = 2
-    assert "format version 2 but this int8flow reads version 1" in _json_rejection(
-        json.dumps(document)
-    )
+    assert "format version 2 but this int8flow reads version 1" in _json_rejection(json.dumps(document))
 
 
 def test_json_missing_key_names_tensor_and_key() -> None:
@@ -253,9 +241,7 @@ def test_json_duplicate_names_are_refused() -> None:
 def test_construction_refuses_thresholds_that_are_not_finite_positive_numbers(
     threshold: object,
 ) -> None:
-    with pytest.raises(
-        CalibrationTableError, match=r"tensor 'x': threshold .* must be a finite number > 0"
-    ):
+    with pytest.raises(CalibrationTableError, match=r"tensor 'x': threshold .* must be a finite number > 0"):
         TensorCalibration("x", "entropy", threshold, True, 0.1)  # type: ignore[arg-type]
 
 

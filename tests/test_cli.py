@@ -13,9 +13,9 @@ import pytest
 from int8flow.kernels.histogram import Histogram
 from int8flow.kernels.thresholds import METHODS, ThresholdSettings
 from int8flow.schemas.calibration_table import CalibrationTable
-from int8flow.tasks.cli.main import EXIT_BAD_INPUT, main
 from int8flow.tasks.calibration.shard_demo import DEMO_TENSORS, demo_fingerprint, example_activations
 from int8flow.tasks.calibration.table import build_calibration_table
+from int8flow.tasks.cli.main import EXIT_BAD_INPUT, main
 
 EXAMPLES = 64
 
@@ -72,7 +72,15 @@ def test_rethreshold_reproduces_a_method_from_the_partials(demo_out: Path, tmp_p
 
 
 def test_rethreshold_records_the_uint8_setting(demo_out: Path, tmp_path: Path) -> None:
-    args = ["rethreshold", str(demo_out / "histograms"), "--method", "mse", "--unsigned-activations", "--out", str(tmp_path)]
+    args = [
+        "rethreshold",
+        str(demo_out / "histograms"),
+        "--method",
+        "mse",
+        "--unsigned-activations",
+        "--out",
+        str(tmp_path),
+    ]
     assert main(args) == 0
     table = read_table(tmp_path / "calibration.json")
     assert table.metadata["unsigned_activations"] == "true"

@@ -121,8 +121,11 @@ def test_parquet_reads_only_the_row_groups_it_needs(tmp_path, photos):
     )
     path.write_bytes(bytes(data))
     np.testing.assert_array_equal(dataset.read(range(4, 11)).labels, np.arange(4, 11))
-    with pytest.raises(DatasetError, match=rf"^{re.escape(str(path))}: cannot read row group 0 \(.*\); the file is "
-                       r"corrupt, write it again$"):
+    with pytest.raises(
+        DatasetError,
+        match=rf"^{re.escape(str(path))}: cannot read row group 0 \(.*\); the file is "
+        r"corrupt, write it again$",
+    ):
         dataset.read([6, 2])
 
 
@@ -176,12 +179,18 @@ def test_parquet_over_an_fsspec_url(memory_dir, photos):
 @pytest.mark.parametrize(
     ("columns", "message"),
     [
-        ({"image": [b"x"], "target": [1]}, r"no 'label' column \(columns: image, target\); a Parquet data set needs "
-         r"'image' \(encoded PNG/JPEG bytes or a nested list of pixels\) and 'label' \(integer\)"),
+        (
+            {"image": [b"x"], "target": [1]},
+            r"no 'label' column \(columns: image, target\); a Parquet data set needs "
+            r"'image' \(encoded PNG/JPEG bytes or a nested list of pixels\) and 'label' \(integer\)",
+        ),
         ({"pixels": [b"x"], "class": [1]}, r"no 'image' or 'label' column \(columns: pixels, class\)"),
         ({"image": [b"x"], "label": ["cat"]}, r"column 'label' is string; store class indices as integers"),
-        ({"image": ["a.png"], "label": [1]}, r"column 'image' is string; store encoded PNG/JPEG bytes \(binary\) or "
-         r"pixel values as nested lists of numbers \(HxW or HxWxC\)"),
+        (
+            {"image": ["a.png"], "label": [1]},
+            r"column 'image' is string; store encoded PNG/JPEG bytes \(binary\) or "
+            r"pixel values as nested lists of numbers \(HxW or HxWxC\)",
+        ),
     ],
 )
 def test_parquet_without_usable_columns_is_refused(tmp_path, columns, message):
@@ -201,8 +210,11 @@ def test_parquet_without_rows_is_refused(tmp_path):
 def test_a_file_that_is_not_parquet_is_refused(tmp_path):
     path = tmp_path / "broken.parquet"
     path.write_bytes(b"not parquet at all")
-    with pytest.raises(DatasetError, match=rf"^{re.escape(str(path))}: not a readable Parquet file \(.*\); write it "
-                       r"again$"):
+    with pytest.raises(
+        DatasetError,
+        match=rf"^{re.escape(str(path))}: not a readable Parquet file \(.*\); write it "
+        r"again$",
+    ):
         open_dataset(str(path))
 
 
@@ -251,9 +263,12 @@ def test_image_folder_without_images_is_refused(tmp_path):
     for folder in ("train/cat", "val/cat"):
         (tmp_path / folder).mkdir(parents=True)
         (tmp_path / folder / "x.png").write_bytes(encoded(rgb(0)))
-    with pytest.raises(DatasetError, match=rf"^{re.escape(str(tmp_path))}: 2 class sub-folders \(train, val\) but no "
-                       r"bmp/jpeg/jpg/png/webp files directly inside them; give the folder whose sub-folders are the "
-                       r"classes$"):
+    with pytest.raises(
+        DatasetError,
+        match=rf"^{re.escape(str(tmp_path))}: 2 class sub-folders \(train, val\) but no "
+        r"bmp/jpeg/jpg/png/webp files directly inside them; give the folder whose sub-folders are the "
+        r"classes$",
+    ):
         open_dataset(str(tmp_path))
 
 
@@ -278,16 +293,22 @@ def test_idx_folder_with_a_split_reads_fashion_mnist():
 
 @needs_fashion_mnist
 def test_idx_folder_without_a_split_lists_the_splits():
-    with pytest.raises(DatasetError, match=rf"^{FASHION_MNIST_FOLDER}: a folder of idx files with splits t10k, train; "
-                       rf"append #train or #t10k to choose one, e.g. {FASHION_MNIST_FOLDER}#t10k$"):
+    with pytest.raises(
+        DatasetError,
+        match=rf"^{FASHION_MNIST_FOLDER}: a folder of idx files with splits t10k, train; "
+        rf"append #train or #t10k to choose one, e.g. {FASHION_MNIST_FOLDER}#t10k$",
+    ):
         open_dataset(FASHION_MNIST_FOLDER)
 
 
 @needs_fashion_mnist
 def test_an_idx_file_itself_points_to_its_folder():
     path = f"{FASHION_MNIST_FOLDER}/t10k-images-idx3-ubyte.gz"
-    with pytest.raises(DatasetError, match=rf"^{path}: not a \.parquet file; for idx files give their folder with "
-                       r"#t10k; give a \.parquet file"):
+    with pytest.raises(
+        DatasetError,
+        match=rf"^{path}: not a \.parquet file; for idx files give their folder with "
+        r"#t10k; give a \.parquet file",
+    ):
         open_dataset(path)
 
 
@@ -314,8 +335,11 @@ def test_idx_split_missing_from_the_folder_is_refused(tmp_path):
         header = bytes([0, 0, 8, array.ndim]) + b"".join(size.to_bytes(4, "big") for size in array.shape)
         (tmp_path / f"{stem}.gz").write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
     assert len(open_dataset(f"{tmp_path}#t10k")) == 2
-    with pytest.raises(DatasetError, match=rf"^{re.escape(str(tmp_path))}#train: no split 'train' in this folder "
-                       rf"\(found t10k\); e.g. {re.escape(str(tmp_path))}#t10k$"):
+    with pytest.raises(
+        DatasetError,
+        match=rf"^{re.escape(str(tmp_path))}#train: no split 'train' in this folder "
+        rf"\(found t10k\); e.g. {re.escape(str(tmp_path))}#t10k$",
+    ):
         open_dataset(f"{tmp_path}#train")
 
 
@@ -323,14 +347,26 @@ def test_idx_split_missing_from_the_folder_is_refused(tmp_path):
     ("layout", "suffix", "message"),
     [
         ("missing", "", r"{uri}: no such file or folder; check the path$"),
-        ("empty", "", r"{uri}: empty folder; give a \.parquet file, a folder of \.parquet files, an ImageFolder tree "
-         r"\(one sub-folder per class\) or a folder of idx files with #train or #t10k$"),
+        (
+            "empty",
+            "",
+            r"{uri}: empty folder; give a \.parquet file, a folder of \.parquet files, an ImageFolder tree "
+            r"\(one sub-folder per class\) or a folder of idx files with #train or #t10k$",
+        ),
         ("text", "", r"{uri}: no \.parquet, idx or image files and no class sub-folders in this folder; give a "),
-        ("flat", "", r"{uri}: image files but no class sub-folders; move them into one sub-folder per class "
-         r"\(ImageFolder\)$"),
+        (
+            "flat",
+            "",
+            r"{uri}: image files but no class sub-folders; move them into one sub-folder per class "
+            r"\(ImageFolder\)$",
+        ),
         ("flat", "#test", r"{uri}#test: unknown split '#test'; use #train or #t10k after a folder of idx files$"),
-        ("flat", "#train", r"{uri}#train: '#train' selects a split of an idx folder, but {uri} holds no idx files; "
-         r"remove it$"),
+        (
+            "flat",
+            "#train",
+            r"{uri}#train: '#train' selects a split of an idx folder, but {uri} holds no idx files; "
+            r"remove it$",
+        ),
         ("text", "/notes.txt", r"{uri}/notes\.txt: not a \.parquet file; give a \.parquet file"),
     ],
 )
@@ -347,8 +383,11 @@ def test_unusable_paths_are_refused(tmp_path, layout, suffix, message):
 
 
 def test_indices_outside_the_data_set_are_refused(parquet_folder):
-    with pytest.raises(IndexError, match=rf"^{re.escape(parquet_folder)}: example 11 does not exist; the data set has "
-                       r"11 \(0 to 10\)$"):
+    with pytest.raises(
+        IndexError,
+        match=rf"^{re.escape(parquet_folder)}: example 11 does not exist; the data set has "
+        r"11 \(0 to 10\)$",
+    ):
         open_dataset(parquet_folder).read([3, 11])
     with pytest.raises(IndexError, match=r"example -1 does not exist"):
         open_dataset(parquet_folder).read([-1])
@@ -389,9 +428,12 @@ def test_load_batch_fails_on_a_bad_image_and_names_it(image_folder):
     for name in ("a.png", "b.PNG"):
         with open(os.path.join(image_folder, "cat", name), "wb") as file:
             file.write(b"\x89PNG broken")
-    with pytest.raises(DatasetError, match=rf"^{re.escape(image_folder)}/cat/a\.png: cannot decode the image "
-                       r"\(not an image format Pillow recognises \(or an empty file\)\) \(and 1 more in this batch\); "
-                       r"fix or remove it, or pass --on-bad-image skip to leave such examples out$"):
+    with pytest.raises(
+        DatasetError,
+        match=rf"^{re.escape(image_folder)}/cat/a\.png: cannot decode the image "
+        r"\(not an image format Pillow recognises \(or an empty file\)\) \(and 1 more in this batch\); "
+        r"fix or remove it, or pass --on-bad-image skip to leave such examples out$",
+    ):
         load_batch(open_dataset(image_folder), range(4), PRESETS["imagenet-tf"], (None, 3, 224, 224), "fail")
 
 

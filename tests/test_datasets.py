@@ -84,7 +84,9 @@ def test_bad_magic_number_names_the_file(tmp_path, small_split):
     _, labels = small_split
     path = tmp_path / "labels-idx1-ubyte"
     path.write_bytes(idx_bytes(labels))
-    with pytest.raises(DatasetError, match=rf"{re.escape(str(path))}: bad magic number 0x00000801 \(expected 0x00000803\)"):
+    with pytest.raises(
+        DatasetError, match=rf"{re.escape(str(path))}: bad magic number 0x00000801 \(expected 0x00000803\)"
+    ):
         read_idx_images(str(path))
 
 
@@ -116,7 +118,9 @@ def test_trailing_bytes_name_the_file(tmp_path, small_split):
 def test_count_mismatch_names_both_files(tmp_path, small_split):
     images, labels = small_split
     write_split(tmp_path, "t10k", images, labels[:4], gz=False)
-    with pytest.raises(DatasetError, match=r"t10k-images-idx3-ubyte: 5 images but .*t10k-labels-idx1-ubyte has 4 labels"):
+    with pytest.raises(
+        DatasetError, match=r"t10k-images-idx3-ubyte: 5 images but .*t10k-labels-idx1-ubyte has 4 labels"
+    ):
         load_mnist_split(str(tmp_path), "t10k")
 
 

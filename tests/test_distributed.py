@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from int8flow.schemas.run_config import RunConfig
-from int8flow.tasks.run import stages
-from int8flow.tasks.distributed.cluster import ClusterUnavailableError, dask_client
 from int8flow.tasks.data import fashion_mnist_folder, load_mnist_split
+from int8flow.tasks.distributed.cluster import ClusterUnavailableError, dask_client
+from int8flow.tasks.run import stages
 from int8flow.tasks.run.plan import plan_run
 
 MODEL = str(Path(__file__).parents[1] / "examples" / "models" / "fashion_mnist_resnet.onnx")
@@ -23,17 +23,19 @@ CALIB_EXAMPLES = 600
 
 
 def config(out: Path, batch_size: int, shards: int, workers: int) -> RunConfig:
-    return RunConfig.from_mapping({
-        "model": MODEL,
-        "calib_data": f"{fashion_mnist_folder()}#train",
-        "preprocess": "mnist",
-        "calib_examples": CALIB_EXAMPLES,
-        "batch_size": batch_size,
-        "shards": shards,
-        "workers": workers,
-        "out": str(out),
-        "tracking_uri": f"sqlite:///{out.parent}/mlflow.db",
-    })
+    return RunConfig.from_mapping(
+        {
+            "model": MODEL,
+            "calib_data": f"{fashion_mnist_folder()}#train",
+            "preprocess": "mnist",
+            "calib_examples": CALIB_EXAMPLES,
+            "batch_size": batch_size,
+            "shards": shards,
+            "workers": workers,
+            "out": str(out),
+            "tracking_uri": f"sqlite:///{out.parent}/mlflow.db",
+        }
+    )
 
 
 def calibrate(out: Path, client, batch_size: int, shards: int, workers: int, progress=stages.quiet) -> bytes:  # type: ignore[no-untyped-def]
@@ -60,7 +62,11 @@ def two_workers():  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize(("shards", "batch_size"), [(4, 64), (7, 64), (4, 16), (7, 16), (1, 16)])
 def test_table_is_bit_identical_for_any_sharding(
-    reference: bytes, two_workers, tmp_path: Path, shards: int, batch_size: int  # type: ignore[no-untyped-def]
+    reference: bytes,
+    two_workers,
+    tmp_path: Path,
+    shards: int,
+    batch_size: int,  # type: ignore[no-untyped-def]
 ) -> None:
     table = calibrate(tmp_path / "out", two_workers, batch_size, shards, 2)
     assert table == reference
@@ -100,7 +106,9 @@ def test_a_worker_killed_mid_observe_does_not_change_the_table(reference: bytes,
     assert table == reference
 
 
-def test_an_external_cluster_gives_the_same_table(reference: bytes, external_dask_scheduler: str, tmp_path: Path) -> None:
+def test_an_external_cluster_gives_the_same_table(
+    reference: bytes, external_dask_scheduler: str, tmp_path: Path
+) -> None:
     with dask_client(external_dask_scheduler) as (client, info):
         assert info.kind == "external" and info.scheduler == external_dask_scheduler
         assert calibrate(tmp_path / "out", client, 32, 5, 1) == reference

@@ -216,9 +216,9 @@ def test_every_required_variable_is_in_env_template() -> None:
     referenced = {match["name"] for match in VARIABLE.finditer(text)} | {
         match["name"] for match in BARE_VARIABLE.finditer(text)
     }
-    required = {
-        match["name"] for match in VARIABLE.finditer(text) if match["op"] in (None, ":?", "?")
-    } | {match["name"] for match in BARE_VARIABLE.finditer(text)}
+    required = {match["name"] for match in VARIABLE.finditer(text) if match["op"] in (None, ":?", "?")} | {
+        match["name"] for match in BARE_VARIABLE.finditer(text)
+    }
     assert required, "compose.yaml takes no credential from docker/.env"
     assert required <= set(template), f"missing from env.template: {sorted(required - set(template))}"
     assert set(template) <= referenced, f"env.template keys compose never reads: {sorted(set(template) - referenced)}"
@@ -323,8 +323,14 @@ def test_runs_dir_is_the_same_shared_volume_in_airflow_and_workers() -> None:
 
 def test_airflow_services_share_one_configuration() -> None:
     # A JWT secret or Fernet key that differs between components breaks tasks or connections at run time.
-    shared = ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET",
-              "AIRFLOW__API__SECRET_KEY", "AIRFLOW__CORE__EXECUTION_API_SERVER_URL", "AIRFLOW__CORE__DAGS_FOLDER"]
+    shared = [
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+        "AIRFLOW__CORE__FERNET_KEY",
+        "AIRFLOW__API_AUTH__JWT_SECRET",
+        "AIRFLOW__API__SECRET_KEY",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL",
+        "AIRFLOW__CORE__DAGS_FOLDER",
+    ]
     environments = [services()[name]["environment"] for name in AIRFLOW_SERVICES]
     for key in shared:
         assert len({environment[key] for environment in environments}) == 1, f"{key} differs between services"
@@ -373,8 +379,12 @@ def test_dags_folder_is_where_the_airflow_image_puts_dags() -> None:
 
 def test_extras_the_images_install_are_declared_in_pyproject() -> None:
     extras = project_extras()
-    missing = {f"{dockerfile.name}: {extra}" for dockerfile in dockerfiles() for extra in installed_extras(dockerfile)
-               if extra not in extras}
+    missing = {
+        f"{dockerfile.name}: {extra}"
+        for dockerfile in dockerfiles()
+        for extra in installed_extras(dockerfile)
+        if extra not in extras
+    }
     assert not missing, "extras missing from pyproject.toml: " + ", ".join(sorted(missing))
 
 
@@ -394,8 +404,11 @@ def test_packages_the_images_install_are_pinned_in_constraints() -> None:
                     names += [r for extra in installed_extras(dockerfile) for r in project_extras().get(extra, [])]
                 else:
                     names.append(specifier)
-        unpinned |= {f"{dockerfile.name}: {Requirement(name).name}" for name in names
-                     if canonicalize_name(Requirement(name).name) not in pinned}
+        unpinned |= {
+            f"{dockerfile.name}: {Requirement(name).name}"
+            for name in names
+            if canonicalize_name(Requirement(name).name) not in pinned
+        }
     assert not unpinned, "not pinned in constraints.txt (regenerate the lock): " + ", ".join(sorted(unpinned))
 
 
@@ -416,6 +429,9 @@ def _docker_compose_available() -> bool:
 def test_docker_compose_accepts_the_file() -> None:
     result = subprocess.run(
         ["docker", "compose", "--env-file", str(ENV_TEMPLATE), "-f", str(COMPOSE_FILE), "config", "--quiet"],
-        cwd=ROOT, capture_output=True, text=True, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stderr

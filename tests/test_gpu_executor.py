@@ -10,13 +10,13 @@ from graph_builders import INPUT_SHAPES, MODELS
 
 from int8flow.kernels.backend import gpu_available
 from int8flow.kernels.thresholds import ThresholdSettings
+from int8flow.tasks.calibration.collector import collect_histograms
+from int8flow.tasks.calibration.table import build_calibration_table
 from int8flow.tasks.graph.executor import GraphExecutor
 from int8flow.tasks.graph.int8_ops import INT8_OPS
 from int8flow.tasks.graph.load import import_model, load_graph
 from int8flow.tasks.graph.quantize_pass import calibration_tensors, quantize_graph
 from int8flow.tasks.graph.simplify import simplify
-from int8flow.tasks.calibration.collector import collect_histograms
-from int8flow.tasks.calibration.table import build_calibration_table
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not gpu_available(), reason="needs a CUDA GPU and CuPy")]
 

@@ -56,7 +56,9 @@ def test_observer_sees_each_watched_tensor_once_per_batch() -> None:
     graph = simplify(import_model(MODELS["cnn"](), "cnn"))
     watched = {"input", graph.nodes[0].outputs[0], graph.outputs[0].name}
     seen: list[tuple[str, tuple[int, ...]]] = []
-    GraphExecutor(graph).run({"input": random_batch("cnn", 3)}, lambda name, value: seen.append((name, value.shape)), watched)
+    GraphExecutor(graph).run(
+        {"input": random_batch("cnn", 3)}, lambda name, value: seen.append((name, value.shape)), watched
+    )
     assert sorted(name for name, _ in seen) == sorted(watched)
     assert dict(seen)["input"] == (3, 3, 16, 16) and dict(seen)[graph.outputs[0].name] == (3, 10)
 
@@ -71,7 +73,9 @@ def test_use_counts_free_a_tensor_only_after_its_last_reader() -> None:
 def test_unsupported_op_names_node_and_lists_supported() -> None:
     node = helper.make_node("Erf", ["input"], ["out"], name="gelu_erf")
     graph = helper.make_graph(
-        [node], "g", [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, [1, 4])],
+        [node],
+        "g",
+        [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, [1, 4])],
         [helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, [1, 4])],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -83,7 +87,9 @@ def test_unsupported_op_names_node_and_lists_supported() -> None:
 
 def test_wrong_input_shape_names_the_input_and_expected_shape() -> None:
     executor = GraphExecutor(simplify(import_model(MODELS["cnn"](), "cnn.onnx")))
-    with pytest.raises(InputMismatchError, match=r"input 'input' expects shape \(N, 3, 16, 16\) float32, got \(2, 16, 16, 3\)"):
+    with pytest.raises(
+        InputMismatchError, match=r"input 'input' expects shape \(N, 3, 16, 16\) float32, got \(2, 16, 16, 3\)"
+    ):
         executor.run({"input": np.zeros((2, 16, 16, 3), dtype=np.float32)})
     with pytest.raises(InputMismatchError, match="float64"):
         executor.run({"input": np.zeros((2, 3, 16, 16))})

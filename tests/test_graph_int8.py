@@ -9,6 +9,8 @@ import pytest
 from graph_builders import INPUT_SHAPES, MODELS
 
 from int8flow.kernels.thresholds import ThresholdSettings
+from int8flow.tasks.calibration.collector import NonFiniteActivationError, collect_histograms
+from int8flow.tasks.calibration.table import build_calibration_table
 from int8flow.tasks.graph.executor import GraphExecutor
 from int8flow.tasks.graph.export_qdq import export_qdq
 from int8flow.tasks.graph.int8_ops import INT8_OPS
@@ -24,8 +26,6 @@ from int8flow.tasks.graph.quantize_pass import (
     quantized_tensors,
 )
 from int8flow.tasks.graph.simplify import simplify
-from int8flow.tasks.calibration.collector import NonFiniteActivationError, collect_histograms
-from int8flow.tasks.calibration.table import build_calibration_table
 
 
 def batches(name: str, count: int = 6, size: int = 16, seed: int = 0) -> list[dict[str, np.ndarray]]:
@@ -149,7 +149,9 @@ def test_unsigned_option_stores_non_negative_tensors_as_uint8() -> None:
         assert encoding.unsigned == (not signed[name.removesuffix("_int8")])
     captured: dict[str, np.ndarray] = {}
     executor = GraphExecutor(quantized, ops=INT8_OPS)
-    executor.run({"input": batches("cnn")[0]["input"]}, lambda name, value: captured.__setitem__(name, value), set(encodings))
+    executor.run(
+        {"input": batches("cnn")[0]["input"]}, lambda name, value: captured.__setitem__(name, value), set(encodings)
+    )
     assert {captured[name].dtype.name for name, e in encodings.items() if e.unsigned} == {"uint8"}
     assert {captured[name].dtype.name for name, e in encodings.items() if not e.unsigned} == {"int8"}
 

@@ -122,9 +122,9 @@ def test_merging_non_negative_into_signed_pairs_bins_exactly() -> None:
 def test_all_zero_histogram_never_wins_a_merge() -> None:
     zeros = Histogram.of(np.zeros(10), 32)
     assert zeros.exponent == ZERO_EXPONENT and zeros.counts[0] == 10
-    tiny = Histogram.of(np.array([-2.0**-1070]), 32)
+    tiny = Histogram.of(np.array([-(2.0**-1070)]), 32)
     both = zeros.merge(tiny)
-    assert both.same_as(Histogram.of(np.concatenate([np.zeros(10), [-2.0**-1070]]), 32))
+    assert both.same_as(Histogram.of(np.concatenate([np.zeros(10), [-(2.0**-1070)]]), 32))
     assert both.counts[16] == 10 and both.counts[8] == 1
 
 

@@ -51,8 +51,6 @@ def _rejection(call, *args: object, **kwargs: object) -> str:
     return str(raised.value)
 
 
-
-
 def test_round_trip_is_bit_identical(tmp_path: Path) -> None:
     written = _histograms(_shard_data(0))
     path = _write(tmp_path / "shard-00000.parquet", 0, written)
@@ -133,9 +131,7 @@ def test_memory_url_round_trip_and_listing(memory_dir: str) -> None:
 
 def test_missing_file_is_named(tmp_path: Path) -> None:
     path = str(tmp_path / "nope.parquet")
-    assert _rejection(read_partial_histograms, path).startswith(
-        f"{path}: partial-histogram file not found"
-    )
+    assert _rejection(read_partial_histograms, path).startswith(f"{path}: partial-histogram file not found")
 
 
 def test_corrupt_file_is_named(tmp_path: Path) -> None:
@@ -149,33 +145,25 @@ def test_corrupt_file_is_named(tmp_path: Path) -> None:
 def test_truncated_file_is_named(tmp_path: Path) -> None:
     path = Path(_write(tmp_path / "p.parquet", 0, _histograms(_shard_data(0))))
     path.write_bytes(path.read_bytes()[:-100])
-    assert _rejection(read_partial_histograms, str(path)).startswith(
-        f"{path}: not a readable Parquet file"
-    )
+    assert _rejection(read_partial_histograms, str(path)).startswith(f"{path}: not a readable Parquet file")
 
 
 def test_parquet_of_another_kind_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "other.parquet"
     pq.write_table(pa.table({"x": [1, 2]}), path)
-    assert "not an int8flow partial-histogram file" in _rejection(
-        read_partial_histograms, str(path)
-    )
+    assert "not an int8flow partial-histogram file" in _rejection(read_partial_histograms, str(path))
 
 
 def test_read_checks_expected_model(tmp_path: Path) -> None:
     path = _write(tmp_path / "p.parquet", 0, _histograms(_shard_data(0)))
     message = _rejection(read_partial_histograms, path, expected_model_sha256=OTHER_MODEL)
-    assert message.startswith(
-        f"{path}: partial histograms of model {MODEL} but model {OTHER_MODEL}"
-    )
+    assert message.startswith(f"{path}: partial histograms of model {MODEL} but model {OTHER_MODEL}")
 
 
 def test_read_checks_expected_num_bins(tmp_path: Path) -> None:
     path = _write(tmp_path / "p.parquet", 0, _histograms(_shard_data(0)))
     message = _rejection(read_partial_histograms, path, expected_num_bins=2 * BINS)
-    assert message.startswith(
-        f"{path}: tensor 'conv1:0' has {BINS} bins but {2 * BINS} were expected"
-    )
+    assert message.startswith(f"{path}: tensor 'conv1:0' has {BINS} bins but {2 * BINS} were expected")
 
 
 def test_write_refuses_a_fingerprint_that_is_not_a_sha256(tmp_path: Path) -> None:
@@ -187,13 +175,8 @@ def test_write_refuses_a_fingerprint_that_is_not_a_sha256(tmp_path: Path) -> Non
 
 def test_merge_equals_the_histogram_of_all_data_in_any_file_order(tmp_path: Path) -> None:
     shards = [_shard_data(seed) for seed in range(3)]
-    paths = [
-        _write(tmp_path / f"shard-{i:05d}.parquet", i, _histograms(data))
-        for i, data in enumerate(shards)
-    ]
-    whole = _histograms(
-        {name: np.concatenate([data[name] for data in shards]) for name in shards[0]}
-    )
+    paths = [_write(tmp_path / f"shard-{i:05d}.parquet", i, _histograms(data)) for i, data in enumerate(shards)]
+    whole = _histograms({name: np.concatenate([data[name] for data in shards]) for name in shards[0]})
     for order in itertools.permutations(paths):
         merged = merge_partial_files(list(order), MODEL, BINS)
         assert list(merged) == ["conv1:0", "empty", "relu1:0", "zeros"]
@@ -208,9 +191,7 @@ def test_merge_refuses_a_file_of_another_model(tmp_path: Path) -> None:
     first = _write(tmp_path / "a.parquet", 0, _histograms(_shard_data(0)))
     other = _write(tmp_path / "b.parquet", 1, _histograms(_shard_data(1)), model=OTHER_MODEL)
     message = _rejection(merge_partial_files, [other, first])
-    assert message.startswith(
-        f"{other}: partial histograms of model {OTHER_MODEL} but model {MODEL}"
-    )
+    assert message.startswith(f"{other}: partial histograms of model {OTHER_MODEL} but model {MODEL}")
     assert "fresh histogram directory" in message
 
 
@@ -218,9 +199,7 @@ def test_merge_refuses_a_file_of_another_bin_count(tmp_path: Path) -> None:
     first = _write(tmp_path / "a.parquet", 0, _histograms(_shard_data(0)))
     other = _write(tmp_path / "b.parquet", 1, _histograms(_shard_data(1), num_bins=2 * BINS))
     message = _rejection(merge_partial_files, [first, other])
-    assert message.startswith(
-        f"{other}: tensor 'conv1:0' has {2 * BINS} bins but {BINS} were expected"
-    )
+    assert message.startswith(f"{other}: tensor 'conv1:0' has {2 * BINS} bins but {BINS} were expected")
 
 
 def test_merge_refuses_a_shard_seen_twice(tmp_path: Path) -> None:
@@ -264,6 +243,4 @@ def test_list_of_a_directory_without_partials_is_refused(tmp_path: Path) -> None
 
 def test_list_of_a_missing_directory_is_refused(tmp_path: Path) -> None:
     missing = str(tmp_path / "nope")
-    assert _rejection(list_partial_files, missing).startswith(
-        f"{missing}: histogram directory not found"
-    )
+    assert _rejection(list_partial_files, missing).startswith(f"{missing}: histogram directory not found")

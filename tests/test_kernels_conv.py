@@ -16,12 +16,16 @@ OPSET = 17
 RNG = np.random.default_rng(7)
 
 
-def onnxruntime_op(op_type: str, x: np.ndarray, initializers: dict[str, np.ndarray] | None = None, **attributes: object) -> np.ndarray:
+def onnxruntime_op(
+    op_type: str, x: np.ndarray, initializers: dict[str, np.ndarray] | None = None, **attributes: object
+) -> np.ndarray:
     """Run one ONNX node on ``x`` (its first input; the others are initializers) with onnxruntime."""
     initializers = initializers or {}
     node = helper.make_node(op_type, ["x", *initializers], ["y"], **attributes)
     graph = helper.make_graph(
-        [node], op_type, [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+        [node],
+        op_type,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
         [numpy_helper.from_array(value, name) for name, value in initializers.items()],
     )
@@ -40,8 +44,6 @@ def photo_batch(channels: int, size: int, batch: int = 2) -> np.ndarray:
     return np.ascontiguousarray(np.tile(planes, (1, -(-channels // 3), 1, 1))[:, :channels])
 
 
-
-
 @pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no_bias"])
 @pytest.mark.parametrize(CONV_FIELDS, CONV_CASES, ids=CONV_IDS)
 def test_conv2d_matches_onnxruntime(case, cin, cout, kernel, strides, pads, dilations, groups, size, with_bias) -> None:
@@ -50,8 +52,14 @@ def test_conv2d_matches_onnxruntime(case, cin, cout, kernel, strides, pads, dila
     bias = RNG.normal(0.0, 0.5, cout).astype(np.float32) if with_bias else None
     initializers = {"w": weight, **({"b": bias} if with_bias else {})}
     expected = onnxruntime_op(
-        "Conv", x, initializers, kernel_shape=list(kernel), strides=list(strides), pads=list(pads),
-        dilations=list(dilations), group=groups,
+        "Conv",
+        x,
+        initializers,
+        kernel_shape=list(kernel),
+        strides=list(strides),
+        pads=list(pads),
+        dilations=list(dilations),
+        group=groups,
     )
     got = conv2d(x, weight, bias, strides, pads, dilations, groups)
     assert got.dtype == np.float32 and got.shape == expected.shape
@@ -127,8 +135,13 @@ def test_dilated_max_pool_matches_onnxruntime() -> None:
 def test_average_pool_matches_onnxruntime(case, kernel, strides, pads, dilations, count_include_pad, ceil_mode) -> None:
     x = photo_batch(3, 16)[:, :, :9, :11].copy()
     expected = onnxruntime_op(
-        "AveragePool", x, kernel_shape=list(kernel), strides=list(strides), pads=list(pads),
-        count_include_pad=int(count_include_pad), ceil_mode=int(ceil_mode),
+        "AveragePool",
+        x,
+        kernel_shape=list(kernel),
+        strides=list(strides),
+        pads=list(pads),
+        count_include_pad=int(count_include_pad),
+        ceil_mode=int(ceil_mode),
     )
     got = average_pool2d(x, kernel, strides, pads, count_include_pad, ceil_mode)
     assert got.dtype == np.float32

@@ -89,10 +89,10 @@ def test_int8_matmul_rejects_float_operands() -> None:
         int8_matmul(np.zeros((2, 3), np.float32), np.zeros((3, 2), np.int8))
 
 
-
-
 @pytest.mark.parametrize(CONV_FIELDS, CONV_CASES, ids=CONV_IDS)
-def test_int8_conv2d_equals_the_integer_convolution(case, cin, cout, kernel, strides, pads, dilations, groups, size) -> None:
+def test_int8_conv2d_equals_the_integer_convolution(
+    case, cin, cout, kernel, strides, pads, dilations, groups, size
+) -> None:
     x = photo_int8(cin, *size)
     weight = int8_values(cout, cin // groups, *kernel)
     got = int8_conv2d(x, weight, strides, pads, dilations, groups)
@@ -112,7 +112,9 @@ def test_int8_conv2d_is_exact_at_full_scale() -> None:
 def quantize_linear_onnxruntime(x: np.ndarray, scale: float) -> np.ndarray:
     node = helper.make_node("QuantizeLinear", ["x", "scale", "zero"], ["y"])
     graph = helper.make_graph(
-        [node], "q", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+        [node],
+        "q",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
         [helper.make_tensor_value_info("y", TensorProto.INT8, None)],
         [numpy_helper.from_array(np.float32(scale), "scale"), numpy_helper.from_array(np.int8(0), "zero")],
     )
@@ -138,7 +140,9 @@ def test_quantize_clips_symmetrically_to_127() -> None:
 
 def test_quantize_broadcasts_a_per_channel_scale() -> None:
     x = np.array([[[1.0, -2.0]], [[1.0, -2.0]]], dtype=np.float32)
-    np.testing.assert_array_equal(quantize(x, np.array([1.0, 0.5], np.float32).reshape(2, 1, 1)), [[[1, -2]], [[2, -4]]])
+    np.testing.assert_array_equal(
+        quantize(x, np.array([1.0, 0.5], np.float32).reshape(2, 1, 1)), [[[1, -2]], [[2, -4]]]
+    )
 
 
 def test_quantize_rejects_a_zero_scale() -> None:
@@ -244,8 +248,12 @@ def test_add_int8_equals_the_float64_formula_on_every_pair() -> None:
     a, b = np.meshgrid(values, values, indexing="ij")
     a_scale, b_scale, out_scale = 0.037, 0.052, 0.061
     expected = np.rint(a * (a_scale / out_scale) + b.astype(np.float64) * (b_scale / out_scale))
-    np.testing.assert_array_equal(add_int8(a, a_scale, b, b_scale, out_scale), np.clip(expected, -127, 127).astype(np.int8))
-    np.testing.assert_array_equal(add_int8(a, a_scale, b, b_scale, out_scale, low=0, high=90), np.clip(expected, 0, 90).astype(np.int8))
+    np.testing.assert_array_equal(
+        add_int8(a, a_scale, b, b_scale, out_scale), np.clip(expected, -127, 127).astype(np.int8)
+    )
+    np.testing.assert_array_equal(
+        add_int8(a, a_scale, b, b_scale, out_scale, low=0, high=90), np.clip(expected, 0, 90).astype(np.int8)
+    )
 
 
 def test_add_int8_broadcasts_either_operand() -> None:

@@ -13,8 +13,8 @@ import onnx
 import pytest
 
 from int8flow.tasks.graph.load import ModelLoadError, read_model_bytes
-from int8flow.tasks.tracking.model_source import ResolvedModel, resolve_model
 from int8flow.tasks.tracking.mlflow_store import experiment_for, log_run, register_int8_model, tracking_client
+from int8flow.tasks.tracking.model_source import ResolvedModel, resolve_model
 from int8flow.tasks.tracking.store_uri import default_tracking_uri
 
 MODEL = Path(__file__).parent.parent / "examples" / "models" / "fashion_mnist_resnet.onnx"

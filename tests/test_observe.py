@@ -9,11 +9,11 @@ import numpy as np
 from graph_builders import INPUT_SHAPES, MODELS
 
 from int8flow.kernels.histogram import Histogram
+from int8flow.tasks.calibration.collector import collect_histograms
 from int8flow.tasks.graph.executor import GraphExecutor
 from int8flow.tasks.graph.load import import_model
 from int8flow.tasks.graph.quantize_pass import calibration_tensors
 from int8flow.tasks.graph.simplify import simplify
-from int8flow.tasks.calibration.collector import collect_histograms
 
 
 def stream(count: int) -> Iterator[dict[str, np.ndarray]]:

@@ -86,9 +86,7 @@ def test_missing_column_is_named() -> None:
 
 def test_mismatched_column_type_is_named() -> None:
     table = _table()
-    table = table.set_column(
-        2, pa.field("shard", pa.int64(), nullable=False), pa.array([3, 3], pa.int64())
-    )
+    table = table.set_column(2, pa.field("shard", pa.int64(), nullable=False), pa.array([3, 3], pa.int64()))
     assert "column 'shard' has type int64, expected int32" in _rejection(table)
 
 

@@ -16,18 +16,18 @@ from mlflow import MlflowClient
 from int8flow.schemas.calibration_table import CalibrationTable
 from int8flow.schemas.run_config import RunConfig
 from int8flow.schemas.run_folder import FP32_MODEL, RESULT_NAMES
+from int8flow.tasks.calibration.collector import collect_histograms
+from int8flow.tasks.calibration.table import build_calibration_table
 from int8flow.tasks.data import fashion_mnist_folder, load_mnist_split
+from int8flow.tasks.distributed.shard_jobs import sample_indices, top_k
 from int8flow.tasks.graph.executor import GraphExecutor
 from int8flow.tasks.graph.int8_ops import INT8_OPS
 from int8flow.tasks.graph.load import load_graph
 from int8flow.tasks.graph.quantize_pass import QuantizationOptions, calibration_tensors, quantize_graph
 from int8flow.tasks.graph.simplify import simplify
-from int8flow.tasks.calibration.collector import collect_histograms
 from int8flow.tasks.run.pipeline import run_pipeline
 from int8flow.tasks.run.plan import plan_run
 from int8flow.tasks.validation.sensitivity import rank_sensitivity
-from int8flow.tasks.distributed.shard_jobs import sample_indices, top_k
-from int8flow.tasks.calibration.table import build_calibration_table
 
 MODEL = str(Path(__file__).parents[1] / "examples" / "models" / "fashion_mnist_resnet.onnx")
 CALIB = f"{fashion_mnist_folder()}#train"
@@ -46,9 +46,30 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess
     """One real run with a gate and a registration; several tests read what it left."""
     cwd = tmp_path_factory.mktemp("run")
     done = cli(
-        "run", MODEL, "--calib-data", CALIB, "--val-data", VAL, "--preprocess", "mnist",
-        "--calib-examples", str(CALIB_EXAMPLES), "--val-examples", str(VAL_EXAMPLES), "--batch-size", "32",
-        "--workers", "2", "--shards", "3", "--max-top1-drop", "1", "--register", "fmnist-int8", "--out", "out",
+        "run",
+        MODEL,
+        "--calib-data",
+        CALIB,
+        "--val-data",
+        VAL,
+        "--preprocess",
+        "mnist",
+        "--calib-examples",
+        str(CALIB_EXAMPLES),
+        "--val-examples",
+        str(VAL_EXAMPLES),
+        "--batch-size",
+        "32",
+        "--workers",
+        "2",
+        "--shards",
+        "3",
+        "--max-top1-drop",
+        "1",
+        "--register",
+        "fmnist-int8",
+        "--out",
+        "out",
         cwd=cwd,
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -79,7 +100,9 @@ def test_the_run_writes_every_output(demo_run: tuple[Path, subprocess.CompletedP
     plots = sorted(path.name for path in (out / "plots").iterdir())
     assert len([name for name in plots if name.startswith("histogram-")]) == 6 and "sensitivity.png" in plots
     assert len(report_of(cwd)["sensitivity"]) == 14  # 9 Conv, 3 Add, GlobalAveragePool, Gemm
-    assert "dashboard: http://" in done.stdout and "FP32 top-1" in done.stdout and "fmnist-int8 version 1" in done.stdout
+    assert (
+        "dashboard: http://" in done.stdout and "FP32 top-1" in done.stdout and "fmnist-int8 version 1" in done.stdout
+    )
 
 
 def test_the_distributed_table_equals_a_single_process_calibration(
@@ -88,9 +111,13 @@ def test_the_distributed_table_equals_a_single_process_calibration(
     cwd, _ = demo_run
     chosen = sample_indices(len(images[0]), CALIB_EXAMPLES, 0)
     graph = simplify(load_graph(MODEL)[0])
-    histograms = collect_histograms(GraphExecutor(graph), [{"input": mnist_inputs(images[0][chosen])}], calibration_tensors(graph))
+    histograms = collect_histograms(
+        GraphExecutor(graph), [{"input": mnist_inputs(images[0][chosen])}], calibration_tensors(graph)
+    )
     written = CalibrationTable.from_json((cwd / "out" / "calibration.json").read_text(), "calibration.json")
-    expected = build_calibration_table(histograms, RunConfig.from_mapping({"model": MODEL, "calib_data": CALIB}).threshold_settings(), written.metadata)
+    expected = build_calibration_table(
+        histograms, RunConfig.from_mapping({"model": MODEL, "calib_data": CALIB}).threshold_settings(), written.metadata
+    )
     assert written.to_json() == expected.to_json()
 
 
@@ -101,7 +128,11 @@ def test_accuracy_is_exact_and_agrees_with_onnxruntime(demo_run: tuple[Path, sub
     graph = simplify(load_graph(MODEL)[0])
     table = CalibrationTable.from_json((cwd / "out" / "calibration.json").read_text(), "calibration.json")
     fp32 = top_k(GraphExecutor(graph).run({"input": inputs})["logits"])
-    int8 = top_k(GraphExecutor(quantize_graph(graph, table, QuantizationOptions()), ops=INT8_OPS).run({"input": inputs})["logits"])
+    int8 = top_k(
+        GraphExecutor(quantize_graph(graph, table, QuantizationOptions()), ops=INT8_OPS).run({"input": inputs})[
+            "logits"
+        ]
+    )
     accuracy = report_of(cwd)["accuracy"]
     assert accuracy["examples"] == VAL_EXAMPLES
     assert accuracy["fp32_top1"] == 100.0 * np.sum(fp32[:, 0] == labels) / VAL_EXAMPLES
@@ -109,12 +140,16 @@ def test_accuracy_is_exact_and_agrees_with_onnxruntime(demo_run: tuple[Path, sub
     assert accuracy["int8_top5"] == 100.0 * np.sum(np.any(int8 == labels[:, None], axis=1)) / VAL_EXAMPLES
     assert accuracy["agreement_top1"] == 100.0 * np.sum(fp32[:, 0] == int8[:, 0]) / VAL_EXAMPLES
     onnx_fp32 = ort.InferenceSession(MODEL, providers=["CPUExecutionProvider"]).run(None, {"input": inputs})[0]
-    onnx_int8 = ort.InferenceSession(str(cwd / "out" / "model.int8.onnx"), providers=["CPUExecutionProvider"]).run(None, {"input": inputs})[0]
+    onnx_int8 = ort.InferenceSession(str(cwd / "out" / "model.int8.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"input": inputs}
+    )[0]
     assert np.mean(onnx_fp32.argmax(1) == fp32[:, 0]) >= 0.999
     assert np.mean(onnx_int8.argmax(1) == int8[:, 0]) >= 0.99
 
 
-def test_mlflow_holds_the_run_and_the_registered_version(demo_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+def test_mlflow_holds_the_run_and_the_registered_version(
+    demo_run: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
     cwd, _ = demo_run
     client = MlflowClient(tracking_uri=f"sqlite:///{cwd}/mlflow.db", registry_uri=f"sqlite:///{cwd}/mlflow.db")
     experiment = client.get_experiment_by_name("int8flow/fashion_mnist_resnet")
@@ -137,15 +172,39 @@ def test_mlflow_holds_the_run_and_the_registered_version(demo_run: tuple[Path, s
 
 def test_a_failed_gate_exits_1_and_registers_nothing(tmp_path: Path) -> None:
     done = cli(
-        "run", MODEL, "--calib-data", CALIB, "--val-data", VAL, "--preprocess", "mnist", "--calib-examples", "128",
-        "--val-examples", "256", "--workers", "1", "--max-top1-drop", "-1", "--fallback-budget", "1",
-        "--sensitivity-examples", "32", "--register", "never", "--out", "out", cwd=tmp_path,
+        "run",
+        MODEL,
+        "--calib-data",
+        CALIB,
+        "--val-data",
+        VAL,
+        "--preprocess",
+        "mnist",
+        "--calib-examples",
+        "128",
+        "--val-examples",
+        "256",
+        "--workers",
+        "1",
+        "--max-top1-drop",
+        "-1",
+        "--fallback-budget",
+        "1",
+        "--sensitivity-examples",
+        "32",
+        "--register",
+        "never",
+        "--out",
+        "out",
+        cwd=tmp_path,
     )
     assert done.returncode == 1, done.stderr[-2000:]
     assert done.stderr.startswith("int8flow: accuracy gate failed") and done.stderr.count("\n") == 1
     gate = report_of(tmp_path)["gate"]
     assert not gate["passed"] and len(gate["attempts"]) == 2
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", registry_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    client = MlflowClient(
+        tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", registry_uri=f"sqlite:///{tmp_path}/mlflow.db"
+    )
     assert client.search_registered_models() == []
     (run,) = client.search_runs([client.get_experiment_by_name("int8flow/fashion_mnist_resnet").experiment_id])
     assert run.data.tags["int8flow.gate"] == "failed"
@@ -153,9 +212,19 @@ def test_a_failed_gate_exits_1_and_registers_nothing(tmp_path: Path) -> None:
 
 def test_the_fallback_moves_the_most_sensitive_nodes_to_fp32_until_the_gate_passes(tmp_path: Path) -> None:
     settings = {
-        "model": MODEL, "calib_data": CALIB, "val_data": VAL, "preprocess": "mnist", "calib_examples": 256,
-        "val_examples": VAL_EXAMPLES, "method": "naive", "per_tensor_weights": True, "max_top1_drop": -0.05,
-        "fallback_budget": 3, "sensitivity_examples": 128, "workers": 2, "out": str(tmp_path / "out"),
+        "model": MODEL,
+        "calib_data": CALIB,
+        "val_data": VAL,
+        "preprocess": "mnist",
+        "calib_examples": 256,
+        "val_examples": VAL_EXAMPLES,
+        "method": "naive",
+        "per_tensor_weights": True,
+        "max_top1_drop": -0.05,
+        "fallback_budget": 3,
+        "sensitivity_examples": 128,
+        "workers": 2,
+        "out": str(tmp_path / "out"),
         "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
     }
     config = RunConfig.from_mapping(settings)
@@ -172,7 +241,10 @@ def test_the_fallback_moves_the_most_sensitive_nodes_to_fp32_until_the_gate_pass
     for index, attempt in enumerate(attempts):
         assert attempt["excluded"] == [node.node for node in ranking[:index]]
         quantized = quantize_graph(graph, table, QuantizationOptions(tuple(attempt["excluded"]), per_channel=False))
-        hits = np.sum(top_k(GraphExecutor(quantized, ops=INT8_OPS).run({"input": inputs})["logits"])[:, 0] == labels[:VAL_EXAMPLES])
+        hits = np.sum(
+            top_k(GraphExecutor(quantized, ops=INT8_OPS).run({"input": inputs})["logits"])[:, 0]
+            == labels[:VAL_EXAMPLES]
+        )
         assert attempt["int8_top1"] == 100.0 * hits / VAL_EXAMPLES
         assert attempt["passed"] == (100.0 * (fp32_top1 - hits) / VAL_EXAMPLES <= -0.05)
     assert [attempt["passed"] for attempt in attempts[:-1]] == [False] * (len(attempts) - 1)

@@ -71,10 +71,16 @@ def test_str_spells_every_key():
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("imagenet", r"--preprocess 'imagenet': unknown preset 'imagenet'; use one of imagenet-tf, imagenet-torch, "
-         r"mnist, or key=value pairs with keys resize, crop, scale, mean, std, channels"),
-        ("imagenet-tf,size=3", r"--preprocess 'imagenet-tf,size=3': unknown key 'size'; valid keys: resize, crop, "
-         r"scale, mean, std, channels"),
+        (
+            "imagenet",
+            r"--preprocess 'imagenet': unknown preset 'imagenet'; use one of imagenet-tf, imagenet-torch, "
+            r"mnist, or key=value pairs with keys resize, crop, scale, mean, std, channels",
+        ),
+        (
+            "imagenet-tf,size=3",
+            r"--preprocess 'imagenet-tf,size=3': unknown key 'size'; valid keys: resize, crop, "
+            r"scale, mean, std, channels",
+        ),
         ("imagenet-tf,mnist", r"'mnist' is not key=value \(a preset name may only come first\)"),
         ("crop=224,crop=200", r"key 'crop' given twice; keep one"),
         ("crop=2.5", r"crop='2.5' is not a whole number of pixels or none; e.g. crop=224"),
@@ -112,21 +118,49 @@ def test_fitting_specs_pass(text, shape):
 @pytest.mark.parametrize(
     ("text", "shape", "message"),
     [
-        ("imagenet-tf", (1, 1, 28, 28), r"^--preprocess 'imagenet-tf' does not fit the model input \(1, 1, 28, 28\): "
-         r"3-channel \(rgb\) images but the model input has 1 channel; use --preprocess 'mnist', or add "
-         r"channels=gray$"),
-        ("imagenet-tf,channels=gray", (None, 1, 28, 28), r"\(N, 1, 28, 28\): crop=224 makes 224x224 images but the "
-         r"model input is 28x28; use --preprocess 'mnist', or add crop=28$"),
-        ("mnist", (1, 3, 224, 224), r"1-channel \(gray\) images but the model input has 3 channels; use --preprocess "
-         r"'imagenet-tf' or 'imagenet-torch', or add channels=rgb \(or bgr\)$"),
-        ("imagenet-tf", (1, 3, 240, 240), r"crop=224 makes 224x224 images but the model input is 240x240; "
-         r"add crop=240$"),
-        ("imagenet-torch", (1, 3, 200, 300), r"model input is 200x300; add resize=none,crop=none and store images at "
-         r"200x300 \(HxW\)$"),
-        ("mnist", (1, 4, 28, 28), r"has 4 channels; only 1-channel \(gray\) or 3-channel \(rgb, bgr\) inputs are "
-         r"supported$"),
-        ("mnist", (1, 28, 28), r"\(1, 28, 28\): the input is not NCHW \(4 dimensions\); int8flow calibrates image "
-         r"models with NCHW inputs only$"),
+        (
+            "imagenet-tf",
+            (1, 1, 28, 28),
+            r"^--preprocess 'imagenet-tf' does not fit the model input \(1, 1, 28, 28\): "
+            r"3-channel \(rgb\) images but the model input has 1 channel; use --preprocess 'mnist', or add "
+            r"channels=gray$",
+        ),
+        (
+            "imagenet-tf,channels=gray",
+            (None, 1, 28, 28),
+            r"\(N, 1, 28, 28\): crop=224 makes 224x224 images but the "
+            r"model input is 28x28; use --preprocess 'mnist', or add crop=28$",
+        ),
+        (
+            "mnist",
+            (1, 3, 224, 224),
+            r"1-channel \(gray\) images but the model input has 3 channels; use --preprocess "
+            r"'imagenet-tf' or 'imagenet-torch', or add channels=rgb \(or bgr\)$",
+        ),
+        (
+            "imagenet-tf",
+            (1, 3, 240, 240),
+            r"crop=224 makes 224x224 images but the model input is 240x240; "
+            r"add crop=240$",
+        ),
+        (
+            "imagenet-torch",
+            (1, 3, 200, 300),
+            r"model input is 200x300; add resize=none,crop=none and store images at "
+            r"200x300 \(HxW\)$",
+        ),
+        (
+            "mnist",
+            (1, 4, 28, 28),
+            r"has 4 channels; only 1-channel \(gray\) or 3-channel \(rgb, bgr\) inputs are "
+            r"supported$",
+        ),
+        (
+            "mnist",
+            (1, 28, 28),
+            r"\(1, 28, 28\): the input is not NCHW \(4 dimensions\); int8flow calibrates image "
+            r"models with NCHW inputs only$",
+        ),
     ],
 )
 def test_misfits_name_the_spec_the_shape_and_the_remedy(text, shape, message):
@@ -199,28 +233,40 @@ def test_an_empty_batch_has_the_model_shape():
 
 
 def test_images_of_the_wrong_size_are_refused_with_a_fix():
-    with pytest.raises(PreprocessError, match=r"^image 0 of the batch: preprocessed to 32x30 \(HxW\) but the model "
-                       r"input needs 28x28; add crop=28 \(with resize=28 or more\)$"):
+    with pytest.raises(
+        PreprocessError,
+        match=r"^image 0 of the batch: preprocessed to 32x30 \(HxW\) but the model "
+        r"input needs 28x28; add crop=28 \(with resize=28 or more\)$",
+    ):
         preprocess_batch([random_image(32, 30, None)], PRESETS["mnist"], (1, 1, 28, 28))
 
 
 def test_images_of_different_sizes_cannot_share_a_batch_of_free_size():
     images = [random_image(20, 20, None), random_image(20, 24, None)]
-    with pytest.raises(PreprocessError, match=r"^b.png: preprocessed to 20x24 \(HxW\) but a.png to 20x20; images of "
-                       r"one batch need equal sizes"):
+    with pytest.raises(
+        PreprocessError,
+        match=r"^b.png: preprocessed to 20x24 \(HxW\) but a.png to 20x20; images of "
+        r"one batch need equal sizes",
+    ):
         preprocess_batch(images, PRESETS["mnist"], (None, 1, None, None), ["a.png", "b.png"])
     assert preprocess_batch(images[:1] * 2, PRESETS["mnist"], (None, 1, None, None)).shape == (2, 1, 20, 20)
 
 
 def test_an_image_smaller_than_the_crop_is_refused():
-    with pytest.raises(PreprocessError, match=r"^cat.jpg: image is 100x120 \(HxW\), smaller than crop=112; add "
-                       r"resize=112 \(or more\) so every image covers the crop$"):
+    with pytest.raises(
+        PreprocessError,
+        match=r"^cat.jpg: image is 100x120 \(HxW\), smaller than crop=112; add "
+        r"resize=112 \(or more\) so every image covers the crop$",
+    ):
         preprocess_batch([random_image(100, 120)], parse_preprocess("crop=112"), (1, 3, 112, 112), ["cat.jpg"])
 
 
 def test_arrays_that_are_not_images_are_refused():
-    with pytest.raises(PreprocessError, match=r"^image 0 of the batch: image of shape \(28, 28, 4\) and dtype uint8; "
-                       r"expected uint8 HxW \(grey\) or HxWx3 \(RGB\)$"):
+    with pytest.raises(
+        PreprocessError,
+        match=r"^image 0 of the batch: image of shape \(28, 28, 4\) and dtype uint8; "
+        r"expected uint8 HxW \(grey\) or HxWx3 \(RGB\)$",
+    ):
         preprocess_batch([random_image(28, 28, 4)], PRESETS["mnist"], (1, 1, 28, 28))
     with pytest.raises(PreprocessError, match=r"image of shape \(28, 28\) and dtype float32"):
         preprocess_batch([np.zeros((28, 28), np.float32)], PRESETS["mnist"], (1, 1, 28, 28))

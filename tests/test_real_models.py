@@ -13,6 +13,8 @@ import onnxruntime as ort
 import pytest
 
 from int8flow.kernels.thresholds import ThresholdSettings
+from int8flow.tasks.calibration.collector import collect_histograms
+from int8flow.tasks.calibration.table import build_calibration_table
 from int8flow.tasks.data.mnist_idx import fashion_mnist_folder, load_mnist_split
 from int8flow.tasks.data.photos import photo_crops
 from int8flow.tasks.graph.executor import GraphExecutor
@@ -22,8 +24,6 @@ from int8flow.tasks.graph.ir import Graph
 from int8flow.tasks.graph.load import load_graph
 from int8flow.tasks.graph.quantize_pass import calibration_tensors, quantize_graph
 from int8flow.tasks.graph.simplify import simplify
-from int8flow.tasks.calibration.collector import collect_histograms
-from int8flow.tasks.calibration.table import build_calibration_table
 
 ROOT = Path(__file__).resolve().parent.parent
 FASHION_MODEL = ROOT / "examples" / "models" / "fashion_mnist_resnet.onnx"
@@ -79,7 +79,9 @@ def test_fashion_int8_top1_drops_at_most_half_a_point(fashion: dict) -> None:
 
 
 def test_fashion_qdq_export_agrees_with_our_int8_executor(fashion: dict) -> None:
-    session = ort.InferenceSession(export_qdq(fashion["quantized"]).SerializeToString(), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        export_qdq(fashion["quantized"]).SerializeToString(), providers=["CPUExecutionProvider"]
+    )
     theirs = np.concatenate([session.run(None, feed)[0] for feed in fashion["test"]])
     agreement = (theirs.argmax(axis=1) == fashion["int8"].argmax(axis=1)).mean()
     assert agreement >= 0.995
@@ -96,7 +98,9 @@ def efficientnet() -> Graph:
 def test_efficientnet_fp32_matches_onnxruntime(efficientnet: Graph) -> None:
     crops = photo_crops(8, seed=3)
     name = efficientnet.inputs[0].name
-    expected = ort.InferenceSession(str(EFFICIENTNET_MODEL), providers=["CPUExecutionProvider"]).run(None, {name: crops})[0]
+    expected = ort.InferenceSession(str(EFFICIENTNET_MODEL), providers=["CPUExecutionProvider"]).run(
+        None, {name: crops}
+    )[0]
     ours = GraphExecutor(efficientnet).run({name: crops})[efficientnet.outputs[0].name]
     np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
     assert (ours.argmax(axis=1) == expected.argmax(axis=1)).all()

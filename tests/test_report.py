@@ -321,9 +321,7 @@ def assert_png(path: Path, size: tuple[int, int] | None = None) -> None:
 
 
 def test_histogram_plots_are_the_largest_divergences_in_order(tmp_path: Path) -> None:
-    histograms, table = calibrated(
-        {"t0": 0.1, "t1": math.nan, "t2": 0.7, "t3": 0.3, "t4": 0.3, "t5": 0.01, "t6": 0.05}
-    )
+    histograms, table = calibrated({"t0": 0.1, "t1": math.nan, "t2": 0.7, "t3": 0.3, "t4": 0.3, "t5": 0.01, "t6": 0.05})
     paths = plot_tensor_histograms(str(tmp_path), histograms, table, count=4)
     assert [re.fullmatch(r"plots/histogram-(.+)-[0-9a-f]{10}\.png", path).group(1) for path in paths] == [
         "t2",
@@ -331,9 +329,7 @@ def test_histogram_plots_are_the_largest_divergences_in_order(tmp_path: Path) ->
         "t4",
         "t0",
     ]
-    assert sorted(path.name for path in (tmp_path / "plots").iterdir()) == sorted(
-        Path(path).name for path in paths
-    )
+    assert sorted(path.name for path in (tmp_path / "plots").iterdir()) == sorted(Path(path).name for path in paths)
     for path in paths:
         assert_png(tmp_path / path, (800, 450))
 

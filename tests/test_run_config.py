@@ -6,9 +6,8 @@ from dataclasses import fields
 
 import pytest
 
-from int8flow.schemas.histogram_bins import DEFAULT_NUM_BINS
+from int8flow.schemas.histogram_bins import DEFAULT_NUM_BINS, NUM_BINS_CHOICES
 from int8flow.schemas.run_config import SETTINGS, SETTINGS_BY_NAME, RunConfig, RunConfigError
-from int8flow.schemas.histogram_bins import NUM_BINS_CHOICES
 from int8flow.schemas.threshold_settings import ThresholdSettings
 from int8flow.tasks.cli.main import build_parser
 
@@ -66,8 +65,20 @@ def test_mlflow_params_hold_every_setting_as_text() -> None:
 
 def test_the_cli_parses_into_the_same_config() -> None:
     args = build_parser().parse_args(
-        ["run", "m.onnx", "--calib-data", "data.parquet", "--exclude", "Conv", "--exclude", "Gemm", "--no-spike-fix",
-         "--max-top1-drop", "0.25", "--per-tensor-weights"]
+        [
+            "run",
+            "m.onnx",
+            "--calib-data",
+            "data.parquet",
+            "--exclude",
+            "Conv",
+            "--exclude",
+            "Gemm",
+            "--no-spike-fix",
+            "--max-top1-drop",
+            "0.25",
+            "--per-tensor-weights",
+        ]
     )
     config = RunConfig.from_mapping({setting.name: getattr(args, setting.name) for setting in SETTINGS})
     assert config == RunConfig.from_mapping(

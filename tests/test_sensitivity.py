@@ -14,16 +14,21 @@ from test_graph_int8 import calibrated
 
 from int8flow.kernels.thresholds import ThresholdSettings
 from int8flow.schemas.calibration_table import CalibrationTable
+from int8flow.tasks.calibration.collector import collect_histograms
+from int8flow.tasks.calibration.table import build_calibration_table
 from int8flow.tasks.data.mnist_idx import fashion_mnist_folder, load_mnist_split
 from int8flow.tasks.graph.executor import GraphExecutor
 from int8flow.tasks.graph.int8_ops import INT8_OPS
 from int8flow.tasks.graph.ir import Graph
 from int8flow.tasks.graph.load import load_graph
-from int8flow.tasks.graph.quantize_pass import QuantizationOptions, calibration_tensors, quantize_graph, quantized_tensors
+from int8flow.tasks.graph.quantize_pass import (
+    QuantizationOptions,
+    calibration_tensors,
+    quantize_graph,
+    quantized_tensors,
+)
 from int8flow.tasks.graph.simplify import simplify
-from int8flow.tasks.calibration.collector import collect_histograms
 from int8flow.tasks.validation.sensitivity import NodeSensitivity, quantizable_nodes, rank_sensitivity
-from int8flow.tasks.calibration.table import build_calibration_table
 
 MODEL = Path(__file__).resolve().parent.parent / "examples" / "models" / "fashion_mnist_resnet.onnx"
 SHORTCUT_CONV = "/blocks/blocks.1/shortcut/shortcut.0/Conv"
@@ -42,7 +47,9 @@ def resnet() -> tuple[Graph, CalibrationTable, dict[str, np.ndarray]]:
     train_images, _ = load_mnist_split(folder, "train")
     test_images, _ = load_mnist_split(folder, "t10k")
     graph = simplify(load_graph(str(MODEL))[0])
-    histograms = collect_histograms(GraphExecutor(graph), [{"input": pixels(train_images[:300])}], calibration_tensors(graph))
+    histograms = collect_histograms(
+        GraphExecutor(graph), [{"input": pixels(train_images[:300])}], calibration_tensors(graph)
+    )
     table = build_calibration_table(histograms, ThresholdSettings(method="entropy"), {})
     return graph, table, {"input": pixels(test_images[:256])}
 
@@ -64,9 +71,7 @@ def test_candidates_are_the_convs_adds_pool_and_gemm_in_graph_order(resnet: tupl
 def test_candidates_leave_out_excluded_nodes(resnet: tuple) -> None:
     graph = resnet[0]
     candidates = quantizable_nodes(graph, QuantizationOptions(exclude=(":first-conv", "Add")))
-    assert candidates == [
-        node.name for node in graph.nodes[1:] if node.op_type not in ("Relu", "Flatten", "Add")
-    ]
+    assert candidates == [node.name for node in graph.nodes[1:] if node.op_type not in ("Relu", "Flatten", "Add")]
 
 
 def test_ranking_covers_every_candidate_once_sorted_by_positive_finite_error(

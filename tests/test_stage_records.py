@@ -21,8 +21,9 @@ from int8flow.schemas.stage_records import (
     ValidateRecord,
 )
 
-ACCURACY = Accuracy(examples=2000, skipped=1, fp32_top1=92.05, fp32_top5=99.8, int8_top1=91.9, int8_top5=99.75,
-                    agreement_top1=99.1)
+ACCURACY = Accuracy(
+    examples=2000, skipped=1, fp32_top1=92.05, fp32_top5=99.8, int8_top1=91.9, int8_top5=99.75, agreement_top1=99.1
+)
 RECORDS = [
     ClusterRecord("tcp://127.0.0.1:8786", None, 2, "LocalCluster"),
     ObserveRecord(3.5, 512, 146.3, 4, 2, ("a.png", "b.png")),
@@ -30,9 +31,12 @@ RECORDS = [
     BuildRecord(0.5, "out/model.int8.onnx", ("conv1",)),
     ValidateRecord(7.0, 285.7, ACCURACY),
     GateRecord(
-        seconds=4.0, max_top1_drop=0.5, passed=True,
+        seconds=4.0,
+        max_top1_drop=0.5,
+        passed=True,
         attempts=(GateAttempt((), ACCURACY, False), GateAttempt(("conv1",), ACCURACY, True)),
-        final_excluded=("conv1",), final_accuracy=ACCURACY,
+        final_excluded=("conv1",),
+        final_accuracy=ACCURACY,
         sensitivity=(NodeSensitivity("conv1", "Conv", 0.01), NodeSensitivity("fc", "Gemm", 1e-5)),
         plots=("plots/sensitivity.png",),
     ),
@@ -57,7 +61,7 @@ def test_integral_seconds_read_back_as_floats() -> None:
         ('{"seconds": 1.0, "path": "m.onnx"}', "'excluded'"),
         ('{"seconds": 1.0, "path": "m.onnx", "excluded": [], "reduce_seconds": 2.0}', "unknown field"),
         ('{"seconds": "fast", "path": "m.onnx", "excluded": []}', "expected float"),
-        ('[1, 2]', "expected an object"),
+        ("[1, 2]", "expected an object"),
     ],
 )
 def test_a_file_that_is_not_the_record_is_refused_naming_it(text: str, problem: str) -> None:
@@ -71,7 +75,9 @@ def test_accuracy_drops_are_derived_not_stored() -> None:
 
 
 def test_every_stage_record_lives_in_a_folder_the_run_owns() -> None:
-    stages = {kind.STAGE for kind in (ClusterRecord, ObserveRecord, ThresholdsRecord, BuildRecord, ValidateRecord, GateRecord)}
+    stages = {
+        kind.STAGE for kind in (ClusterRecord, ObserveRecord, ThresholdsRecord, BuildRecord, ValidateRecord, GateRecord)
+    }
     assert len(stages) == 6
     assert {stage_record_name(stage).split("/")[0] for stage in stages} == {STAGE_DIR} and STAGE_DIR in RESULT_NAMES
     assert partial_file_name(3) == "shard=00003.parquet"

@@ -32,9 +32,7 @@ def oracle_entropy(histogram: Histogram, num_quantized_bins: int, spike_fix: boo
     counts = histogram.counts
     if spike_fix:
         counts = flatten_spikes(counts[None, :], [extreme_bins(histogram)])[0]
-    return entropy_threshold_loop(
-        counts, histogram.signed, histogram.bin_width, histogram.abs_max, num_quantized_bins
-    )
+    return entropy_threshold_loop(counts, histogram.signed, histogram.bin_width, histogram.abs_max, num_quantized_bins)
 
 
 @pytest.mark.parametrize("spike_fix", [False, True])
@@ -66,8 +64,9 @@ def test_entropy_is_the_same_batched_or_one_tensor_at_a_time() -> None:
 
 def test_entropy_handles_mxnet_style_odd_histograms() -> None:
     """The search itself is layout-agnostic: MXNet's 8001-bin zero-centred layout works too."""
-    from int8flow.kernels.kl_search import kl_divergence_curve
     from oracles import kl_for_slice
+
+    from int8flow.kernels.kl_search import kl_divergence_curve
 
     values = SMALL["laplacian"]
     amax = np.abs(values).max()
@@ -221,7 +220,9 @@ def test_too_many_quantized_bins_for_the_histogram_is_refused() -> None:
 def test_uint8_thresholds_match_the_loops_with_255_levels(name: str) -> None:
     histogram = Histogram.of(SMALL[name], 1024)
     counts = flatten_spikes(histogram.counts[None, :], [extreme_bins(histogram)])[0]
-    expected, _ = entropy_threshold_loop(counts, False, histogram.bin_width, histogram.abs_max, 255, unsigned_levels=True)
+    expected, _ = entropy_threshold_loop(
+        counts, False, histogram.bin_width, histogram.abs_max, 255, unsigned_levels=True
+    )
     chosen = entropy_thresholds({name: histogram}, 255, True, unsigned_activations=True)[name]
     assert abs(chosen.threshold - expected) <= histogram.bin_width
     small = Histogram.of(SMALL[name], 256)
@@ -235,5 +236,7 @@ def test_the_method_table_names_exactly_the_declared_methods() -> None:
 
 
 def test_an_unknown_method_raises_instead_of_running_another() -> None:
-    with pytest.raises(ValueError, match=r"unknown threshold method 'kl': choose one of entropy, naive, percentile, mse"):
+    with pytest.raises(
+        ValueError, match=r"unknown threshold method 'kl': choose one of entropy, naive, percentile, mse"
+    ):
         method_function("kl")

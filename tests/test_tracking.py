@@ -58,10 +58,14 @@ def user_tags(run: Run) -> dict[str, str]:
 
 
 def log_simple_run(store: str, experiment_id: str, artifacts: Path, run_key: str | None = None) -> str:
-    return log_run(store, experiment_id, "simple", {"method": "entropy"}, {"int8_top1": 0.9}, {}, str(artifacts), run_key)
+    return log_run(
+        store, experiment_id, "simple", {"method": "entropy"}, {"int8_top1": 0.9}, {}, str(artifacts), run_key
+    )
 
 
-def test_default_tracking_uri_is_a_sqlite_file_in_the_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_tracking_uri_is_a_sqlite_file_in_the_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     assert default_tracking_uri("out") == f"sqlite:///{tmp_path.resolve()}/out/mlflow.db"
 
@@ -249,9 +253,13 @@ def test_runs_table_without_a_name_covers_every_int8flow_experiment(store: str, 
     inside = log_simple_run(store, experiment_for(store, "int8flow/listed"), artifacts)
     client = tracking_client(store)
     int8flow_ids = [
-        experiment.experiment_id for experiment in client.search_experiments() if experiment.name.startswith("int8flow/")
+        experiment.experiment_id
+        for experiment in client.search_experiments()
+        if experiment.name.startswith("int8flow/")
     ]
-    expected = [run.info.run_id[:8] for run in client.search_runs(int8flow_ids, order_by=["attributes.start_time DESC"])]
+    expected = [
+        run.info.run_id[:8] for run in client.search_runs(int8flow_ids, order_by=["attributes.start_time DESC"])
+    ]
 
     _, rows = runs_table(store, None)
 

@@ -23,7 +23,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from int8flow.schemas.run_config import RunConfig, RunConfigError
-
 from int8flow_airflow.params import run_config_values, run_params
 
 MODELS_VARIABLE = "int8flow_nightly_models"
@@ -72,8 +71,10 @@ def nightly_runs(entries: Any, nightly_run_id: str) -> list[dict[str, Any]]:
             problems.append(f"{where}: {error}")
             continue
         if entry["model"] in seen:
-            problems.append(f"{where}: model {entry['model']} is already {MODELS_VARIABLE}[{seen[entry['model']]}]; "
-                            "one nightly run per model")
+            problems.append(
+                f"{where}: model {entry['model']} is already {MODELS_VARIABLE}[{seen[entry['model']]}]; "
+                "one nightly run per model"
+            )
             continue
         seen[entry["model"]] = index
         runs.append({"conf": entry, "trigger_run_id": f"{prefix}__{model_slug(entry['model'])}"})

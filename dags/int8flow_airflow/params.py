@@ -54,7 +54,10 @@ def form_defaults(environ: Mapping[str, str] = os.environ) -> dict[str, tuple[An
     return {
         "model": (str(DEMO_MODEL), "The form starts with the bundled Fashion-MNIST ResNet demo."),
         "calib_data": (f"{FASHION_MNIST_FOLDER}#train", "The form starts with the Fashion-MNIST training split."),
-        "val_data": (f"{FASHION_MNIST_FOLDER}#t10k", "The form starts with the Fashion-MNIST test split; clear it to skip."),
+        "val_data": (
+            f"{FASHION_MNIST_FOLDER}#t10k",
+            "The form starts with the Fashion-MNIST test split; clear it to skip.",
+        ),
         "preprocess": ("mnist", "The form starts with the demo model's preset."),
         "scheduler": (
             environ.get("INT8FLOW_DASK_SCHEDULER", ""),

@@ -18,14 +18,13 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
 from int8flow.kernels.histogram import Histogram, merge_all
-from int8flow.schemas.run_folder import PARTIAL_FILE_SUFFIX
 from int8flow.schemas.partial_histograms import (
     PARTIAL_HISTOGRAM_SCHEMA,
     PartialHistogramFileError,
     validate_partial_table,
 )
+from int8flow.schemas.run_folder import PARTIAL_FILE_SUFFIX
 from int8flow.tasks.outputs.atomic_files import atomic_write_bytes
-
 
 
 @dataclass(frozen=True)
@@ -183,9 +182,7 @@ def list_partial_files(directory: str) -> list[str]:
             "shards that write into it"
         )
     names = sorted(
-        entry["name"].rstrip("/").rpartition("/")[2]
-        for entry in fs.ls(fs_path, detail=True)
-        if entry["type"] == "file"
+        entry["name"].rstrip("/").rpartition("/")[2] for entry in fs.ls(fs_path, detail=True) if entry["type"] == "file"
     )
     found = [
         f"{directory.rstrip('/')}/{name}"

@@ -17,14 +17,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from int8flow.kernels.histogram import Histogram
-from int8flow.schemas.histogram_bins import DEFAULT_NUM_BINS
 from int8flow.kernels.thresholds import METHODS, ThresholdSettings
 from int8flow.schemas.calibration_table import CalibrationTable
+from int8flow.schemas.histogram_bins import DEFAULT_NUM_BINS
 from int8flow.schemas.run_folder import HISTOGRAM_DIR, partial_file_name
 from int8flow.tasks.calibration.collector import HistogramCollector
 from int8flow.tasks.calibration.partial_files import list_partial_files, merge_partial_files, write_partial_histograms
-from int8flow.tasks.data.sharding import batch_ranges, shard_range
 from int8flow.tasks.calibration.table import build_calibration_table, write_calibration_table
+from int8flow.tasks.data.sharding import batch_ranges, shard_range
 
 VALUES_PER_EXAMPLE = 512
 DEMO_SEED = 2026
@@ -125,12 +125,17 @@ def run_demo(out_dir: str, examples: int = 1024, num_bins: int = DEFAULT_NUM_BIN
     tables_by_split: list[dict[str, CalibrationTable]] = []
     first_histograms: dict[str, Histogram] = {}
     for position, split in enumerate(DEMO_SPLITS):
-        histogram_dir = f"{out_dir}/{HISTOGRAM_DIR}" if position == 0 else f"{out_dir}/splits/{position}/{HISTOGRAM_DIR}"
+        histogram_dir = (
+            f"{out_dir}/{HISTOGRAM_DIR}" if position == 0 else f"{out_dir}/splits/{position}/{HISTOGRAM_DIR}"
+        )
         histograms = calibrate_split(split, examples, histogram_dir, num_bins)
         first_histograms = first_histograms or histograms
         metadata = {"model_sha256": demo_fingerprint(), "num_bins": str(num_bins), "examples": str(examples)}
         tables_by_split.append(
-            {method: build_calibration_table(histograms, ThresholdSettings(method=method), metadata) for method in METHODS}
+            {
+                method: build_calibration_table(histograms, ThresholdSettings(method=method), metadata)
+                for method in METHODS
+            }
         )
     tables = tables_by_split[0]
     for method, table in tables.items():

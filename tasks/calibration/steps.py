@@ -13,12 +13,12 @@ from fsspec.core import url_to_fs
 
 from int8flow.kernels.histogram import Histogram
 from int8flow.schemas.calibration_table import CalibrationTable
-from int8flow.tasks.distributed.fanout import ProgressSink, quiet, run_shards
-from int8flow.tasks.calibration.partial_files import merge_partial_files
 from int8flow.schemas.run_folder import HISTOGRAM_DIR
-from int8flow.tasks.run.plan import RunPlan
-from int8flow.tasks.distributed.shard_jobs import ObservedShard, observe_shard
+from int8flow.tasks.calibration.partial_files import merge_partial_files
 from int8flow.tasks.calibration.table import build_calibration_table, write_calibration_table
+from int8flow.tasks.distributed.fanout import ProgressSink, quiet, run_shards
+from int8flow.tasks.distributed.shard_jobs import ObservedShard, observe_shard
+from int8flow.tasks.run.plan import RunPlan
 
 
 def observe_shards(plan: RunPlan, client: Client, progress: ProgressSink = quiet) -> list[ObservedShard]:

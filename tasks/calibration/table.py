@@ -13,10 +13,9 @@ import fsspec
 from int8flow.kernels.histogram import Histogram
 from int8flow.kernels.thresholds import ThresholdSettings, choose_thresholds
 from int8flow.schemas.calibration_table import CalibrationTable, TensorCalibration
-from int8flow.tasks.outputs.atomic_files import atomic_write_text
 from int8flow.schemas.run_folder import CALIBRATION_JSON, TENSORRT_CACHE
 from int8flow.tasks.calibration.partial_files import list_partial_files, merge_partial_files
-
+from int8flow.tasks.outputs.atomic_files import atomic_write_text
 
 
 def build_calibration_table(

@@ -16,18 +16,19 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.table import Table
 
-from int8flow.schemas.histogram_bins import DEFAULT_NUM_BINS, check_num_bins
 from int8flow.schemas.calibration_table import CalibrationTable
+from int8flow.schemas.histogram_bins import DEFAULT_NUM_BINS, check_num_bins
 from int8flow.schemas.run_config import SETTINGS, SETTINGS_BY_NAME, RunConfig
+from int8flow.schemas.run_folder import CALIBRATION_JSON, HISTOGRAM_DIR, TENSORRT_CACHE
 from int8flow.schemas.threshold_settings import THRESHOLD_SETTING_NAMES, ThresholdSettings
+from int8flow.tasks.calibration.shard_demo import run_demo
+from int8flow.tasks.calibration.table import rethreshold
 from int8flow.tasks.cli.progress import StageProgress
 from int8flow.tasks.distributed.cluster import ClusterUnavailableError
-from int8flow.tasks.calibration.shard_demo import run_demo
-from int8flow.tasks.run.pipeline import run_pipeline
 from int8flow.tasks.outputs.report import summary_rows
+from int8flow.tasks.run.pipeline import run_pipeline
 from int8flow.tasks.run.plan import load_plan
 from int8flow.tasks.run.stages import GateFailedError, check_gate
-from int8flow.tasks.calibration.table import rethreshold
 from int8flow.tasks.tracking.mlflow_store import TrackingUnavailableError, runs_table
 from int8flow.tasks.tracking.store_uri import default_tracking_uri
 
@@ -50,7 +51,12 @@ def add_setting_options(parser: argparse.ArgumentParser, names: Sequence[str]) -
             parser.add_argument(name, metavar=setting.metavar, help=setting.help)
         elif setting.kind is list:
             parser.add_argument(
-                setting.flag, dest=name, nargs="+", action="extend", default=[], metavar=setting.metavar,
+                setting.flag,
+                dest=name,
+                nargs="+",
+                action="extend",
+                default=[],
+                metavar=setting.metavar,
                 help=f"{setting.help} (repeatable)",
             )
         else:
@@ -89,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Merge the partial-histogram Parquet files of HISTOGRAM_DIR and write calibration.json "
         "and calibration.cache (TensorRT) to --out.",
     )
-    again.add_argument("histogram_dir", metavar="HISTOGRAM_DIR", help="folder of shard=NNNNN.parquet files (path or fsspec URL)")
+    again.add_argument(
+        "histogram_dir", metavar="HISTOGRAM_DIR", help="folder of shard=NNNNN.parquet files (path or fsspec URL)"
+    )
     again.add_argument("--out", required=True, help="output directory (path or fsspec URL)")
     add_setting_options(again, THRESHOLD_SETTING_NAMES)
 
@@ -108,7 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--out", default="shard-demo-out", help="output directory (default: %(default)s)")
     demo.add_argument("--examples", type=int, default=1024, help="calibration examples (default: %(default)s)")
-    demo.add_argument("--num-bins", type=int, default=DEFAULT_NUM_BINS, help="histogram bins, a power of two (default: %(default)s)")
+    demo.add_argument(
+        "--num-bins", type=int, default=DEFAULT_NUM_BINS, help="histogram bins, a power of two (default: %(default)s)"
+    )
     return parser
 
 
@@ -129,8 +139,13 @@ def _run_demo(args: argparse.Namespace, console: Console) -> int:
         raise ValueError(f"--examples {args.examples}: the demo splits the data into 7 shards; use at least 7")
     result = run_demo(args.out, args.examples, args.num_bins)
     splits = "; ".join(split.label for split in result.splits)
-    _print_table(console, f"Thresholds from {args.examples} examples, split as: {splits}", result.tables, result.identical)
-    console.print(f"partial histograms: {args.out}/histograms/   calibration table: {args.out}/calibration.json, {args.out}/calibration.cache")
+    _print_table(
+        console, f"Thresholds from {args.examples} examples, split as: {splits}", result.tables, result.identical
+    )
+    console.print(
+        f"partial histograms: {args.out}/{HISTOGRAM_DIR}/   calibration table: {args.out}/{CALIBRATION_JSON}, "
+        f"{args.out}/{TENSORRT_CACHE}"
+    )
     if not all(result.identical.values()):
         console.print("[red]thresholds differ between splits[/red]")
         return 1
@@ -141,7 +156,7 @@ def _run_demo(args: argparse.Namespace, console: Console) -> int:
 def _run_rethreshold(args: argparse.Namespace, console: Console) -> int:
     table = rethreshold(args.histogram_dir, ThresholdSettings.of(args), args.out)
     _print_table(console, f"{args.method} thresholds from {args.histogram_dir}", {args.method: table}, {})
-    console.print(f"wrote {args.out}/calibration.json and {args.out}/calibration.cache")
+    console.print(f"wrote {args.out}/{CALIBRATION_JSON} and {args.out}/{TENSORRT_CACHE}")
     return 0
 
 
@@ -154,7 +169,9 @@ def _run_run(args: argparse.Namespace, console: Console) -> int:
         view.add_row(label, value)
     view.add_row("MLflow run", f"{result.mlflow_run_id} ({load_plan(result.out).tracking_uri})")
     if config.register:
-        registered = f"{config.register} version {result.registered_version}" if result.registered_version else "not registered"
+        registered = (
+            f"{config.register} version {result.registered_version}" if result.registered_version else "not registered"
+        )
         view.add_row("registered", registered)
     console.print(view)
     if not result.passed:

@@ -96,7 +96,7 @@ def photo_crops(count: int, seed: int, size: int = 224) -> np.ndarray:
     return crops
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _photo_image(name: str) -> Image.Image:
     if name not in _PHOTO_FILES:
         raise ValueError(f"photo {name!r}: unknown; use one of {', '.join(PHOTO_NAMES)}")

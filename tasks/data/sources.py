@@ -181,9 +181,7 @@ class ParquetDataset(_FilesFingerprint):
 
     kind: DatasetKind = "parquet"
 
-    def __init__(
-        self, uri: str, fs: AbstractFileSystem, paths: list[str], shown: list[str], names: list[str]
-    ) -> None:
+    def __init__(self, uri: str, fs: AbstractFileSystem, paths: list[str], shown: list[str], names: list[str]) -> None:
         self.uri, self.fs, self.paths, self.shown, self.names = uri, fs, paths, shown, names
         # Footers are kept so that reading rows later goes straight to the row groups' bytes.
         self._footers = [_checked_footer(fs, path, label) for path, label in zip(paths, shown)]
@@ -201,7 +199,6 @@ class ParquetDataset(_FilesFingerprint):
 
     def __len__(self) -> int:
         return int(self._group_start[-1])
-
 
     def read(self, indices: Sequence[int]) -> RawExamples:
         positions = _positions(self.uri, len(self), indices)
@@ -259,7 +256,6 @@ class ImageFolderDataset(_FilesFingerprint):
     def __len__(self) -> int:
         return len(self.names)
 
-
     def read(self, indices: Sequence[int]) -> RawExamples:
         positions = _positions(self.uri, len(self), indices)
         sources = [f"{self.uri.rstrip('/')}/{self.names[position]}" for position in positions]
@@ -306,7 +302,6 @@ class IdxDataset(_FilesFingerprint):
         images.setflags(write=False)
         labels.setflags(write=False)
         return images, labels
-
 
     def read(self, indices: Sequence[int]) -> RawExamples:
         positions = _positions(self.uri, len(self), indices)

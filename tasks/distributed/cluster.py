@@ -12,7 +12,6 @@ import contextlib
 import os
 from collections.abc import Iterator
 
-
 import dask
 from distributed import Client, LocalCluster, WorkerPlugin
 from threadpoolctl import threadpool_limits

@@ -21,8 +21,11 @@ import numpy as np
 
 from int8flow.kernels.backend import select_backend, to_numpy
 from int8flow.schemas.calibration_table import CalibrationTable, CalibrationTableError
+from int8flow.tasks.calibration.collector import collect_histograms
+from int8flow.tasks.calibration.partial_files import write_partial_histograms
 from int8flow.tasks.data.mnist_idx import DatasetError
 from int8flow.tasks.data.preprocess import parse_preprocess
+from int8flow.tasks.data.sharding import batch_ranges, shard_range
 from int8flow.tasks.data.sources import Batch, ImageDataset, load_batch, open_dataset
 from int8flow.tasks.graph.executor import GraphExecutor
 from int8flow.tasks.graph.int8_ops import INT8_OPS
@@ -30,9 +33,6 @@ from int8flow.tasks.graph.ir import Graph
 from int8flow.tasks.graph.load import ModelLoadError, import_model, model_fingerprint, parse_model, read_model_bytes
 from int8flow.tasks.graph.quantize_pass import QuantizationOptions, quantize_graph
 from int8flow.tasks.graph.simplify import simplify
-from int8flow.tasks.calibration.partial_files import write_partial_histograms
-from int8flow.tasks.calibration.collector import collect_histograms
-from int8flow.tasks.data.sharding import batch_ranges, shard_range
 
 TOP_K = 5
 

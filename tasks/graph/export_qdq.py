@@ -18,8 +18,17 @@ from int8flow.tasks.graph.quantize_pass import quantized_tensors
 QDQ_MIN_OPSET = 13
 CONV_ATTRIBUTES = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
 INT8_NODE_ATTRIBUTES = (
-    "input_scale", "input_unsigned", "output_scale", "output_unsigned", "low", "high", "activation", "float_op",
-    "scale", "unsigned", "input_scales",
+    "input_scale",
+    "input_unsigned",
+    "output_scale",
+    "output_unsigned",
+    "low",
+    "high",
+    "activation",
+    "float_op",
+    "scale",
+    "unsigned",
+    "input_scales",
 )
 
 
@@ -56,13 +65,19 @@ class _QDQBuilder:
     def zero_point(self, prefix: str, unsigned: bool) -> str:
         return self.constant(f"{prefix}/zero_point", np.uint8(0) if unsigned else np.int8(0))
 
-    def dequantize(self, tensor: str, scale: float | str, prefix: str, axis: int | None = None, zero: str | None = None) -> str:
+    def dequantize(
+        self, tensor: str, scale: float | str, prefix: str, axis: int | None = None, zero: str | None = None
+    ) -> str:
         scale_name = scale if isinstance(scale, str) else self.constant(f"{prefix}/scale", np.float32(scale))
         encoding = self.encodings.get(tensor)
         zero_name = zero or self.zero_point(prefix, bool(encoding and encoding.unsigned))
         output = f"{prefix}/dequantized"
         attributes = {} if axis is None else {"axis": axis}
-        self.nodes.append(Node(f"{prefix}/DequantizeLinear", "DequantizeLinear", [tensor, scale_name, zero_name], [output], attributes))
+        self.nodes.append(
+            Node(
+                f"{prefix}/DequantizeLinear", "DequantizeLinear", [tensor, scale_name, zero_name], [output], attributes
+            )
+        )
         return output
 
     def quantize(self, tensor: str, output: str, prefix: str) -> None:
@@ -107,7 +122,9 @@ class _QDQBuilder:
     def _DequantizeTensor(self, node: Node) -> None:
         scale = self.constant(f"{node.name}/scale", np.float32(node.attributes["scale"]))
         zero = self.zero_point(node.name, node.attributes["unsigned"])
-        self.nodes.append(Node(f"{node.name}/DequantizeLinear", "DequantizeLinear", [node.inputs[0], scale, zero], list(node.outputs)))
+        self.nodes.append(
+            Node(f"{node.name}/DequantizeLinear", "DequantizeLinear", [node.inputs[0], scale, zero], list(node.outputs))
+        )
 
     def _layer(self, node: Node, weight_axis: int) -> tuple[str, str, str | None]:
         x_name, weight, weight_scales = node.inputs[:3]

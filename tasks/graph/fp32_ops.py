@@ -157,7 +157,11 @@ def _pad(node: Node, inputs: list[Any], opset: int) -> list[Any]:
         raise UnsupportedModelError(f"node {node.name!r} (Pad): negative pads (cropping) are not supported")
     mode = node.attribute("mode", "constant")
     if mode == "constant":
-        value = node.attribute("value", 0.0) if opset < 11 else (float(inputs[2]) if len(inputs) > 2 and inputs[2] is not None else 0.0)
+        value = (
+            node.attribute("value", 0.0)
+            if opset < 11
+            else (float(inputs[2]) if len(inputs) > 2 and inputs[2] is not None else 0.0)
+        )
         return [xp.pad(x, widths, mode="constant", constant_values=value)]
     return [xp.pad(x, widths, mode={"reflect": "reflect", "edge": "edge", "wrap": "wrap"}[mode])]
 

@@ -39,7 +39,9 @@ def parse_model(data: bytes, source: str) -> onnx.ModelProto:
     try:
         model = onnx.load_from_string(data)
     except Exception as error:  # noqa: BLE001 - protobuf raises several unrelated types
-        raise ModelLoadError(f"{source}: not an ONNX model ({type(error).__name__}); export the model to ONNX") from None
+        raise ModelLoadError(
+            f"{source}: not an ONNX model ({type(error).__name__}); export the model to ONNX"
+        ) from None
     if not model.graph.node:
         raise ModelLoadError(f"{source}: not an ONNX model (no graph nodes); export the model to ONNX")
     try:
@@ -74,7 +76,13 @@ def import_model(model: onnx.ModelProto, source: str = "<memory>") -> Graph:
             )
         attributes = {attr.name: _attribute_value(attr) for attr in proto.attribute}
         nodes.append(
-            Node(proto.name or f"{proto.op_type}_{index}", proto.op_type, list(proto.input), list(proto.output), attributes)
+            Node(
+                proto.name or f"{proto.op_type}_{index}",
+                proto.op_type,
+                list(proto.input),
+                list(proto.output),
+                attributes,
+            )
         )
     inputs = [_tensor_info(value) for value in graph.input if value.name not in initializers]
     outputs = [_tensor_info(value) for value in graph.output]
@@ -100,5 +108,9 @@ def _attribute_value(attribute: onnx.AttributeProto) -> object:
 def _tensor_info(value: onnx.ValueInfoProto) -> TensorInfo:
     tensor_type = value.type.tensor_type
     dims = tuple(dim.dim_value if dim.HasField("dim_value") else None for dim in tensor_type.shape.dim)
-    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)) if tensor_type.elem_type else np.dtype("float32")
+    dtype = (
+        np.dtype(helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
+        if tensor_type.elem_type
+        else np.dtype("float32")
+    )
     return TensorInfo(value.name, dims, dtype)

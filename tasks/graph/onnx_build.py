@@ -29,7 +29,9 @@ def graph_to_model(graph: Graph, name: str = "int8flow", opset: int | None = Non
         [value_info(info) for info in graph.outputs],
         initializer=[numpy_helper.from_array(np.asarray(value), name) for name, value in graph.initializers.items()],
     )
-    model = helper.make_model(proto, opset_imports=[helper.make_opsetid("", opset or graph.opset)], producer_name="int8flow")
+    model = helper.make_model(
+        proto, opset_imports=[helper.make_opsetid("", opset or graph.opset)], producer_name="int8flow"
+    )
     model.ir_version = min(model.ir_version, 10)
     return model
 

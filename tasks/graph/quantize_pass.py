@@ -101,7 +101,9 @@ def excluded_nodes(graph: Graph, exclude: Iterable[str]) -> set[str]:
     return chosen
 
 
-def quantize_graph(graph: Graph, table: CalibrationTable, options: QuantizationOptions = QuantizationOptions()) -> Graph:
+def quantize_graph(
+    graph: Graph, table: CalibrationTable, options: QuantizationOptions = QuantizationOptions()
+) -> Graph:
     """The INT8 graph: same inputs and outputs (float32), int8 inside wherever possible."""
     return _Rewriter(graph, table, options).run()
 
@@ -130,8 +132,13 @@ class _Rewriter:
         for info in self.source.outputs:
             self._float_version(info.name)
         result = Graph(
-            self.nodes, self.initializers, list(self.source.inputs), list(self.source.outputs), self.source.opset,
-            self.source.source, dict(self.source.shapes),
+            self.nodes,
+            self.initializers,
+            list(self.source.inputs),
+            list(self.source.outputs),
+            self.source.opset,
+            self.source.source,
+            dict(self.source.shapes),
         )
         result.remove_unused()
         return result
@@ -250,8 +257,15 @@ class _Rewriter:
         bias = self._bias(node, 2)
         weight_q, weight_scales = self._quantize_weight(weight, 0, bias, x_encoding.scale)
         output, encoding, requantization = self._fused_activation(node)
-        attributes = {**node.attributes, "kernel_shape": list(weight.shape[2:]), "input_scale": x_encoding.scale, **requantization}
-        self._emit_layer(node, "Int8Conv", x_name, x_encoding.scale, weight_q, weight_scales, bias, output, encoding, attributes)
+        attributes = {
+            **node.attributes,
+            "kernel_shape": list(weight.shape[2:]),
+            "input_scale": x_encoding.scale,
+            **requantization,
+        }
+        self._emit_layer(
+            node, "Int8Conv", x_name, x_encoding.scale, weight_q, weight_scales, bias, output, encoding, attributes
+        )
 
     def _linear_weight(self, node: Node) -> np.ndarray | None:
         """The weight as (K, N) so that the layer is ``x @ weight``; None if not a constant 2-D weight."""
@@ -278,13 +292,28 @@ class _Rewriter:
         weight_q, weight_scales = self._quantize_weight(weight, 1, bias, x_encoding.scale)
         output, encoding, requantization = self._fused_activation(node)
         attributes = {"input_scale": x_encoding.scale, **requantization}
-        self._emit_layer(node, "Int8MatMul", x_name, x_encoding.scale, weight_q, weight_scales, bias, output, encoding, attributes)
+        self._emit_layer(
+            node, "Int8MatMul", x_name, x_encoding.scale, weight_q, weight_scales, bias, output, encoding, attributes
+        )
 
     def _emit_layer(
-        self, node: Node, op_type: str, x_name: str, x_scale: float, weight_q: np.ndarray, weight_scales: np.ndarray,
-        bias: np.ndarray | None, output: str, encoding: Encoding, attributes: dict,
+        self,
+        node: Node,
+        op_type: str,
+        x_name: str,
+        x_scale: float,
+        weight_q: np.ndarray,
+        weight_scales: np.ndarray,
+        bias: np.ndarray | None,
+        output: str,
+        encoding: Encoding,
+        attributes: dict,
     ) -> None:
-        inputs = [x_name, self._constant(f"{node.name}/weight_int8", weight_q), self._constant(f"{node.name}/weight_scale", weight_scales)]
+        inputs = [
+            x_name,
+            self._constant(f"{node.name}/weight_int8", weight_q),
+            self._constant(f"{node.name}/weight_scale", weight_scales),
+        ]
         if bias is not None:
             inputs.append(self._constant(f"{node.name}/bias_int32", quantize_bias(bias, x_scale, weight_scales)))
         self.nodes.append(Node(node.name, op_type, inputs, [self._produce_int8(output, encoding)], attributes))
@@ -332,8 +361,11 @@ class _Rewriter:
                 operands.append(self._int8_version(name))
         output, encoding, requantization = self._fused_activation(node)
         attributes = {
-            "a_scale": operands[0][1].scale, "a_unsigned": operands[0][1].unsigned,
-            "b_scale": operands[1][1].scale, "b_unsigned": operands[1][1].unsigned, **requantization,
+            "a_scale": operands[0][1].scale,
+            "a_unsigned": operands[0][1].unsigned,
+            "b_scale": operands[1][1].scale,
+            "b_unsigned": operands[1][1].unsigned,
+            **requantization,
         }
         outputs = [self._produce_int8(output, encoding)]
         self.nodes.append(Node(node.name, "Int8Add", [operands[0][0], operands[1][0]], outputs, attributes))
@@ -354,7 +386,12 @@ class _Rewriter:
         shape = self.source.shapes.get(node.inputs[0])
         if shape is None or len(shape) != 4:
             return False
-        axes = reduce_axes(node, [None, self.source.initializers.get(node.inputs[1]) if len(node.inputs) > 1 else None], self.source.opset, 4)
+        axes = reduce_axes(
+            node,
+            [None, self.source.initializers.get(node.inputs[1]) if len(node.inputs) > 1 else None],
+            self.source.opset,
+            4,
+        )
         return set(axes) == {2, 3}
 
     def _average(self, node: Node) -> None:
@@ -364,8 +401,12 @@ class _Rewriter:
         if node.op_type == "ReduceMean":
             attributes = {"keepdims": int(node.attribute("keepdims", 1))}
         attributes.update(
-            {"input_scale": x_encoding.scale, "input_unsigned": x_encoding.unsigned, "float_op": node.op_type,
-             **_output_attributes(encoding, *encoding.limits, "")}
+            {
+                "input_scale": x_encoding.scale,
+                "input_unsigned": x_encoding.unsigned,
+                "float_op": node.op_type,
+                **_output_attributes(encoding, *encoding.limits, ""),
+            }
         )
         outputs = [self._produce_int8(node.outputs[0], encoding)]
         self.nodes.append(Node(node.name, "Int8AveragePool", [x_name], outputs, attributes))
@@ -373,8 +414,16 @@ class _Rewriter:
     def _standalone_activation(self, node: Node) -> None:
         x_name, encoding = self.int8[node.inputs[0]]
         low, high = _int_bounds(self._activation_bounds(node), encoding)
-        attributes = {"low": low, "high": high, "scale": encoding.scale, "unsigned": encoding.unsigned, "float_op": node.op_type}
-        self.nodes.append(Node(node.name, "Int8Clip", [x_name], [self._produce_int8(node.outputs[0], encoding)], attributes))
+        attributes = {
+            "low": low,
+            "high": high,
+            "scale": encoding.scale,
+            "unsigned": encoding.unsigned,
+            "float_op": node.op_type,
+        }
+        self.nodes.append(
+            Node(node.name, "Int8Clip", [x_name], [self._produce_int8(node.outputs[0], encoding)], attributes)
+        )
 
     def _zero_pad(self, node: Node) -> bool:
         if node.op_type != "Pad":
@@ -382,13 +431,17 @@ class _Rewriter:
         if node.attribute("mode", "constant") != "constant":
             return True
         value_name = node.inputs[2] if len(node.inputs) > 2 else ""
-        value = self.source.initializers.get(value_name, 0.0) if self.source.opset >= 11 else node.attribute("value", 0.0)
+        value = (
+            self.source.initializers.get(value_name, 0.0) if self.source.opset >= 11 else node.attribute("value", 0.0)
+        )
         return float(np.asarray(value)) == 0.0
 
     def _pass_through(self, node: Node, op_type: str) -> None:
         x_name, encoding = self._int8_version(node.inputs[0])
         inputs = [x_name] + [self._float_version(name) for name in node.inputs[1:]]
-        self.nodes.append(Node(node.name, op_type, inputs, [self._produce_int8(node.outputs[0], encoding)], dict(node.attributes)))
+        self.nodes.append(
+            Node(node.name, op_type, inputs, [self._produce_int8(node.outputs[0], encoding)], dict(node.attributes))
+        )
 
 
 def _int_bounds(bounds: tuple[float | None, float | None], encoding: Encoding) -> tuple[int, int]:
@@ -400,7 +453,13 @@ def _int_bounds(bounds: tuple[float | None, float | None], encoding: Encoding) -
 
 
 def _output_attributes(encoding: Encoding, low: int, high: int, activation: str) -> dict:
-    return {"output_scale": encoding.scale, "output_unsigned": encoding.unsigned, "low": low, "high": high, "activation": activation}
+    return {
+        "output_scale": encoding.scale,
+        "output_unsigned": encoding.unsigned,
+        "low": low,
+        "high": high,
+        "activation": activation,
+    }
 
 
 def quantized_tensors(graph: Graph) -> Mapping[str, Encoding]:

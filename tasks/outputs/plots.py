@@ -21,9 +21,9 @@ from matplotlib.figure import Figure
 
 from int8flow.kernels.histogram import Histogram
 from int8flow.schemas.calibration_table import CalibrationTable, TensorCalibration
+from int8flow.schemas.run_folder import PLOTS_DIR
 from int8flow.tasks.outputs.atomic_files import atomic_write_bytes
 from int8flow.tasks.outputs.report import divergence_rank
-from int8flow.schemas.run_folder import PLOTS_DIR
 
 SENSITIVITY_PNG = f"{PLOTS_DIR}/sensitivity.png"
 SENSITIVITY_TOP = 20

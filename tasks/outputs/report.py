@@ -17,8 +17,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from int8flow.tasks.outputs.atomic_files import atomic_write_text
 from int8flow.schemas.run_folder import REPORT_JSON, REPORT_MD
+from int8flow.tasks.outputs.atomic_files import atomic_write_text
 
 STAGE_ORDER = ("observe", "reduce", "thresholds", "build", "validate", "gate", "track")
 # The stages that turn images into a calibration table; their sum is the "calibration time".
@@ -156,8 +156,12 @@ def _accuracy_section(accuracy: Mapping[str, Any] | None) -> str:
     if not accuracy:
         return ""
     rows = [
-        [label, _cell(_percent(accuracy.get(f"fp32_{key}"))), _cell(_percent(accuracy.get(f"int8_{key}"))),
-         _cell(_points(accuracy.get(f"{key}_drop")))]
+        [
+            label,
+            _cell(_percent(accuracy.get(f"fp32_{key}"))),
+            _cell(_percent(accuracy.get(f"int8_{key}"))),
+            _cell(_points(accuracy.get(f"{key}_drop"))),
+        ]
         for label, key in (("top-1", "top1"), ("top-5", "top5"))
         if any(accuracy.get(field) is not None for field in (f"fp32_{key}", f"int8_{key}", f"{key}_drop"))
     ]
@@ -181,8 +185,13 @@ def _gate_section(gate: Mapping[str, Any] | None) -> str:
     attempts = gate.get("attempts") or []
     if attempts:
         rows = [
-            [str(number), _excluded(attempt.get("excluded")), _cell(_percent(attempt.get("int8_top1"))),
-             _cell(_points(attempt.get("top1_drop"))), _cell(_passed(attempt.get("passed")))]
+            [
+                str(number),
+                _excluded(attempt.get("excluded")),
+                _cell(_percent(attempt.get("int8_top1"))),
+                _cell(_points(attempt.get("top1_drop"))),
+                _cell(_passed(attempt.get("passed"))),
+            ]
             for number, attempt in enumerate(attempts, start=1)
         ]
         parts.append(_table(["attempt", "kept in FP32", "INT8 top-1", "top-1 drop", "result"], rows, "rlrrl"))
@@ -197,8 +206,12 @@ def _stages_section(stages: Mapping[str, Mapping[str, Any]] | None) -> str:
     for name in names:
         stage = stages[name] or {}
         rows.append(
-            [name, _cell(_significant(stage.get("seconds"))), _cell(_count(stage.get("examples"))),
-             _cell(_significant(stage.get("examples_per_second")))]
+            [
+                name,
+                _cell(_significant(stage.get("seconds"))),
+                _cell(_count(stage.get("examples"))),
+                _cell(_significant(stage.get("examples_per_second"))),
+            ]
         )
     seconds = [stage["seconds"] for stage in stages.values() if stage and stage.get("seconds") is not None]
     if seconds:
@@ -239,8 +252,12 @@ def _tensors_section(tensors: Sequence[Mapping[str, Any]] | None) -> str:
         return ""
     ranked = sorted(tensors, key=lambda tensor: divergence_rank(tensor["name"], tensor.get("divergence")))
     rows = [
-        [_code(tensor["name"]), _cell(_threshold(tensor.get("threshold"))), _cell(_statistic(tensor.get("divergence"))),
-         _cell(_yes_no(tensor.get("signed")))]
+        [
+            _code(tensor["name"]),
+            _cell(_threshold(tensor.get("threshold"))),
+            _cell(_statistic(tensor.get("divergence"))),
+            _cell(_yes_no(tensor.get("signed"))),
+        ]
         for tensor in ranked[:TOP_ROWS]
     ]
     heading = f"Largest divergence ({len(rows)} of {len(tensors)} tensors)"

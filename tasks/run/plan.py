@@ -21,21 +21,32 @@ from fsspec.core import url_to_fs
 
 from int8flow.schemas.run_config import RunConfig
 from int8flow.schemas.run_folder import FP32_MODEL, HISTOGRAM_DIR, PLAN_FILE, RESULT_NAMES, STAGE_DIR, partial_file_name
-from int8flow.tasks.outputs.atomic_files import atomic_write_bytes, atomic_write_text
 from int8flow.tasks.data.mnist_idx import DatasetError
 from int8flow.tasks.data.preprocess import check_fits, parse_preprocess
 from int8flow.tasks.data.sources import open_dataset
+from int8flow.tasks.distributed.cluster import default_worker_count
+from int8flow.tasks.distributed.shard_jobs import ModelRef, ShardSpec
 from int8flow.tasks.graph.load import ModelLoadError, import_model, model_fingerprint, parse_model, read_model_bytes
 from int8flow.tasks.graph.quantize_pass import QuantizationOptions, calibration_tensors, excluded_nodes
 from int8flow.tasks.graph.simplify import simplify
+from int8flow.tasks.outputs.atomic_files import atomic_write_bytes, atomic_write_text
 from int8flow.tasks.tracking.model_source import resolve_model
-from int8flow.tasks.distributed.cluster import default_worker_count
-from int8flow.tasks.distributed.shard_jobs import ModelRef, ShardSpec
 from int8flow.tasks.tracking.store_uri import default_tracking_uri
 
 SHARDS_PER_WORKER = 4
 _NOT_RESULT_SETTINGS = frozenset(
-    {"batch_size", "scheduler", "workers", "shards", "out", "overwrite", "tracking_uri", "experiment", "register", "alias"}
+    {
+        "batch_size",
+        "scheduler",
+        "workers",
+        "shards",
+        "out",
+        "overwrite",
+        "tracking_uri",
+        "experiment",
+        "register",
+        "alias",
+    }
 )
 
 
@@ -87,8 +98,16 @@ class RunPlan:
         shards = min(self.shards, data.sample)
         return [
             ShardSpec(
-                data.uri, data.fingerprint, data.total, data.sample, data.seed, shard, shards, self.config.batch_size,
-                self.config.preprocess, self.config.on_bad_image,
+                data.uri,
+                data.fingerprint,
+                data.total,
+                data.sample,
+                data.seed,
+                shard,
+                shards,
+                self.config.batch_size,
+                self.config.preprocess,
+                self.config.on_bad_image,
             )
             for shard in range(shards)
         ]
@@ -134,8 +153,12 @@ def plan_run(config: RunConfig, cwd: str | None = None) -> RunPlan:
     )
     sha256 = model_fingerprint(data)
     settings = {name: value for name, value in config.as_dict().items() if name not in _NOT_RESULT_SETTINGS}
-    identity = {"model": sha256, "calibration": calibration.fingerprint, "settings": settings,
-                "validation": validation.fingerprint if validation else None}
+    identity = {
+        "model": sha256,
+        "calibration": calibration.fingerprint,
+        "settings": settings,
+        "validation": validation.fingerprint if validation else None,
+    }
     run_key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     _claim_output_directory(config.out, run_key, config.overwrite)
     _forget_stage_records(config.out)

@@ -9,8 +9,8 @@ only its own work, and the report of an Airflow run equals that of a CLI run.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import TypeVar
 
 import fsspec
@@ -128,8 +128,14 @@ def gate(out: str, client: Client, progress: ProgressSink = quiet) -> GateRecord
     first = load_record(plan, ValidateRecord)
     if first is None:
         record = GateRecord(
-            seconds=0.0, max_top1_drop=plan.config.max_top1_drop, passed=True, attempts=(), final_excluded=(),
-            final_accuracy=None, sensitivity=(), plots=(),
+            seconds=0.0,
+            max_top1_drop=plan.config.max_top1_drop,
+            passed=True,
+            attempts=(),
+            final_excluded=(),
+            final_accuracy=None,
+            sensitivity=(),
+            plots=(),
         )
         save_record(plan, record)
         return record

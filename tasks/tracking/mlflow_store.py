@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from types import MappingProxyType
 
 import requests
@@ -29,8 +28,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
-from int8flow.tasks.outputs.atomic_files import TEMP_MARKER
 from int8flow.tasks.graph.load import ModelLoadError
+from int8flow.tasks.outputs.atomic_files import TEMP_MARKER
 from int8flow.tasks.tracking.store_uri import sqlite_file
 
 EXPERIMENT_PREFIX = "int8flow/"

@@ -23,9 +23,15 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
 
-from int8flow.tasks.outputs.atomic_files import atomic_write_bytes
 from int8flow.tasks.graph.load import ModelLoadError
-from int8flow.tasks.tracking.mlflow_store import RegistryReference, filter_literal, reachable, registry_reference, tracking_client
+from int8flow.tasks.outputs.atomic_files import atomic_write_bytes
+from int8flow.tasks.tracking.mlflow_store import (
+    RegistryReference,
+    filter_literal,
+    reachable,
+    registry_reference,
+    tracking_client,
+)
 
 
 @dataclass(frozen=True)
@@ -66,9 +72,7 @@ def resolve_model(uri: str, tracking_uri: str, download_dir: str) -> ResolvedMod
     return ResolvedModel(uri, target, version.name, str(version.version))
 
 
-def _model_version(
-    client: MlflowClient, uri: str, tracking_uri: str, reference: RegistryReference
-) -> ModelVersion:
+def _model_version(client: MlflowClient, uri: str, tracking_uri: str, reference: RegistryReference) -> ModelVersion:
     try:
         registered = client.get_registered_model(reference.name)
     except MlflowException as error:

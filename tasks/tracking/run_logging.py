@@ -46,8 +46,14 @@ def track(out: str, run_key: str | None = None) -> str:
     }
     run_name = f"{plan.config.method}-{plan.calibration.sample}"
     return log_run(
-        plan.tracking_uri, experiment_id, run_name, plan.config.mlflow_params(), run_metrics(report), tags,
-        plan.out, run_key=run_key,
+        plan.tracking_uri,
+        experiment_id,
+        run_name,
+        plan.config.mlflow_params(),
+        run_metrics(report),
+        tags,
+        plan.out,
+        run_key=run_key,
     )
 
 
@@ -58,13 +64,15 @@ def register(out: str, run_id: str) -> str | None:
     if not plan.config.register or (gate is not None and not gate.passed):
         return None
     tags = {name: f"{value:.6g}" for name, value in run_metrics(read_run_report(plan)).items()}
-    tags.update({
-        "fp32_model_uri": plan.model_uri,
-        "fp32_sha256": plan.model.sha256,
-        "fp32_registered_name": plan.registered_name or "",
-        "fp32_registered_version": plan.registered_version or "",
-        "method": plan.config.method,
-    })
+    tags.update(
+        {
+            "fp32_model_uri": plan.model_uri,
+            "fp32_sha256": plan.model.sha256,
+            "fp32_registered_name": plan.registered_name or "",
+            "fp32_registered_version": plan.registered_version or "",
+            "method": plan.config.method,
+        }
+    )
     return register_int8_model(
         plan.tracking_uri, plan.config.register, run_id, INT8_MODEL, tags, plan.config.alias or None
     )

@@ -19,10 +19,10 @@ from int8flow.schemas.stage_records import Accuracy, GateAttempt, NodeSensitivit
 from int8flow.tasks.data.preprocess import parse_preprocess
 from int8flow.tasks.data.sources import load_batch, open_dataset
 from int8flow.tasks.distributed.fanout import ProgressSink, quiet
-from int8flow.tasks.run.plan import RunPlan
-from int8flow.tasks.validation.sensitivity import rank_sensitivity
 from int8flow.tasks.distributed.shard_jobs import fp32_graph
+from int8flow.tasks.run.plan import RunPlan
 from int8flow.tasks.validation.accuracy import validate_int8
+from int8flow.tasks.validation.sensitivity import rank_sensitivity
 
 
 @dataclass(frozen=True)
