@@ -30,15 +30,17 @@ $(FASHION_MNIST):
 
 data: $(FASHION_MNIST)
 
-# mypy checks the installed names (int8flow.kernels, ...), which only the editable install's import
-# hook knows; it reads them through links to the source folders instead (build/ is ignored by git).
-MYPY_TREE := build/mypy/int8flow
-$(MYPY_TREE):
+# The installed names (int8flow.kernels -> kernels/, ...) without installing: links to the source
+# folders (build/ is ignored by git). mypy reads the code through them (it cannot follow the
+# editable install's import hook), and so does a bare GPU machine with PYTHONPATH=build/namespace.
+NAMESPACE := build/namespace
+NAMESPACE_TREE := $(NAMESPACE)/int8flow
+$(NAMESPACE_TREE):
 	mkdir -p $@
 	ln -sfn ../../../int8flow/__init__.py $@/__init__.py
 	for folder in kernels schemas tasks; do ln -sfn ../../../$$folder $@/$$folder; done
 
-lint: $(STAMP) $(MYPY_TREE)
+lint: $(STAMP) $(NAMESPACE_TREE)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -47,8 +49,8 @@ test: lint $(EFFICIENTNET) $(FASHION_MNIST)
 	$(BIN)/python -m pytest -m "not gpu"
 
 # GPU machines bring their own CuPy and NumPy; the GPU tests need nothing else from the venv.
-test-gpu:
-	PYTHONPATH=. $(PYTHON) -m pytest -m gpu -p no:cacheprovider tests/test_gpu_kernels.py tests/test_kernels_cuda.py tests/test_gpu_executor.py
+test-gpu: $(NAMESPACE_TREE)
+	PYTHONPATH=$(NAMESPACE) $(PYTHON) -m pytest -m gpu -p no:cacheprovider tests/test_gpu_kernels.py tests/test_kernels_cuda.py tests/test_gpu_executor.py
 
 # The main job on the bundled demo: calibrate on 1024 training images, validate on the 10,000 test
 # images, gate at 0.5 points of top-1, register the INT8 model in the local MLflow (./mlflow.db).

@@ -17,13 +17,13 @@ everyone, same run.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from bench_cli import model_parser
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
 from int8flow.kernels.thresholds import METHODS, ThresholdSettings
@@ -57,8 +57,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="models/efficientnet_lite0.onnx")
+    parser = model_parser(__doc__)
     parser.add_argument("--calib", type=int, default=256)
     parser.add_argument("--val", type=int, default=1024)
     args = parser.parse_args()

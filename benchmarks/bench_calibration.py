@@ -54,11 +54,11 @@ from typing import Any
 
 import numpy as np
 import psutil
+from bench_cli import EFFICIENTNET_LITE0
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-MODEL = str(ROOT / "models" / "efficientnet_lite0.onnx")
+MODEL = str(ROOT / EFFICIENTNET_LITE0)
 SEED = 0
 NUM_BINS = 8192
 ORT_NUM_BINS = 8001

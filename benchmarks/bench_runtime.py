@@ -9,12 +9,12 @@ Same process, same batch of real photo crops, best of several runs each:
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Callable
 
 import numpy as np
 import onnxruntime as ort
+from bench_cli import model_parser
 
 from int8flow.kernels.thresholds import ThresholdSettings
 from int8flow.tasks.calibration.collector import collect_histograms
@@ -38,8 +38,7 @@ def best_time(run: Callable[[], object], repeats: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="models/efficientnet_lite0.onnx")
+    parser = model_parser(__doc__)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()

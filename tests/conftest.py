@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import fsspec
@@ -15,6 +15,11 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+
+def flags(options: Mapping[str, object]) -> list[str]:
+    """Run settings as ``int8flow run`` flags: ``{"calib_examples": 128}`` -> ``["--calib-examples=128"]``."""
+    return [f"--{name.replace('_', '-')}={value}" for name, value in options.items()]
 
 
 def distributions(size: int, seed: int = 0) -> dict[str, np.ndarray]:

@@ -9,6 +9,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from conftest import flags
 
 import int8flow
 from int8flow.schemas.run_config import RunConfigError
@@ -70,7 +71,6 @@ def test_the_python_api_runs_the_same_job_as_the_cli(tmp_path: Path, capsys: pyt
         tracking_uri=tracking,
         **SETTINGS,
     )
-    flags = [f"--{name.replace('_', '-')}={value}" for name, value in SETTINGS.items()]
     code = main(
         [
             "run",
@@ -79,7 +79,7 @@ def test_the_python_api_runs_the_same_job_as_the_cli(tmp_path: Path, capsys: pyt
             f"{data}#train",
             "--val-data",
             f"{data}#t10k",
-            *flags,
+            *flags(SETTINGS),
             "--out",
             str(tmp_path / "cli"),
             "--tracking-uri",

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+from conftest import flags
 from mlflow import MlflowClient
 
 from int8flow.schemas.calibration_table import CalibrationTable
@@ -41,36 +42,27 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([SCRIPT, *args], capture_output=True, text=True, cwd=cwd, timeout=600)
 
 
+def run_demo_model(cwd: Path, **options: object) -> subprocess.CompletedProcess[str]:
+    """``int8flow run`` of the demo model on Fashion-MNIST, with ``options`` as its flags."""
+    return cli(
+        "run", MODEL, f"--calib-data={CALIB}", f"--val-data={VAL}", "--preprocess=mnist", *flags(options), cwd=cwd
+    )
+
+
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
     """One real run with a gate and a registration; several tests read what it left."""
     cwd = tmp_path_factory.mktemp("run")
-    done = cli(
-        "run",
-        MODEL,
-        "--calib-data",
-        CALIB,
-        "--val-data",
-        VAL,
-        "--preprocess",
-        "mnist",
-        "--calib-examples",
-        str(CALIB_EXAMPLES),
-        "--val-examples",
-        str(VAL_EXAMPLES),
-        "--batch-size",
-        "32",
-        "--workers",
-        "2",
-        "--shards",
-        "3",
-        "--max-top1-drop",
-        "1",
-        "--register",
-        "fmnist-int8",
-        "--out",
-        "out",
-        cwd=cwd,
+    done = run_demo_model(
+        cwd,
+        calib_examples=CALIB_EXAMPLES,
+        val_examples=VAL_EXAMPLES,
+        batch_size=32,
+        workers=2,
+        shards=3,
+        max_top1_drop=1,
+        register="fmnist-int8",
+        out="out",
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return cwd, done
@@ -171,32 +163,16 @@ def test_mlflow_holds_the_run_and_the_registered_version(
 
 
 def test_a_failed_gate_exits_1_and_registers_nothing(tmp_path: Path) -> None:
-    done = cli(
-        "run",
-        MODEL,
-        "--calib-data",
-        CALIB,
-        "--val-data",
-        VAL,
-        "--preprocess",
-        "mnist",
-        "--calib-examples",
-        "128",
-        "--val-examples",
-        "256",
-        "--workers",
-        "1",
-        "--max-top1-drop",
-        "-1",
-        "--fallback-budget",
-        "1",
-        "--sensitivity-examples",
-        "32",
-        "--register",
-        "never",
-        "--out",
-        "out",
-        cwd=tmp_path,
+    done = run_demo_model(
+        tmp_path,
+        calib_examples=128,
+        val_examples=256,
+        workers=1,
+        max_top1_drop=-1,
+        fallback_budget=1,
+        sensitivity_examples=32,
+        register="never",
+        out="out",
     )
     assert done.returncode == 1, done.stderr[-2000:]
     assert done.stderr.startswith("int8flow: accuracy gate failed") and done.stderr.count("\n") == 1

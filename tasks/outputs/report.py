@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from int8flow.schemas.run_folder import REPORT_JSON, REPORT_MD
@@ -109,24 +109,25 @@ def _title(report: Mapping[str, Any]) -> str:
 
 
 def _run_line(report: Mapping[str, Any]) -> str:
-    parts = []
-    if report.get("int8flow_version") is not None:
-        parts.append(f"int8flow {report['int8flow_version']}")
-    if report.get("started") is not None:
-        parts.append(f"started {report['started']}")
-    if report.get("finished") is not None:
-        parts.append(f"finished {report['finished']}")
-    return ", ".join(parts)
+    return ", ".join(
+        _present(
+            report,
+            [
+                ("int8flow_version", "int8flow {}".format),
+                ("started", "started {}".format),
+                ("finished", "finished {}".format),
+            ],
+        )
+    )
 
 
 def _model_section(model: Mapping[str, Any] | None) -> str:
     if not model:
         return ""
-    lines = []
-    if model.get("uri") is not None:
-        lines.append(f"- source: {_code(model['uri'])}")
-    if model.get("sha256") is not None:
-        lines.append(f"- SHA-256: {_code(model['sha256'])}")
+    lines = _present(
+        model,
+        [("uri", lambda uri: f"- source: {_code(uri)}"), ("sha256", lambda sha256: f"- SHA-256: {_code(sha256)}")],
+    )
     if model.get("registered_name") is not None:
         version = model.get("registered_version")
         suffix = "" if version is None else f" version {version}"
@@ -222,18 +223,22 @@ def _stages_section(stages: Mapping[str, Mapping[str, Any]] | None) -> str:
 def _cluster_section(cluster: Mapping[str, Any] | None) -> str:
     if not cluster:
         return ""
-    parts = []
-    if cluster.get("workers") is not None:
-        parts.append(f"{cluster['workers']} workers")
-    if cluster.get("shards") is not None:
-        parts.append(f"{cluster['shards']} shards")
-    if cluster.get("device") is not None:
-        parts.append(f"device {cluster['device']}")
-    if cluster.get("scheduler") is not None:
-        parts.append(f"scheduler {_code(cluster['scheduler'])}")
-    if cluster.get("dashboard") is not None:
-        parts.append(f"dashboard <{cluster['dashboard']}>")
+    parts = _present(
+        cluster,
+        [
+            ("workers", "{} workers".format),
+            ("shards", "{} shards".format),
+            ("device", "device {}".format),
+            ("scheduler", lambda scheduler: f"scheduler {_code(scheduler)}"),
+            ("dashboard", "dashboard <{}>".format),
+        ],
+    )
     return _section("Cluster", ", ".join(parts) + ".") if parts else ""
+
+
+def _present(values: Mapping[str, Any], parts: Sequence[tuple[str, Callable[[Any], str]]]) -> list[str]:
+    """Each part rendered from its value, for the values the report holds: sections stay optional."""
+    return [render(values[key]) for key, render in parts if values.get(key) is not None]
 
 
 def _sensitivity_section(sensitivity: Sequence[Mapping[str, Any]] | None) -> str:
