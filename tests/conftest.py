@@ -16,6 +16,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+DEMO_MODEL = Path(__file__).resolve().parents[1] / "examples" / "models" / "fashion_mnist_resnet.onnx"
+"""The committed Fashion-MNIST ResNet, the model of ``make demo``."""
+
 
 def flags(options: Mapping[str, object]) -> list[str]:
     """Run settings as ``int8flow run`` flags: ``{"calib_examples": 128}`` -> ``["--calib-examples=128"]``."""

@@ -20,14 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import DEMO_MODEL
 
 from int8flow.schemas.run_config import SETTINGS, RunConfig, RunConfigError
+from int8flow.tasks.data.mnist_idx import FASHION_MNIST_FOLDER
 
 REPO = Path(__file__).resolve().parents[1]
 DAGS = REPO / "dags"
 AIRFLOW = Path(sys.executable).parent / "airflow"
-DEMO_MODEL = REPO / "examples" / "models" / "fashion_mnist_resnet.onnx"
-FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST = Path(FASHION_MNIST_FOLDER)
 DAG_ID = "int8_requantize"
 DAG_IDS = {DAG_ID, "int8_requantize_nightly"}
 TASK_IDS = ["plan", "observe", "thresholds", "build", "validate", "gate", "report", "track", "register"]

@@ -9,7 +9,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from conftest import flags
+from conftest import DEMO_MODEL, flags
 
 import int8flow
 from int8flow.schemas.run_config import RunConfigError
@@ -17,7 +17,7 @@ from int8flow.tasks.cli.main import main
 from int8flow.tasks.data import fashion_mnist_folder
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL = REPO / "examples" / "models" / "fashion_mnist_resnet.onnx"
+MODEL = DEMO_MODEL
 SETTINGS = {"preprocess": "mnist", "calib_examples": 128, "val_examples": 256, "workers": 1, "max_top1_drop": 5.0}
 
 

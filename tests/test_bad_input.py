@@ -12,13 +12,14 @@ import onnx
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import DEMO_MODEL
 from onnx import numpy_helper
 from PIL import Image
 
 from int8flow.tasks.cli.main import EXIT_BAD_INPUT, EXIT_UNAVAILABLE, main
 from int8flow.tasks.data import fashion_mnist_folder, load_mnist_split
 
-MODEL = str(Path(__file__).parents[1] / "examples" / "models" / "fashion_mnist_resnet.onnx")
+MODEL = str(DEMO_MODEL)
 CALIB = f"{fashion_mnist_folder()}#train"
 VAL = f"{fashion_mnist_folder()}#t10k"
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import DEMO_MODEL
 
 from int8flow.schemas.run_config import RunConfig
 from int8flow.tasks.data import fashion_mnist_folder, load_mnist_split
@@ -18,7 +19,7 @@ from int8flow.tasks.distributed.cluster import ClusterUnavailableError, dask_cli
 from int8flow.tasks.run import stages
 from int8flow.tasks.run.plan import plan_run
 
-MODEL = str(Path(__file__).parents[1] / "examples" / "models" / "fashion_mnist_resnet.onnx")
+MODEL = str(DEMO_MODEL)
 CALIB_EXAMPLES = 600
 
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
+from conftest import DEMO_MODEL
 from graph_builders import INPUT_SHAPES, MODELS
 
 from int8flow.kernels.backend import gpu_available
@@ -20,7 +19,7 @@ from int8flow.tasks.graph.simplify import simplify
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not gpu_available(), reason="needs a CUDA GPU and CuPy")]
 
-FASHION_MODEL = Path(__file__).resolve().parent.parent / "examples" / "models" / "fashion_mnist_resnet.onnx"
+FASHION_MODEL = DEMO_MODEL
 
 
 def run_both(graph, batch: np.ndarray, ops=None) -> tuple[np.ndarray, np.ndarray]:

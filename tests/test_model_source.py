@@ -11,13 +11,14 @@ import mlflow.artifacts
 import mlflow.onnx
 import onnx
 import pytest
+from conftest import DEMO_MODEL
 
 from int8flow.tasks.graph.load import ModelLoadError, read_model_bytes
 from int8flow.tasks.tracking.mlflow_store import experiment_for, log_run, register_int8_model, tracking_client
 from int8flow.tasks.tracking.model_source import ResolvedModel, resolve_model
 from int8flow.tasks.tracking.store_uri import default_tracking_uri
 
-MODEL = Path(__file__).parent.parent / "examples" / "models" / "fashion_mnist_resnet.onnx"
+MODEL = DEMO_MODEL
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from conftest import flags
+from conftest import DEMO_MODEL, flags
 from mlflow import MlflowClient
 
 from int8flow.schemas.calibration_table import CalibrationTable
@@ -30,7 +30,7 @@ from int8flow.tasks.run.pipeline import run_pipeline
 from int8flow.tasks.run.plan import plan_run
 from int8flow.tasks.validation.sensitivity import rank_sensitivity
 
-MODEL = str(Path(__file__).parents[1] / "examples" / "models" / "fashion_mnist_resnet.onnx")
+MODEL = str(DEMO_MODEL)
 CALIB = f"{fashion_mnist_folder()}#train"
 VAL = f"{fashion_mnist_folder()}#t10k"
 CALIB_EXAMPLES = 512

@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import DEMO_MODEL
 from graph_builders import MODELS
 from test_graph_int8 import calibrated
 
@@ -30,7 +30,7 @@ from int8flow.tasks.graph.quantize_pass import (
 from int8flow.tasks.graph.simplify import simplify
 from int8flow.tasks.validation.sensitivity import NodeSensitivity, quantizable_nodes, rank_sensitivity
 
-MODEL = Path(__file__).resolve().parent.parent / "examples" / "models" / "fashion_mnist_resnet.onnx"
+MODEL = DEMO_MODEL
 SHORTCUT_CONV = "/blocks/blocks.1/shortcut/shortcut.0/Conv"
 SHORTCUT_OUTPUT = "/blocks/blocks.1/shortcut/shortcut.1/BatchNormalization_output_0"
 SHORTCUT_READER = "/blocks/blocks.1/Add"

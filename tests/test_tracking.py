@@ -8,6 +8,7 @@ from pathlib import Path
 
 import fsspec
 import pytest
+from conftest import DEMO_MODEL
 from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
@@ -25,7 +26,7 @@ from int8flow.tasks.tracking.mlflow_store import (
 )
 from int8flow.tasks.tracking.store_uri import default_tracking_uri
 
-MODEL = Path(__file__).parent.parent / "examples" / "models" / "fashion_mnist_resnet.onnx"
+MODEL = DEMO_MODEL
 
 
 @pytest.fixture(scope="module")
