@@ -8,6 +8,8 @@ knowing about it. Stages, reports and tests import these names instead of spelli
 from __future__ import annotations
 
 PLAN_FILE = "run.json"
+MANIFEST_FILE = "manifest.json"
+"""Every file the run wrote, relative to the folder: the only files ``--overwrite`` removes and MLflow gets."""
 HISTOGRAM_DIR = "histograms"
 STAGE_DIR = "stages"
 CALIBRATION_JSON = "calibration.json"
@@ -22,6 +24,7 @@ PARTIAL_FILE_SUFFIX = ".parquet"
 
 RESULT_NAMES: tuple[str, ...] = (
     PLAN_FILE,
+    MANIFEST_FILE,
     HISTOGRAM_DIR,
     CALIBRATION_JSON,
     TENSORRT_CACHE,
@@ -32,7 +35,10 @@ RESULT_NAMES: tuple[str, ...] = (
     PLOTS_DIR,
     STAGE_DIR,
 )
-"""Every top-level entry a run writes into its output folder; ``--overwrite`` removes exactly these."""
+"""Every top-level entry a run may write into its output folder (what it did write is in the manifest)."""
+
+RUN_SUBFOLDERS: tuple[str, ...] = (HISTOGRAM_DIR, PLOTS_DIR, STAGE_DIR)
+"""The folders a run writes into; each must be a real folder, never a link to somewhere else."""
 
 
 def partial_file_name(shard: int) -> str:

@@ -2,20 +2,35 @@
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
+import signal
 import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, closing, suppress
 from pathlib import Path
 
 import fsspec
 import pytest
+import requests
 from conftest import DEMO_MODEL
 from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
+from int8flow.schemas.run_config import RunConfig
+from int8flow.tasks.cli.main import EXIT_UNAVAILABLE, main
+from int8flow.tasks.data import fashion_mnist_folder
 from int8flow.tasks.graph.load import ModelLoadError
+from int8flow.tasks.run.plan import plan_run
 from int8flow.tasks.tracking.mlflow_store import (
     TrackingUnavailableError,
+    check_tracking_store,
     default_experiment_name,
     experiment_for,
     find_run,
@@ -27,6 +42,22 @@ from int8flow.tasks.tracking.mlflow_store import (
 from int8flow.tasks.tracking.store_uri import default_tracking_uri
 
 MODEL = DEMO_MODEL
+CONCURRENT_RUNS = 4
+CONCURRENT_CHILD = """
+import sys, time
+from pathlib import Path
+from int8flow.tasks.tracking.mlflow_store import experiment_for, log_run
+
+store, folder, artifacts, index = sys.argv[1:5]
+(Path(folder) / f"ready-{index}").touch()
+deadline = time.monotonic() + 300
+while not (Path(folder) / "go").exists():
+    if time.monotonic() > deadline:
+        sys.exit("no start signal")
+    time.sleep(0.005)
+experiment_id = experiment_for(store, "int8flow/concurrent")
+print(log_run(store, experiment_id, f"run-{index}", {"index": index}, {"int8_top1": 0.9}, {}, artifacts))
+"""
 
 
 @pytest.fixture(scope="module")
@@ -290,4 +321,179 @@ def test_an_unreachable_tracking_server_is_a_retryable_error(monkeypatch: pytest
         experiment_for(server, "int8flow/fashion_mnist_resnet")
     assert str(error.value) == (
         f"MLflow tracking server {server} unreachable (ConnectionError); start it or fix the tracking URI, then retry"
+    )
+
+
+def closed_port_server() -> str:
+    """The URL of a port nothing listens on: bound, then released."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{closed.getsockname()[1]}"
+
+
+def last_error(stderr: Path) -> str:
+    """The last ``SomeError: message`` line of a child's stderr: what a failure report should show."""
+    lines = stderr.read_text().splitlines()
+    errors = [line for line in lines if re.match(r"[A-Za-z_][\w.]*(Error|Exception)\b", line)]
+    return (errors or lines or ["(no output)"])[-1]
+
+
+@pytest.mark.slow
+def test_runs_that_create_one_sqlite_store_at_the_same_moment_all_log(tmp_path: Path, artifacts: Path) -> None:
+    """Concurrent runs on one host are the nightly DAG's normal case: N processes wait at a start file
+    (imports done), then all open the same new database at once; each must log its run."""
+    store = default_tracking_uri(str(tmp_path / "shared"))
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    with ExitStack() as files:
+        children = [
+            subprocess.Popen(
+                [sys.executable, "-c", CONCURRENT_CHILD, store, str(logs), str(artifacts), str(index)],
+                stdout=files.enter_context((logs / f"out-{index}").open("w")),
+                stderr=files.enter_context((logs / f"err-{index}").open("w")),
+            )
+            for index in range(CONCURRENT_RUNS)
+        ]
+        try:
+            ready_by = time.monotonic() + 300  # four MLflow imports on two busy cores
+            while len(list(logs.glob("ready-*"))) < CONCURRENT_RUNS:
+                assert all(child.poll() is None for child in children), "a child died before the start signal"
+                assert time.monotonic() < ready_by, "children not ready in 300 s"
+                time.sleep(0.05)
+            (logs / "go").touch()
+            done_by = time.monotonic() + 300
+            codes = [child.wait(timeout=max(1.0, done_by - time.monotonic())) for child in children]
+        finally:
+            for child in children:
+                if child.poll() is None:
+                    child.kill()
+                    child.wait()
+    failures = {index: last_error(logs / f"err-{index}") for index, code in enumerate(codes) if code != 0}
+    assert failures == {}
+
+    client = tracking_client(store)
+    experiment = client.get_experiment_by_name("int8flow/concurrent")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(run.info.run_name for run in runs) == [f"run-{index}" for index in range(CONCURRENT_RUNS)]
+    assert {run.info.status for run in runs} == {"FINISHED"}
+    assert sorted(run.info.run_id for run in runs) == sorted(
+        (logs / f"out-{index}").read_text().strip() for index in range(CONCURRENT_RUNS)
+    )
+    assert sorted(experiment.name for experiment in client.search_experiments()) == ["Default", "int8flow/concurrent"]
+
+
+def plan_config(out: Path, tracking_uri: str) -> RunConfig:
+    return RunConfig.from_mapping(
+        {
+            "model": str(MODEL),
+            "calib_data": f"{fashion_mnist_folder()}#train",
+            "preprocess": "mnist",
+            "calib_examples": 256,
+            "workers": 1,
+            "out": str(out),
+            "tracking_uri": tracking_uri,
+        }
+    )
+
+
+def test_planning_against_an_unreachable_tracking_server_fails_in_seconds_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)  # MLflow's default: minutes of retries
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT", raising=False)
+    server = closed_port_server()
+    started = time.monotonic()
+    with pytest.raises(TrackingUnavailableError) as error:
+        plan_run(plan_config(tmp_path / "out", server), cwd=str(tmp_path / "cwd"))
+    assert time.monotonic() - started < 15
+    assert str(error.value) == (
+        f"MLflow tracking server {server} unreachable (ConnectionError); start it or fix the tracking URI, then retry"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_int8flow_run_against_an_unreachable_tracking_server_exits_3_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = closed_port_server()
+    out = tmp_path / "out"
+    started = time.monotonic()
+    code = main(
+        ["run", str(MODEL), "--calib-data", f"{fashion_mnist_folder()}#train", "--preprocess", "mnist"]
+        + ["--workers", "1", "--out", str(out), "--tracking-uri", server]
+    )
+    assert (code, time.monotonic() - started < 15, out.exists()) == (EXIT_UNAVAILABLE, True, False)
+    assert capsys.readouterr().err == (
+        f"int8flow: error: MLflow tracking server {server} unreachable (ConnectionError); "
+        "start it or fix the tracking URI, then retry\n"
+    )
+
+
+def test_planning_creates_the_sqlite_store_before_any_work(tmp_path: Path) -> None:
+    store = default_tracking_uri(str(tmp_path / "new" / "folder"))
+    plan_run(plan_config(tmp_path / "out", store))
+    database = tmp_path / "new" / "folder" / "mlflow.db"
+    assert database.exists()
+    with closing(sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True)) as connection:
+        tables = {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"experiments", "runs", "registered_models", "alembic_version"} <= tables
+    assert [experiment.name for experiment in tracking_client(store).search_experiments()] == ["Default"]
+
+
+def test_a_sqlite_store_whose_folder_cannot_be_made_is_bad_input_found_while_planning(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("not a folder")
+    store = default_tracking_uri(str(tmp_path / "a-file" / "sub"))
+    out = tmp_path / "out"
+    with pytest.raises(ValueError) as error:
+        plan_run(plan_config(out, store))
+    assert str(error.value).startswith(
+        f"tracking store {store}: cannot create or write {tmp_path / 'a-file' / 'sub'} ("
+    )
+    assert str(error.value).endswith("); choose a writable folder for --tracking-uri")
+    assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ``mlflow server`` on a SQLite store, as production runs one; stopped afterwards."""
+    folder = tmp_path_factory.mktemp("server")
+    server = closed_port_server()
+    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{folder}/db"]
+    command += ["--host", "127.0.0.1", "--port", server.rpartition(":")[2], "--workers", "1"]
+    process = subprocess.Popen(
+        command,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        stdout=subprocess.DEVNULL,
+        stderr=(folder / "server.log").open("w"),
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, (folder / "server.log").read_text()[-2000:]
+            with suppress(requests.exceptions.RequestException):
+                if requests.get(f"{server}/health", timeout=2).ok:
+                    break
+            assert time.monotonic() < deadline, "mlflow server not up in 120 s"
+            time.sleep(0.5)
+        yield server
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@pytest.mark.slow
+def test_a_running_tracking_server_passes_the_check_and_a_wrong_path_is_bad_input(mlflow_server: str) -> None:
+    check_tracking_store(mlflow_server, 5.0)
+    check_tracking_store(f"{mlflow_server}/", 5.0)
+    wrong = f"{mlflow_server}/not-mlflow"
+    with pytest.raises(ValueError) as error:
+        check_tracking_store(wrong, 5.0)
+    assert str(error.value) == (
+        f"{wrong} answered HTTP 404 to an MLflow API request, so it is no MLflow tracking server; fix the tracking URI"
     )

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from distributed import Client
-from fsspec.core import url_to_fs
 
 from int8flow.kernels.histogram import Histogram
 from int8flow.schemas.calibration_table import CalibrationTable
@@ -18,6 +17,7 @@ from int8flow.tasks.calibration.partial_files import merge_partial_files
 from int8flow.tasks.calibration.table import build_calibration_table, write_calibration_table
 from int8flow.tasks.distributed.fanout import ProgressSink, quiet, run_shards
 from int8flow.tasks.distributed.shard_jobs import ObservedShard, observe_shard
+from int8flow.tasks.outputs.manifest import owned_outputs, record_outputs, remove_outputs
 from int8flow.tasks.run.plan import RunPlan
 
 
@@ -28,8 +28,10 @@ def observe_shards(plan: RunPlan, client: Client, progress: ProgressSink = quiet
     attempt's and count some examples twice, so only the files this plan names may remain.
     """
     specs = plan.shard_specs(plan.calibration)
-    wanted = {plan.histogram_path(spec.shard) for spec in specs}
-    _remove_other_partials(plan.path(HISTOGRAM_DIR), wanted)
+    wanted = [plan.histogram_path(spec.shard) for spec in specs]
+    partials = {name for name in owned_outputs(plan.out) if name.startswith(f"{HISTOGRAM_DIR}/")}
+    remove_outputs(plan.out, partials - {path.removeprefix(plan.out + "/") for path in wanted})
+    record_outputs(plan.out, wanted)  # before the workers write them, so a crash leaves nothing unrecorded
     jobs = [
         (plan.model, spec, plan.tensors, plan.config.num_bins, plan.histogram_path(spec.shard), plan.run_key)
         for spec in specs
@@ -52,16 +54,5 @@ def write_table(plan: RunPlan, histograms: Mapping[str, Histogram]) -> Calibrati
         "num_bins": str(plan.config.num_bins),
     }
     table = build_calibration_table(histograms, plan.config.threshold_settings(), metadata)
-    write_calibration_table(table, plan.out)
+    record_outputs(plan.out, write_calibration_table(table, plan.out))
     return table
-
-
-def _remove_other_partials(directory: str, wanted: set[str]) -> None:
-    fs, root = url_to_fs(directory)
-    if not fs.isdir(root):
-        return
-    prefix = directory.rstrip("/")
-    for entry in fs.ls(root, detail=False):
-        name = entry.rstrip("/").rpartition("/")[2]
-        if f"{prefix}/{name}" not in wanted:
-            fs.rm(entry)

@@ -30,7 +30,7 @@ from int8flow.tasks.data.sources import Batch, ImageDataset, load_batch, open_da
 from int8flow.tasks.graph.executor import GraphExecutor
 from int8flow.tasks.graph.int8_ops import INT8_OPS
 from int8flow.tasks.graph.ir import Graph
-from int8flow.tasks.graph.load import ModelLoadError, import_model, model_fingerprint, parse_model, read_model_bytes
+from int8flow.tasks.graph.load import import_model, load_model
 from int8flow.tasks.graph.quantize_pass import QuantizationOptions, quantize_graph
 from int8flow.tasks.graph.simplify import simplify
 
@@ -205,14 +205,13 @@ def _dataset(uri: str, fingerprint: str) -> ImageDataset:
 
 @functools.lru_cache(maxsize=2)
 def fp32_graph(model: ModelRef) -> Graph:
-    """The simplified FP32 graph, checked against the fingerprint the plan recorded."""
-    data = read_model_bytes(model.path)
-    if model_fingerprint(data) != model.sha256:
-        raise ModelLoadError(
-            f"{model.path}: the model changed since the run was planned (sha256 {model_fingerprint(data)[:12]} "
-            f"instead of {model.sha256[:12]}); start the run again"
-        )
-    return simplify(import_model(parse_model(data, model.path), model.path))
+    """The simplified FP32 graph, checked against the fingerprint the plan recorded.
+
+    The fingerprint covers external-data files too, read next to the model as on the planner, so
+    weights rewritten after planning are refused rather than mixed into the run.
+    """
+    loaded = load_model(model.path, planned_fingerprint=model.sha256)
+    return simplify(import_model(loaded.proto, model.path))
 
 
 @functools.lru_cache(maxsize=2)

@@ -24,6 +24,7 @@ from int8flow.schemas.stage_records import (
     ValidateRecord,
 )
 from int8flow.tasks.calibration.table import read_calibration_table
+from int8flow.tasks.outputs.manifest import record_outputs
 from int8flow.tasks.outputs.report import CALIBRATION_STAGES, write_report
 from int8flow.tasks.run.plan import RunPlan, load_plan
 from int8flow.tasks.run.stages import load_record
@@ -44,7 +45,7 @@ def write_run_report(out: str, started: str | None = None) -> dict[str, Any]:
     """report.json and report.md from the plan and the stage records."""
     plan = load_plan(out)
     report = assemble_report(plan, started or now(), now())
-    write_report(plan.out, report)
+    record_outputs(plan.out, write_report(plan.out, report))
     return report
 
 

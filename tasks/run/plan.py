@@ -20,16 +20,25 @@ import fsspec
 from fsspec.core import url_to_fs
 
 from int8flow.schemas.run_config import RunConfig
-from int8flow.schemas.run_folder import FP32_MODEL, HISTOGRAM_DIR, PLAN_FILE, RESULT_NAMES, STAGE_DIR, partial_file_name
+from int8flow.schemas.run_folder import (
+    FP32_MODEL,
+    HISTOGRAM_DIR,
+    PLAN_FILE,
+    RUN_SUBFOLDERS,
+    STAGE_DIR,
+    partial_file_name,
+)
 from int8flow.tasks.data.mnist_idx import DatasetError
 from int8flow.tasks.data.preprocess import check_fits, parse_preprocess
 from int8flow.tasks.data.sources import open_dataset
 from int8flow.tasks.distributed.cluster import default_worker_count
 from int8flow.tasks.distributed.shard_jobs import ModelRef, ShardSpec
-from int8flow.tasks.graph.load import ModelLoadError, import_model, model_fingerprint, parse_model, read_model_bytes
+from int8flow.tasks.graph.load import ModelLoadError, import_model, load_model
 from int8flow.tasks.graph.quantize_pass import QuantizationOptions, calibration_tensors, excluded_nodes
 from int8flow.tasks.graph.simplify import simplify
 from int8flow.tasks.outputs.atomic_files import atomic_write_bytes, atomic_write_text
+from int8flow.tasks.outputs.manifest import linked_names, owned_outputs, record_outputs, remove_outputs
+from int8flow.tasks.tracking.mlflow_store import check_tracking_store
 from int8flow.tasks.tracking.model_source import resolve_model
 from int8flow.tasks.tracking.store_uri import default_tracking_uri
 
@@ -138,8 +147,8 @@ def plan_run(config: RunConfig, cwd: str | None = None) -> RunPlan:
     workers = config.workers or default_worker_count()
     with tempfile.TemporaryDirectory(prefix="int8flow-model-") as download:
         resolved = resolve_model(config.model, tracking_uri, download)
-        data = read_model_bytes(resolved.path)
-    graph = simplify(import_model(parse_model(data, config.model), config.model))
+        loaded = load_model(resolved.path, config.model)  # external data read next to the model
+    graph = simplify(import_model(loaded.proto, config.model))
     if len(graph.inputs) != 1 or len(graph.outputs) != 1:
         raise ModelLoadError(
             f"{config.model}: int8flow calibrates image classifiers with one input and one output; this model has "
@@ -151,7 +160,7 @@ def plan_run(config: RunConfig, cwd: str | None = None) -> RunPlan:
     validation = (
         _data_plan(config.val_data, config.val_examples or None, None, 1, "--val-data") if config.val_data else None
     )
-    sha256 = model_fingerprint(data)
+    sha256 = loaded.fingerprint
     settings = {name: value for name, value in config.as_dict().items() if name not in _NOT_RESULT_SETTINGS}
     identity = {
         "model": sha256,
@@ -160,12 +169,14 @@ def plan_run(config: RunConfig, cwd: str | None = None) -> RunPlan:
         "validation": validation.fingerprint if validation else None,
     }
     run_key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    check_tracking_store(tracking_uri)  # after the inputs, before any write: a dead server fails now, not at the end
     _claim_output_directory(config.out, run_key, config.overwrite)
     _forget_stage_records(config.out)
     model_path = resolved.path
     if resolved.registered_name is not None:
         model_path = f"{config.out.rstrip('/')}/{FP32_MODEL}"
-        atomic_write_bytes(model_path, data)
+        atomic_write_bytes(model_path, loaded.data)  # self-contained: resolve_model folds external data in
+        record_outputs(config.out, [model_path])
     plan = RunPlan(
         config=config,
         run_key=run_key,
@@ -180,6 +191,7 @@ def plan_run(config: RunConfig, cwd: str | None = None) -> RunPlan:
         tracking_uri=tracking_uri,
     )
     atomic_write_text(plan.path(PLAN_FILE), plan.to_json())
+    record_outputs(config.out, [plan.path(PLAN_FILE)])
     return plan
 
 
@@ -205,9 +217,32 @@ def _data_plan(uri: str, sample: int | None, seed: int | None, batch_size: int, 
 
 
 def _claim_output_directory(out: str, run_key: str, overwrite: bool) -> None:
+    """Make ``out`` this run's: new or empty, a retry of this run, or (``overwrite``) another int8flow run's.
+
+    A folder int8flow did not write is refused rather than mixed into, and replacing another run
+    removes only the files its manifest lists, so the user's own files there survive either way.
+    """
     fs, root = url_to_fs(out)
+    linked = linked_names(out, RUN_SUBFOLDERS)
+    if linked:
+        raise OutputDirectoryError(
+            f"--out {out}: {', '.join(linked)} is a symbolic link; int8flow writes only into folders it creates "
+            "itself: remove the link or choose another --out"
+        )
     plan_path = f"{root.rstrip('/')}/{PLAN_FILE}"
-    if not fs.exists(plan_path):
+    if not fs.isfile(plan_path):
+        if owned_outputs(out):
+            return  # a plan of this folder that stopped before writing run.json
+        present = (
+            sorted(entry.rstrip("/").rpartition("/")[2] for entry in fs.ls(root, detail=False))
+            if fs.isdir(root)
+            else []
+        )
+        if present:
+            shown = ", ".join(present[:5]) + (f" and {len(present) - 5} more" if len(present) > 5 else "")
+            raise OutputDirectoryError(
+                f"--out {out} is not empty and holds no int8flow run ({shown}); choose a new or empty folder"
+            )
         return
     with fs.open(plan_path, "r") as file:
         previous = json.loads(file.read()).get("run_key")
@@ -218,14 +253,9 @@ def _claim_output_directory(out: str, run_key: str, overwrite: bool) -> None:
             f"--out {out} holds the results of another run (model, data or settings differ); choose another "
             "directory or pass --overwrite to replace them"
         )
-    for name in RESULT_NAMES:
-        target = f"{root.rstrip('/')}/{name}"
-        if fs.exists(target):
-            fs.rm(target, recursive=True)
+    remove_outputs(out)
 
 
 def _forget_stage_records(out: str) -> None:
     """A new plan starts a new run: records of an earlier one (its gate's exclusions) must not leak in."""
-    fs, root = url_to_fs(f"{out.rstrip('/')}/{STAGE_DIR}")
-    if fs.exists(root):
-        fs.rm(root, recursive=True)
+    remove_outputs(out, {name for name in owned_outputs(out) if name.startswith(f"{STAGE_DIR}/")})

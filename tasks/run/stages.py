@@ -31,6 +31,7 @@ from int8flow.tasks.calibration.table import read_calibration_table
 from int8flow.tasks.distributed.fanout import ProgressSink, quiet
 from int8flow.tasks.outputs.atomic_files import atomic_write_text
 from int8flow.tasks.outputs.int8_model import write_int8_model
+from int8flow.tasks.outputs.manifest import record_outputs
 from int8flow.tasks.outputs.plots import plot_sensitivity, plot_tensor_histograms
 from int8flow.tasks.run.plan import RunPlan, load_plan
 from int8flow.tasks.validation.accuracy import validate_int8
@@ -45,7 +46,9 @@ class GateFailedError(RuntimeError):
 
 
 def save_record(plan: RunPlan, record: StageRecord) -> None:
-    atomic_write_text(plan.path(stage_record_name(record.STAGE)), record.to_json())
+    path = plan.path(stage_record_name(record.STAGE))
+    atomic_write_text(path, record.to_json())
+    record_outputs(plan.out, [path])
 
 
 def load_record(plan: RunPlan, kind: type[RecordT]) -> RecordT | None:
@@ -90,6 +93,7 @@ def thresholds(out: str) -> ThresholdsRecord:
         tensors=len(table.tensors),
         plots=tuple(plot_tensor_histograms(plan.out, histograms, table)),
     )
+    record_outputs(plan.out, [plan.path(plot) for plot in record.plots])
     save_record(plan, record)
     return record
 
@@ -100,6 +104,7 @@ def build(out: str) -> BuildRecord:
     gate_record = load_record(plan, GateRecord)
     excluded = gate_record.final_excluded if gate_record else ()
     path, seconds = _timed(lambda: write_int8_model(plan, read_calibration_table(plan.out), excluded))
+    record_outputs(plan.out, [path])
     record = BuildRecord(seconds=seconds, path=path, excluded=excluded)
     save_record(plan, record)
     return record
@@ -142,6 +147,7 @@ def gate(out: str, client: Client, progress: ProgressSink = quiet) -> GateRecord
     table = read_calibration_table(plan.out)
     result, seconds = _timed(lambda: apply_gate(plan, client, table, first.accuracy, progress))
     record = _gate_record(plan, result, seconds)
+    record_outputs(plan.out, [plan.path(plot) for plot in record.plots])
     save_record(plan, record)
     if record.final_excluded:
         build(out)

@@ -9,15 +9,18 @@ finds the run or model version the first try left behind instead of adding a dup
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
 import re
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from types import MappingProxyType
+from urllib.parse import urlparse
 
 import requests
 from fsspec import AbstractFileSystem
@@ -26,10 +29,14 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
+from mlflow.utils.credentials import get_default_host_creds
+from mlflow.utils.rest_utils import http_request
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 from int8flow.tasks.graph.load import ModelLoadError
 from int8flow.tasks.outputs.atomic_files import TEMP_MARKER
+from int8flow.tasks.outputs.manifest import through_link
+from int8flow.tasks.tracking.sqlite_lock import database_lock
 from int8flow.tasks.tracking.store_uri import sqlite_file
 
 EXPERIMENT_PREFIX = "int8flow/"
@@ -44,8 +51,16 @@ VERSION_TAG = "int8flow.version"
 PLAN_KEY_TAG = "int8flow.plan_key"
 MODELS_URI_FORMS = "models:/<name>@<alias> or models:/<name>/<version>"
 
+TRACKING_CHECK_TIMEOUT_S = 5.0
+"""How long planning waits for the tracking server: it answers in milliseconds when it is up."""
+SCHEMA_LOCK_TIMEOUT_S = 300.0
+"""How long a first client waits while another process creates a SQLite store's tables (seconds, usually)."""
+
+_PROBE_ENDPOINT = "/api/2.0/mlflow/experiments/search"
 _MODELS_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>[0-9]+))")
 _NO_TAGS: Mapping[str, str] = MappingProxyType({})
+_READY_DATABASES: set[Path] = set()
+"""SQLite files this process has opened a store on: MLflow caches that store, so they need no lock again."""
 
 
 class TrackingUnavailableError(RuntimeError):
@@ -84,12 +99,59 @@ def tracking_client(tracking_uri: str) -> MlflowClient:
     """A client bound to ``tracking_uri`` for runs and registry alike.
 
     The registry URI is passed too: left out, MLflow takes it from ``MLFLOW_REGISTRY_URI`` or
-    ``mlflow.set_registry_uri`` state before falling back to the tracking URI.
+    ``mlflow.set_registry_uri`` state before falling back to the tracking URI. The first client of
+    a process on a SQLite file is built under that file's lock (see :func:`_first_sqlite_client`).
+    """
+    database = sqlite_file(tracking_uri)
+    if database is None:
+        return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    database.parent.mkdir(parents=True, exist_ok=True)
+    if database in _READY_DATABASES:
+        return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    return _first_sqlite_client(tracking_uri, database)
+
+
+def check_tracking_store(tracking_uri: str, timeout_s: float = TRACKING_CHECK_TIMEOUT_S) -> None:
+    """Fail in seconds, before any work, where the finished run could not be logged.
+
+    A server gets one request, no retries, at most ``timeout_s`` to answer: MLflow's own calls retry
+    for minutes, right for the final logging of a long run but not for finding a wrong URI or a
+    stopped server. A SQLite store gets its folder made and its tables created (under the lock of
+    :func:`tracking_client`). Other stores (Databricks, plugins) are left to MLflow.
     """
     database = sqlite_file(tracking_uri)
     if database is not None:
-        database.parent.mkdir(parents=True, exist_ok=True)
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        _check_sqlite_folder(tracking_uri, database)
+        tracking_client(tracking_uri)
+        return
+    if urlparse(tracking_uri).scheme not in ("http", "https"):
+        return
+    with reachable(tracking_uri):  # MLflow's call, for its credentials and TLS settings (MLFLOW_TRACKING_*)
+        response = http_request(
+            get_default_host_creds(tracking_uri),
+            _PROBE_ENDPOINT,
+            "POST",
+            max_retries=0,
+            timeout=timeout_s,
+            raise_on_status=False,
+            json={"max_results": 1},
+        )
+    status = response.status_code
+    if status == 200:
+        return
+    if status == 429 or status >= 500:
+        raise TrackingUnavailableError(
+            f"MLflow tracking server {tracking_uri} answered HTTP {status}; wait until it recovers, then retry"
+        )
+    if status in (401, 403):
+        raise ValueError(
+            f"MLflow tracking server {tracking_uri} refused the request (HTTP {status}); set MLFLOW_TRACKING_TOKEN "
+            "or MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+        )
+    raise ValueError(
+        f"{tracking_uri} answered HTTP {status} to an MLflow API request, so it is no MLflow tracking server; "
+        "fix the tracking URI"
+    )
 
 
 @contextmanager
@@ -157,6 +219,7 @@ def log_run(
     tags: Mapping[str, str],
     artifacts_dir: str,
     run_key: str | None = None,
+    files: Collection[str] | None = None,
 ) -> str:
     """Log one calibration as one FINISHED run and return its id.
 
@@ -182,7 +245,7 @@ def log_run(
                 metrics=[Metric(key, float(value), _now_ms(), 0) for key, value in metrics.items()],
                 params=[Param(key, _param_value(value)) for key, value in params.items()],
             )
-            _log_artifacts(client, run_id, fs, root)
+            _log_artifacts(client, run_id, fs, root, files)
         except BaseException:
             with suppress(MlflowException):
                 client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
@@ -250,6 +313,43 @@ def filter_literal(value: str) -> str:
     raise ValueError(f"{value!r} holds both quote characters; MLflow search filters cannot match it, remove one")
 
 
+def _first_sqlite_client(tracking_uri: str, database: Path) -> MlflowClient:
+    """This process's first client on ``database``, built while holding the database's lock.
+
+    Building an ``MlflowClient`` builds MLflow's tracking store (``TrackingServiceClient.__init__``
+    reads ``self.store``), and ``SqlAlchemyStore.__init__`` creates the tables and runs every alembic
+    migration when the file lacks them, with no lock: processes that open one new file at the same
+    moment break it. MLflow then caches the store for the URI, and the registry store finds the
+    tables made, so only this first construction needs the lock.
+    """
+    try:
+        with database_lock(database, SCHEMA_LOCK_TIMEOUT_S):
+            client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+            client.search_experiments(max_results=1)  # opens the store even if a later MLflow builds it lazily
+    except TimeoutError as error:
+        raise TrackingUnavailableError(
+            f"tracking store {tracking_uri}: {error} while it creates the MLflow tables; "
+            "retry once that process ends (stop it if it hangs)"
+        ) from error
+    _READY_DATABASES.add(database)
+    return client
+
+
+def _check_sqlite_folder(tracking_uri: str, database: Path) -> None:
+    """The database's folder exists (made if missing) and SQLite can write there and to the file."""
+    folder = database.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for path in (folder, database):
+            if path.exists() and not os.access(path, os.W_OK):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+    except OSError as error:
+        raise ValueError(
+            f"tracking store {tracking_uri}: cannot create or write {error.filename or folder} "
+            f"({error.strerror or error}); choose a writable folder for --tracking-uri"
+        ) from error
+
+
 def _connection_failure(error: BaseException) -> BaseException | None:
     """The ``requests`` connection error or timeout in ``error``'s chain, if any."""
     seen: BaseException | None = error
@@ -279,16 +379,21 @@ def _param_value(value: str) -> str:
     return str(value)[:MAX_PARAM_VAL_LENGTH]
 
 
-def _log_artifacts(client: MlflowClient, run_id: str, fs: AbstractFileSystem, root: str) -> None:
-    """Log every file under ``root`` (on any fsspec filesystem) at its relative path.
+def _log_artifacts(
+    client: MlflowClient, run_id: str, fs: AbstractFileSystem, root: str, files: Collection[str] | None
+) -> None:
+    """Log ``files`` (relative names; None: every file under ``root``) at their relative paths.
 
-    Files are staged locally because MLflow uploads only local files; half-written temporaries
-    (see ``int8flow.tasks.outputs.atomic_files``) are left out.
+    Files are staged locally because MLflow uploads only local files. Symbolic links are never
+    followed (a link in an output folder to a credentials file must not become an artifact), and
+    half-written temporaries (see ``int8flow.tasks.outputs.atomic_files``) are left out.
     """
+    base = root.rstrip("/")
+    names = [posixpath.relpath(file, base) for file in fs.find(root)] if files is None else sorted(files)
     with tempfile.TemporaryDirectory(prefix="int8flow-artifacts-") as staging:
-        for file in fs.find(root):
-            relative = posixpath.relpath(file, root.rstrip("/"))
-            if _is_temporary(posixpath.basename(relative)):
+        for relative in names:
+            file = f"{base}/{relative}"
+            if _is_temporary(posixpath.basename(relative)) or through_link(fs, base, relative) or not fs.isfile(file):
                 continue
             local = os.path.join(staging, *relative.split("/"))
             os.makedirs(os.path.dirname(local), exist_ok=True)

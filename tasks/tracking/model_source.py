@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,9 +20,9 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
-from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
+from onnx.checker import MAXIMUM_PROTOBUF
 
-from int8flow.tasks.graph.load import ModelLoadError
+from int8flow.tasks.graph.load import ModelLoadError, fill_external_data, read_external_data
 from int8flow.tasks.outputs.atomic_files import atomic_write_bytes
 from int8flow.tasks.tracking.mlflow_store import (
     RegistryReference,
@@ -49,7 +48,8 @@ def resolve_model(uri: str, tracking_uri: str, download_dir: str) -> ResolvedMod
 
     ``download_dir`` may be an fsspec URL (a shared bucket) so that workers on other machines can
     read the file. Weights that MLflow saved as ONNX external data are folded back into the one
-    file, because workers read the model as a single byte string.
+    file: the staging folder they were downloaded to is gone when workers run, and the folded file
+    has the bytes (and fingerprint) of the model that was logged.
     """
     reference = registry_reference(uri)
     if reference is None:
@@ -66,7 +66,7 @@ def resolve_model(uri: str, tracking_uri: str, download_dir: str) -> ResolvedMod
                 )
             )
             onnx_file = _single_onnx_file(local, uri, download_uri)
-            data = _self_contained_bytes(onnx_file)
+            data = _self_contained_bytes(onnx_file, f"{uri} ({onnx_file.name} from {download_uri})")
     target = f"{_local_or_url(download_dir)}/{_folder_name(version.name)}/{version.version}/{onnx_file.name}"
     atomic_write_bytes(target, data)
     return ResolvedModel(uri, target, version.name, str(version.version))
@@ -114,36 +114,32 @@ def _single_onnx_file(local: Path, uri: str, download_uri: str) -> Path:
     return found[0]
 
 
-def _self_contained_bytes(onnx_file: Path) -> bytes:
+def _self_contained_bytes(onnx_file: Path, source: str) -> bytes:
     """The file's bytes, with any external-data tensors loaded into the model itself.
 
-    The ``data_location`` field that loading sets to DEFAULT is cleared again, so a model that
-    ``mlflow.onnx.log_model`` split into graph and weights serialises back to the bytes of the
-    model that was logged, and keeps its fingerprint.
+    The data files are read next to ``onnx_file`` in the staging folder (never the working
+    directory), with the loader's checks: a location outside the folder or a data file missing from
+    the version's artifacts is refused by name. Loading clears ``external_data`` and
+    ``data_location``, so a model that ``mlflow.onnx.log_model`` split into graph and weights
+    serialises back to the bytes of the model that was logged, and keeps its fingerprint. A model
+    whose weights do not fit in one protobuf (2 GiB) is refused: workers read a registered model
+    as the one file written to ``download_dir``.
     """
     data = onnx_file.read_bytes()
-    model = onnx.load_model_from_string(data)
-    external = [tensor for tensor in _tensors(model.graph) if uses_external_data(tensor)]
-    if not external:
+    try:
+        model = onnx.load_model_from_string(data)
+    except Exception:  # noqa: BLE001 - not ONNX: the planner's load reports it with the model's name
         return data
-    for tensor in external:
-        load_external_data_for_tensor(tensor, str(onnx_file.parent))
-        tensor.ClearField("data_location")
+    files = read_external_data(model, str(onnx_file), source)
+    if not files:
+        return data
+    fill_external_data(model, files, str(onnx_file), source)
+    if model.ByteSize() > MAXIMUM_PROTOBUF:
+        raise ModelLoadError(
+            f"{source}: with the weights from {', '.join(sorted(files))} the model is over 2 GiB, more than one "
+            "ONNX file holds; download the version's files into one folder and calibrate that model.onnx by path"
+        )
     return model.SerializeToString()
-
-
-def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
-    """Every tensor of ``graph`` and its subgraphs, where external data may live."""
-    yield from graph.initializer
-    for node in graph.node:
-        for attribute in node.attribute:
-            if attribute.HasField("t"):
-                yield attribute.t
-            yield from attribute.tensors
-            if attribute.HasField("g"):
-                yield from _tensors(attribute.g)
-            for subgraph in attribute.graphs:
-                yield from _tensors(subgraph)
 
 
 def _local_or_url(download_dir: str) -> str:

@@ -6,8 +6,9 @@ Airflow is logged and registered exactly like one driven from the command line.
 
 from __future__ import annotations
 
-from int8flow.schemas.run_folder import INT8_MODEL
+from int8flow.schemas.run_folder import INT8_MODEL, MANIFEST_FILE
 from int8flow.schemas.stage_records import GateRecord
+from int8flow.tasks.outputs.manifest import owned_outputs
 from int8flow.tasks.outputs.run_report import int8flow_version, read_run_report, run_metrics
 from int8flow.tasks.run.plan import RunPlan, load_plan
 from int8flow.tasks.run.stages import load_record
@@ -54,6 +55,7 @@ def track(out: str, run_key: str | None = None) -> str:
         tags,
         plan.out,
         run_key=run_key,
+        files=[*sorted(owned_outputs(plan.out)), MANIFEST_FILE],
     )
 
 
