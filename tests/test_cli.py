@@ -110,3 +110,16 @@ def test_every_command_has_help(command: list[str], capsys: pytest.CaptureFixtur
         main([*command, "--help"])
     assert done.value.code == 0
     assert "usage: int8flow" in capsys.readouterr().out
+
+
+def test_an_unexpected_error_exits_4_with_one_line_and_the_traceback_in_a_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A broken tracking database is no ValueError/OSError of ours: it must not leave a bare traceback."""
+    (tmp_path / "mlflow.db").write_text("this is not a SQLite database\n" * 100)
+    assert main(["runs", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]) == 4
+    err = capsys.readouterr().err
+    assert err.startswith("int8flow: unexpected error: ") and err.count("\n") == 1
+    log = Path(err.rstrip().rpartition("the traceback is in ")[2])
+    assert log.is_file() and log.read_text().startswith("Traceback (most recent call last):")
+    log.unlink()

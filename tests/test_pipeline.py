@@ -158,8 +158,22 @@ def test_mlflow_holds_the_run_and_the_registered_version(
     version = client.get_model_version_by_alias("fmnist-int8", "int8-candidate")
     assert str(version.version) == "1" and version.run_id == run.info.run_id
     assert version.tags["fp32_sha256"] == report["model"]["sha256"]
+    assert version.tags["validated"] == "true"
     listed = cli("runs", cwd=cwd)
     assert listed.returncode == 0 and run.info.run_id[:8] in listed.stdout and "passed" in listed.stdout
+
+
+def test_a_version_registered_without_validation_says_so(tmp_path: Path) -> None:
+    done = cli(
+        "run", MODEL, f"--calib-data={CALIB}", "--preprocess=mnist", "--calib-examples=64", "--workers=1",
+        "--register=unvalidated", "--out=out", cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    client = MlflowClient(
+        tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", registry_uri=f"sqlite:///{tmp_path}/mlflow.db"
+    )
+    version = client.get_model_version("unvalidated", "1")
+    assert version.tags["validated"] == "false" and "int8_top1" not in version.tags
 
 
 def test_a_failed_gate_exits_1_and_registers_nothing(tmp_path: Path) -> None:

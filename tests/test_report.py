@@ -293,6 +293,12 @@ def test_summary_rows_leave_out_what_the_report_lacks() -> None:
     ]
 
 
+def test_a_run_without_a_gate_is_not_called_passed() -> None:
+    gate = {"max_top1_drop": None, "passed": True, "attempts": [{"excluded": [], "passed": True}]}
+    assert summary_rows({"gate": gate}) == [("gate", "not set (validated only)")]
+    assert "**not set (validated only)**" in render_markdown({"gate": gate})
+
+
 def calibrated(divergences: dict[str, float]) -> tuple[dict[str, Histogram], CalibrationTable]:
     """Real histograms of seeded data and a table whose divergences the test chooses."""
     rng = np.random.default_rng(7)

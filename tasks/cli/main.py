@@ -1,8 +1,9 @@
 """The ``int8flow`` command line.
 
 Every error a user can cause is printed on one line with its remedy, and the exit status says what
-happened (0 done, 1 accuracy gate failed, 2 bad input, 3 a service unreachable), so scripts and
-Airflow tasks can tell a bad setting from a transient failure or a crash.
+happened (0 done, 1 accuracy gate failed, 2 bad input, 3 a service unreachable, 4 anything else, with
+the traceback in a file), so scripts and Airflow tasks can tell a bad setting from a transient
+failure or a crash.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import argparse
 import logging
 import os
 import sys
+import tempfile
+import traceback
 from collections.abc import Sequence
 
 from rich.console import Console
@@ -35,6 +38,7 @@ from int8flow.tasks.tracking.store_uri import default_tracking_uri
 EXIT_GATE_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_UNAVAILABLE = 3
+EXIT_CRASH = 4
 UNWRAPPED_WIDTH = 240
 
 
@@ -85,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         "FP32 on --val-data, apply the accuracy gate (moving the most sensitive nodes to FP32 if needed), write "
         "histograms/, calibration.json, calibration.cache, model.int8.onnx, report.json, report.md and plots/ "
         "to --out, and log everything to MLflow. Exit status: 0 done, 1 gate failed, 2 bad input, 3 a service "
-        "(Dask scheduler, MLflow) is unreachable.",
+        "(Dask scheduler, MLflow) is unreachable, 4 an unexpected error (traceback in a file).",
     )
     add_setting_options(run, [setting.name for setting in SETTINGS])
 
@@ -209,6 +213,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as error:
         print(f"int8flow: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except Exception as error:  # noqa: BLE001 - anything else is a crash: its own status, one line, a log file
+        print(
+            f"int8flow: unexpected error: {type(error).__name__}: {_first_line(error)}; "
+            f"the traceback is in {_save_traceback()}",
+            file=sys.stderr,
+        )
+        return EXIT_CRASH
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [""])[0]
+
+
+def _save_traceback() -> str:
+    """The current exception's traceback in a file of its own, so the terminal keeps one line."""
+    with tempfile.NamedTemporaryFile("w", prefix="int8flow-crash-", suffix=".txt", delete=False) as file:
+        file.write(traceback.format_exc())
+    return file.name
 
 
 if __name__ == "__main__":

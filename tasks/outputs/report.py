@@ -285,6 +285,8 @@ def _settings_section(settings: Mapping[str, Any] | None) -> str:
 def _gate_verdict(gate: Mapping[str, Any] | None) -> str | None:
     if not gate or gate.get("passed") is None:
         return None
+    if "max_top1_drop" in gate and gate["max_top1_drop"] is None:
+        return "not set (validated only)"  # "passed" would claim a check nobody asked for
     attempts = len(gate.get("attempts") or [])
     verdict = _passed(gate["passed"])
     return verdict if attempts == 0 else f"{verdict} ({attempts} attempt{'s' if attempts != 1 else ''})"

@@ -73,6 +73,8 @@ def register(out: str, run_id: str) -> str | None:
             "fp32_registered_name": plan.registered_name or "",
             "fp32_registered_version": plan.registered_version or "",
             "method": plan.config.method,
+            # registered without --val-data: no accuracy was measured, and the version says so
+            "validated": str(plan.validation is not None).lower(),
         }
     )
     return register_int8_model(
