@@ -8,6 +8,7 @@ differently) in another. Validation here follows the JSON-schema rules the Airfl
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -76,7 +77,11 @@ class Setting:
         if self.kind is float:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise RunConfigError(f"{self.flag}={value!r}: expected a number")
-            return float(value)
+            number = float(value)
+            bounded = self.minimum is not None or self.maximum is not None
+            if math.isnan(number) or (bounded and math.isinf(number)):
+                raise RunConfigError(f"{self.flag}={value!r}: expected a finite number")
+            return number
         if self.kind is str and not isinstance(value, str):
             raise RunConfigError(f"{self.flag}={value!r}: expected text")
         return value

@@ -38,6 +38,9 @@ def test_defaults_match_the_kernels() -> None:
         ({"batch_size": 0}, "--batch-size=0: must be at least 1"),
         ({"percentile": 0.0}, "--percentile=0.0: must be greater than 0"),
         ({"percentile": 100.5}, "--percentile=100.5: must be at most 100"),
+        ({"percentile": float("nan")}, "--percentile=nan: expected a finite number"),
+        ({"percentile": float("inf")}, "--percentile=inf: expected a finite number"),
+        ({"max_top1_drop": float("nan")}, "--max-top1-drop=nan: expected a finite number"),
         ({"batch_size": 3.5}, "--batch-size=3.5: expected an integer"),
         ({"spike_fix": "yes"}, "--spike-fix='yes': expected true or false"),
         ({"exclude": "Conv"}, "--exclude='Conv': expected a list of names"),
@@ -84,3 +87,9 @@ def test_the_cli_parses_into_the_same_config() -> None:
     assert config == RunConfig.from_mapping(
         {**REQUIRED, "exclude": ["Conv", "Gemm"], "spike_fix": False, "max_top1_drop": 0.25, "per_tensor_weights": True}
     )
+
+
+def test_the_cli_refuses_a_nan_percentile() -> None:
+    args = build_parser().parse_args(["run", "m.onnx", "--calib-data", "data.parquet", "--percentile", "nan"])
+    with pytest.raises(RunConfigError, match=r"^--percentile=nan: expected a finite number$"):
+        RunConfig.from_mapping({setting.name: getattr(args, setting.name) for setting in SETTINGS})

@@ -79,6 +79,12 @@ class PreprocessSpec:
                 raise PreprocessError(f"{key}={_numbers_text(values)}: channels={self.channels} needs {wanted}")
         if 0.0 in self.std:
             raise PreprocessError(f"std={_numbers_text(self.std)}: must not be zero")
+        # resize sets the short side exactly, so a larger crop fails on every image; refuse it at parse time.
+        if self.resize is not None and self.crop is not None and self.crop > self.resize:
+            raise PreprocessError(
+                f"crop={self.crop} is larger than resize={self.resize} (the short side after resizing); "
+                f"crop at most {self.resize} or resize to at least {self.crop}"
+            )
 
     def __str__(self) -> str:
         """The spec as ``--preprocess`` text that ``parse_preprocess`` reads back to an equal spec."""

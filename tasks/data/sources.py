@@ -12,7 +12,8 @@ URI rules, checked in this order:
 - a ``.parquet`` file, or a folder of them (read in name order): columns ``image`` (encoded
   PNG/JPEG bytes, or a nested list of pixel values HxW or HxWxC) and ``label`` (integer).
 - a folder with one sub-folder per class (ImageFolder): class index = position of the sub-folder
-  in name order; the jpg/jpeg/png/bmp/webp files directly inside, in name order.
+  in name order; the jpg/jpeg/png/bmp/webp files directly inside, in name order. Symbolic links
+  to class folders and to image files are followed; a link to nothing is refused.
 """
 
 from __future__ import annotations
@@ -342,13 +343,32 @@ def _split_fragment(uri: str) -> tuple[str, str | None]:
 
 
 def _visible_entries(fs: AbstractFileSystem, folder: str) -> tuple[list[str], list[str]]:
-    """Names of the files and of the sub-folders in ``folder``, sorted; hidden ones ('.x') left out."""
+    """Names of the files and of the sub-folders in ``folder``, sorted; hidden ones ('.x') left out.
+
+    Symbolic links are followed, as torchvision's ImageFolder does: a listing reports a link as
+    neither file nor folder, and a linked class folder left out would silently shift the label of
+    every class after it. A link to nothing is refused by name for the same reason.
+    """
     files, folders = [], []
     for entry in fs.ls(folder, detail=True):
         name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
-        if not name.startswith("."):
-            (folders if entry["type"] == "directory" else files).append(name)
+        if name.startswith("."):
+            continue
+        if entry.get("islink"):
+            entry = _link_target(fs, entry, f"{folder.rstrip('/')}/{name}")
+        (folders if entry["type"] == "directory" else files).append(name)
     return sorted(files), sorted(folders)
+
+
+def _link_target(fs: AbstractFileSystem, entry: dict, path: str) -> dict:
+    """The listing entry of what the link at ``path`` points to (fsspec's ``info`` follows links)."""
+    try:
+        return fs.info(entry["name"])
+    except FileNotFoundError:
+        destination = entry.get("destination", "?")
+        raise DatasetError(
+            f"{path}: symbolic link to {destination}, which does not exist; fix the link or remove it"
+        ) from None
 
 
 def _is_image(name: str) -> bool:

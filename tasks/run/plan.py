@@ -156,9 +156,9 @@ def plan_run(config: RunConfig, cwd: str | None = None) -> RunPlan:
         )
     excluded_nodes(graph, config.exclude)
     check_fits(parse_preprocess(config.preprocess), graph.inputs[0].shape, config.preprocess)
-    calibration = _data_plan(config.calib_data, config.calib_examples, config.seed, config.batch_size, "--calib-data")
+    calibration = _data_plan(config.calib_data, config.calib_examples, config.seed, "--calib-data")
     validation = (
-        _data_plan(config.val_data, config.val_examples or None, None, 1, "--val-data") if config.val_data else None
+        _data_plan(config.val_data, config.val_examples or None, None, "--val-data") if config.val_data else None
     )
     sha256 = loaded.fingerprint
     settings = {name: value for name, value in config.as_dict().items() if name not in _NOT_RESULT_SETTINGS}
@@ -205,14 +205,12 @@ def load_plan(out: str) -> RunPlan:
         raise OutputDirectoryError(f"{path}: no run plan; run the plan stage (int8flow run) first") from None
 
 
-def _data_plan(uri: str, sample: int | None, seed: int | None, batch_size: int, flag: str) -> DataPlan:
+def _data_plan(uri: str, sample: int | None, seed: int | None, flag: str) -> DataPlan:
     dataset = open_dataset(uri)
     total = len(dataset)
     chosen = total if sample is None else min(sample, total)
-    if chosen < batch_size:
-        raise DatasetError(
-            f"{flag} {uri}: {chosen} examples, fewer than one batch of {batch_size}; add data or lower --batch-size"
-        )
+    if chosen < 1:  # a batch larger than the data is fine: it runs as one short batch
+        raise DatasetError(f"{flag} {uri}: no examples to use; add data or choose another {flag}")
     return DataPlan(uri, dataset.fingerprint(), total, chosen, seed)
 
 
@@ -223,6 +221,8 @@ def _claim_output_directory(out: str, run_key: str, overwrite: bool) -> None:
     removes only the files its manifest lists, so the user's own files there survive either way.
     """
     fs, root = url_to_fs(out)
+    if "file" in fs.protocol:
+        _check_local_output(out, root)
     linked = linked_names(out, RUN_SUBFOLDERS)
     if linked:
         raise OutputDirectoryError(
@@ -254,6 +254,21 @@ def _claim_output_directory(out: str, run_key: str, overwrite: bool) -> None:
             "directory or pass --overwrite to replace them"
         )
     remove_outputs(out)
+
+
+def _check_local_output(out: str, root: str) -> None:
+    """A local ``out`` must be a folder (or not exist yet) that this process can write into."""
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise OutputDirectoryError(f"--out {out} is a file, not a folder; remove it or choose another --out")
+    existing = root
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing.rstrip("/")) or "/"
+    if not os.path.isdir(existing):
+        raise OutputDirectoryError(
+            f"--out {out}: cannot write there ({existing} is a file, not a folder); choose a writable folder"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputDirectoryError(f"--out {out}: cannot write there (permission denied); choose a writable folder")
 
 
 def _forget_stage_records(out: str) -> None:
