@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -165,6 +167,23 @@ def test_labels_out_of_range_for_the_model(tmp_path: Path, capsys: pytest.Captur
     assert code == EXIT_BAD_INPUT
     assert_one_line(error, "val.parquet", "label 12", "10 classes")
     assert not (tmp_path / "out" / "report.json").exists()
+
+
+def test_a_worker_side_error_reaches_the_terminal_as_one_line_only(tmp_path: Path) -> None:
+    """The CLI as users run it: its worker processes share the terminal, so no Dask traceback above the line."""
+    data = parquet_data(tmp_path / "val.parquet", 8, labels=[0, 1, 2, 3, 4, 5, 6, 12])
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "int8flow"), "run", MODEL, "--preprocess=mnist", "--workers=1"]
+        + [f"--out={tmp_path / 'out'}", f"--calib-data={CALIB}", "--calib-examples=32", f"--val-data={data}"]
+        + [f"--tracking-uri=sqlite:///{tmp_path}/mlflow.db"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == EXIT_BAD_INPUT
+    assert done.stderr == f"int8flow: error: {data}: label 12 is out of range for the model's 10 classes " + (
+        "(1 such labels in one batch); check that the data set matches the model\n"
+    )
 
 
 def test_an_image_that_fails_to_decode_fails_by_default(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

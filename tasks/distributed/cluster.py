@@ -9,6 +9,7 @@ per GPU) when dask-cuda is installed and CUDA is usable.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 
@@ -71,8 +72,27 @@ def _connect(address: str) -> Client:
         ) from None
 
 
+class TaskFailuresReportedByTheClient(logging.Filter):
+    """Drops a worker's "Compute Failed" record: the client re-raises that error as one line.
+
+    Without it, every bad input found on a worker (a label out of range, an image that does not
+    decode) prints the worker's traceback on the user's terminal above the one-line error. Forked
+    workers inherit the filter from the process that starts the embedded cluster.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Compute Failed")
+
+
+def _quiet_task_failures() -> None:
+    worker_log = logging.getLogger("distributed.worker")
+    if not any(isinstance(existing, TaskFailuresReportedByTheClient) for existing in worker_log.filters):
+        worker_log.addFilter(TaskFailuresReportedByTheClient())
+
+
 @contextlib.contextmanager
 def _embedded_cluster(workers: int, device: str) -> Iterator[tuple[LocalCluster, str]]:
+    _quiet_task_failures()
     with dask.config.set({"distributed.worker.multiprocessing-method": "fork"}):
         if device != "cpu" and gpu_available() and _has_dask_cuda():
             from dask_cuda import LocalCUDACluster
