@@ -103,23 +103,6 @@ def _changed(source: str, found: str, planned: str) -> ModelLoadError:
     )
 
 
-def parse_model(data: bytes, source: str) -> onnx.ModelProto:
-    """A checked ModelProto from the bytes of a self-contained model.
-
-    Bytes alone do not say where external data lives, so such a model is refused here rather than
-    read from the working directory; ``load_model`` reads it next to the model.
-    """
-    model = _decode(data, source)
-    external = next((tensor for tensor in model_tensors(model) if uses_external_data(tensor)), None)
-    if external is not None:
-        raise ModelLoadError(
-            f"{source}: tensor {external.name!r} keeps its data in an external file, which bytes alone cannot "
-            "locate; load the model from its path or URL"
-        )
-    _check(model, source, None)
-    return model
-
-
 def _decode(data: bytes, source: str) -> onnx.ModelProto:
     try:
         model = onnx.load_from_string(data)
@@ -194,11 +177,7 @@ def read_external_data(model: onnx.ModelProto, uri: str, source: str | None = No
     fs, model_path = url_to_fs(uri)
     folder = model_path.rsplit("/", 1)[0] if "/" in model_path else ""
     files: dict[str, bytes] = {}
-    for tensor in model_tensors(model):
-        if not uses_external_data(tensor):
-            continue
-        entries = {entry.key: entry.value for entry in tensor.external_data}
-        name = _data_file_name(entries.get("location", ""), tensor.name, source)
+    for tensor, entries, name in _external_tensors(model, source):
         if name in files:
             continue
         path = f"{folder}/{name}" if folder else name
@@ -218,6 +197,14 @@ def read_external_data(model: onnx.ModelProto, uri: str, source: str | None = No
                 f"{source}: tensor {tensor.name!r}: cannot read its external data file {shown} ({reason})"
             ) from None
     return files
+
+
+def _external_tensors(model: onnx.ModelProto, source: str) -> Iterator[tuple[onnx.TensorProto, dict[str, str], str]]:
+    """Each tensor kept in an external file, with its ``external_data`` entries and its checked file name."""
+    for tensor in model_tensors(model):
+        if uses_external_data(tensor):
+            entries = {entry.key: entry.value for entry in tensor.external_data}
+            yield tensor, entries, _data_file_name(entries.get("location", ""), tensor.name, source)
 
 
 def _data_file_name(location: str, tensor: str, source: str) -> str:
@@ -245,11 +232,7 @@ def fill_external_data(model: onnx.ModelProto, files: Mapping[str, bytes], uri: 
     nothing later, onnx or numpy_helper, goes looking for the file relative to the working directory.
     """
     source = source or uri
-    for tensor in model_tensors(model):
-        if not uses_external_data(tensor):
-            continue
-        entries = {entry.key: entry.value for entry in tensor.external_data}
-        name = _data_file_name(entries.get("location", ""), tensor.name, source)
+    for tensor, entries, name in _external_tensors(model, source):
         content = files[name]
         try:
             offset = int(entries.get("offset", "0"))

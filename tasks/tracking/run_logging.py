@@ -55,7 +55,7 @@ def track(out: str, run_key: str | None = None) -> str:
         tags,
         plan.out,
         run_key=run_key,
-        files=[*sorted(owned_outputs(plan.out)), MANIFEST_FILE],
+        files=[*owned_outputs(plan.out), MANIFEST_FILE],
     )
 
 
