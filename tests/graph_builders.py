@@ -120,5 +120,15 @@ def layout_model(seed: int = 2) -> onnx.ModelProto:
     return b.model((1, 2, 6, 6), x, 7, "layout")
 
 
+def wide_mlp_model(seed: int = 3) -> onnx.ModelProto:
+    """A Fashion-MNIST MLP with 1000-wide products: multi-threaded OpenBLAS sums these by thread count."""
+    b = _Builder(seed)
+    x = b.op("Flatten", ["input"])
+    x = b.op("Relu", [b.op("Gemm", [x, b.weight(28 * 28, 1000, scale=0.05), b.weight(1000, scale=0.1)])])
+    x = b.op("Relu", [b.op("Gemm", [x, b.weight(1000, 1000, scale=0.05), b.weight(1000, scale=0.1)])])
+    x = b.op("Gemm", [x, b.weight(1000, 10, scale=0.05)])
+    return b.model((1, 1, 28, 28), x, 10, "wide_mlp")
+
+
 MODELS = {"cnn": cnn_model, "residual": residual_model, "layout": layout_model}
 INPUT_SHAPES = {"cnn": (3, 16, 16), "residual": (4, 8, 8), "layout": (2, 6, 6)}

@@ -10,8 +10,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from conftest import DEMO_MODEL
+from graph_builders import wide_mlp_model
+from threadpoolctl import threadpool_limits
 
 from int8flow.schemas.run_config import RunConfig
 from int8flow.tasks.data import fashion_mnist_folder, load_mnist_split
@@ -23,10 +26,10 @@ MODEL = str(DEMO_MODEL)
 CALIB_EXAMPLES = 600
 
 
-def config(out: Path, batch_size: int, shards: int, workers: int) -> RunConfig:
+def config(out: Path, batch_size: int, shards: int, workers: int, model: str = MODEL) -> RunConfig:
     return RunConfig.from_mapping(
         {
-            "model": MODEL,
+            "model": model,
             "calib_data": f"{fashion_mnist_folder()}#train",
             "preprocess": "mnist",
             "calib_examples": CALIB_EXAMPLES,
@@ -39,8 +42,10 @@ def config(out: Path, batch_size: int, shards: int, workers: int) -> RunConfig:
     )
 
 
-def calibrate(out: Path, client, batch_size: int, shards: int, workers: int, progress=stages.quiet) -> bytes:  # type: ignore[no-untyped-def]
-    plan_run(config(out, batch_size, shards, workers))
+def calibrate(
+    out: Path, client, batch_size: int, shards: int, workers: int, progress=stages.quiet, model: str = MODEL
+) -> bytes:  # type: ignore[no-untyped-def]
+    plan_run(config(out, batch_size, shards, workers, model))
     stages.observe(str(out), client, progress)
     stages.thresholds(str(out))
     return (out / "calibration.json").read_bytes()
@@ -74,6 +79,20 @@ def test_table_is_bit_identical_for_any_sharding(
     assert sorted(path.name for path in (tmp_path / "out" / "histograms").iterdir()) == [
         f"shard={index:05d}.parquet" for index in range(shards)
     ]
+
+
+def test_a_model_whose_products_blas_sums_by_thread_count_gives_one_table_for_one_or_two_workers(
+    two_workers,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    """One embedded worker on two cores had two BLAS threads, two workers one each: the 1000-wide Gemms'
+    activations, and so the table, followed --workers. Here the one worker is forked with one BLAS thread
+    and the two with the default (every core), and the tables must still agree."""
+    model = tmp_path / "wide_mlp.onnx"
+    onnx.save(wide_mlp_model(), model)
+    with threadpool_limits(1, user_api="blas"), dask_client(workers=1) as (one_worker, _):
+        alone = calibrate(tmp_path / "one", one_worker, 64, 1, 1, model=str(model))
+    assert calibrate(tmp_path / "two", two_workers, 16, 5, 2, model=str(model)) == alone
 
 
 def test_rerun_with_fewer_shards_removes_the_stale_partials(reference: bytes, two_workers, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

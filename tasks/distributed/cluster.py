@@ -14,8 +14,7 @@ import os
 from collections.abc import Iterator
 
 import dask
-from distributed import Client, LocalCluster, WorkerPlugin
-from threadpoolctl import threadpool_limits
+from distributed import Client, LocalCluster
 
 from int8flow.kernels.backend import gpu_available
 from int8flow.schemas.stage_records import ClusterRecord
@@ -42,24 +41,7 @@ def dask_client(scheduler: str = "", workers: int = 0, device: str = "auto") -> 
             client.close()
         return
     with _embedded_cluster(workers, device) as (cluster, kind), Client(cluster) as client:
-        info = _info(client, kind)
-        client.register_plugin(BlasThreads(max(1, default_worker_count() // info.workers)))
-        yield client, info
-
-
-class BlasThreads(WorkerPlugin):
-    """Share the cores between the workers' BLAS thread pools.
-
-    Forked workers inherit the parent's OpenBLAS pool size (every core), so two workers on two
-    cores ran four BLAS threads and validated 4.5x slower than with one thread each; environment
-    variables cannot fix it after NumPy is loaded, a runtime limit can.
-    """
-
-    def __init__(self, threads: int) -> None:
-        self.threads = threads
-
-    def setup(self, worker: object) -> None:
-        threadpool_limits(self.threads, user_api="blas")
+        yield client, _info(client, kind)
 
 
 def _connect(address: str) -> Client:

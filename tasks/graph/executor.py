@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from int8flow.tasks.graph.blas_threads import fixed_blas_threads
 from int8flow.tasks.graph.fp32_ops import FP32_OPS, OpFunction, check_supported
 from int8flow.tasks.graph.ir import Graph, TensorInfo
 
@@ -42,7 +43,14 @@ class GraphExecutor:
         observer: Observer | None = None,
         observed: Collection[str] = (),
     ) -> dict[str, Any]:
-        """Outputs of the graph for one batch; ``observer(name, array)`` sees the ``observed`` tensors."""
+        """Outputs of the graph for one batch; ``observer(name, array)`` sees the ``observed`` tensors.
+
+        One BLAS thread (``blas_threads``): the outputs are the same bits whatever the caller's setting.
+        """
+        with fixed_blas_threads():
+            return self._run(inputs, observer, observed)
+
+    def _run(self, inputs: Mapping[str, Any], observer: Observer | None, observed: Collection[str]) -> dict[str, Any]:
         values: dict[str, Any] = {}
         for info in self.graph.inputs:
             values[info.name] = self.xp.asarray(check_input(info, inputs, self.graph.source))
