@@ -88,6 +88,13 @@ def run_cluster(out: str) -> Iterator[Any]:
         yield client, info
 
 
+def run_config(out: str) -> Any:
+    """This DAG run's ``RunConfig``, rebuilt from its params: run.json holds its URIs without credentials."""
+    from int8flow.schemas.run_config import RunConfig
+
+    return RunConfig.from_mapping(run_config_values(get_current_context()["params"], out))
+
+
 def run_key() -> str:
     """What makes a retried or cleared ``track`` find its own MLflow run: this DAG run."""
     context = get_current_context()
@@ -116,21 +123,19 @@ def int8_requantize() -> None:
     @task(task_display_name="Plan: check inputs")
     @bad_input_fails_at_once
     def plan() -> str:
-        from int8flow.schemas.run_config import RunConfig
+        from int8flow.schemas.uri_redaction import redact_uri
         from int8flow.tasks.run.plan import plan_run
 
         context = get_current_context()
-        out = run_output_dir(context["dag"].dag_id, context["run_id"])
-        config = RunConfig.from_mapping(run_config_values(context["params"], out))
-        planned = plan_run(config, cwd=airflow_home())
+        planned = plan_run(run_config(run_output_dir(context["dag"].dag_id, context["run_id"])), cwd=airflow_home())
         log.info(
             "planned %s: %d calibration examples in %d shards, %d tensors; outputs in %s; MLflow %s",
-            config.model,
+            redact_uri(planned.model_uri),
             planned.calibration.sample,
             planned.shards,
             len(planned.tensors),
             planned.out,
-            planned.tracking_uri,
+            redact_uri(planned.tracking_uri),
         )
         return planned.out
 
@@ -141,7 +146,7 @@ def int8_requantize() -> None:
 
         with run_cluster(out) as (client, info):
             stages.record_cluster(out, info)
-            record = stages.observe(out, client, ProgressLog())
+            record = stages.observe(out, client, ProgressLog(), run_config(out))
         log.info(
             "observed %d examples in %d shards, %.1f s (%d images skipped)",
             record.examples,
@@ -170,7 +175,7 @@ def int8_requantize() -> None:
     def build(out: str) -> str:
         from int8flow.tasks.run import stages
 
-        record = stages.build(out)
+        record = stages.build(out, run_config(out))
         log.info("wrote %s in %.1f s", record.path, record.seconds)
         return out
 
@@ -180,7 +185,7 @@ def int8_requantize() -> None:
         from int8flow.tasks.run import stages
 
         with run_cluster(out) as (client, _):
-            record = stages.validate(out, client, ProgressLog())
+            record = stages.validate(out, client, ProgressLog(), run_config(out))
         if record is None:
             log.info("no validation data: validation and gate skipped")
         else:
@@ -197,12 +202,13 @@ def int8_requantize() -> None:
     @task(task_display_name="Accuracy gate")
     @bad_input_fails_at_once
     def gate(out: str) -> str:
+        from int8flow.schemas.uri_redaction import redact_text
         from int8flow.tasks.outputs.run_report import write_run_report
         from int8flow.tasks.run import stages
         from int8flow.tasks.tracking.run_logging import track
 
         with run_cluster(out) as (client, _):
-            record = stages.gate(out, client, ProgressLog())
+            record = stages.gate(out, client, ProgressLog(), run_config(out))
         for attempt in record.attempts:
             log.info(
                 "gate attempt: FP32 kept %s, INT8 top-1 %.2f%%, drop %.2f points: %s",
@@ -216,9 +222,9 @@ def int8_requantize() -> None:
         except stages.GateFailedError as error:
             try:  # like `int8flow run`, the failed calibration is tracked (tag int8flow.gate=failed)
                 write_run_report(out, started())
-                log.info("failed run tracked in MLflow: run %s", track(out, run_key()))
+                log.info("failed run tracked in MLflow: run %s", track(out, run_key(), run_config(out)))
             except Exception as tracking_error:  # noqa: BLE001 - the gate's verdict is this task's result
-                log.warning("the failed run was not tracked in MLflow: %s", tracking_error)
+                log.warning("the failed run was not tracked in MLflow: %s", redact_text(str(tracking_error)))
             raise AirflowFailException(str(error)) from None
         log.info("gate passed (max top-1 drop %s)", record.max_top1_drop)
         return out
@@ -237,7 +243,7 @@ def int8_requantize() -> None:
     def track(out: str) -> str:
         from int8flow.tasks.tracking.run_logging import track
 
-        mlflow_run_id = track(out, run_key())
+        mlflow_run_id = track(out, run_key(), run_config(out))
         log.info("MLflow run %s", mlflow_run_id)
         return mlflow_run_id
 
@@ -248,7 +254,7 @@ def int8_requantize() -> None:
         from int8flow.tasks.tracking.run_logging import register
 
         config = load_plan(out).config
-        version = register(out, mlflow_run_id)
+        version = register(out, mlflow_run_id, run_config(out))
         if version is None:
             log.info("not registered: no model name in 'register'")
         else:

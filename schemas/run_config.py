@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass, fields, replace
+from typing import Any, Literal
 
 from int8flow.schemas.histogram_bins import DEFAULT_NUM_BINS, NUM_BINS_CHOICES
 from int8flow.schemas.threshold_settings import METHODS, ThresholdSettings
+from int8flow.schemas.uri_redaction import has_secrets, redact_uri
 
 _THRESHOLD_DEFAULTS = ThresholdSettings()
 
@@ -29,7 +30,10 @@ class Setting:
 
     ``kind`` is one of ``str``, ``int``, ``float``, ``bool``, ``list`` (a list of strings).
     ``nullable`` settings accept None (the form shows an empty field); ``section`` groups the
-    trigger form. ``positional`` settings are CLI arguments rather than ``--options``.
+    trigger form. ``positional`` settings are CLI arguments rather than ``--options``. ``uri``
+    settings may carry credentials (``redacted`` wherever they are shown or stored, see
+    ``uri_redaction``) or must not (``no-credentials``: the output folder and the scheduler address
+    travel through XCom and every log, so their credentials belong in the filesystem's own settings).
     """
 
     name: str
@@ -44,6 +48,7 @@ class Setting:
     nullable: bool = False
     positional: bool = False
     metavar: str | None = None
+    uri: Literal["redacted", "no-credentials"] | None = None
 
     @property
     def flag(self) -> str:
@@ -63,6 +68,12 @@ class Setting:
             raise RunConfigError(f"{self.flag}={value!r}: must be {relation} {self.minimum:g}")
         if self.maximum is not None and value > self.maximum:
             raise RunConfigError(f"{self.flag}={value!r}: must be at most {self.maximum:g}")
+        if self.uri == "no-credentials" and has_secrets(value):
+            raise RunConfigError(
+                f"{self.flag}={redact_uri(value)}: carries credentials (user-info or a signed query), which int8flow "
+                "would show in logs, task results and MLflow; give them in the filesystem's own settings (fsspec "
+                "configuration, environment variables) instead"
+            )
         return value
 
     def _typed(self, value: Any) -> Any:
@@ -96,6 +107,7 @@ SETTINGS: tuple[Setting, ...] = (
         "model",
         positional=True,
         metavar="MODEL",
+        uri="redacted",
     ),
     Setting(
         "calib_data",
@@ -104,6 +116,7 @@ SETTINGS: tuple[Setting, ...] = (
         "calibration data: a Parquet file or folder, an ImageFolder tree, or an MNIST idx folder with #train / #t10k",
         "data",
         metavar="URI",
+        uri="redacted",
     ),
     Setting(
         "val_data",
@@ -113,6 +126,7 @@ SETTINGS: tuple[Setting, ...] = (
         "data",
         nullable=True,
         metavar="URI",
+        uri="redacted",
     ),
     Setting(
         "preprocess",
@@ -241,6 +255,7 @@ SETTINGS: tuple[Setting, ...] = (
         "address of an existing Dask scheduler (empty: start an embedded cluster)",
         "cluster",
         metavar="ADDRESS",
+        uri="no-credentials",
     ),
     Setting(
         "workers",
@@ -268,6 +283,7 @@ SETTINGS: tuple[Setting, ...] = (
         "output directory (path or fsspec URL, shared with the workers)",
         "output",
         metavar="DIR",
+        uri="no-credentials",
     ),
     Setting("overwrite", bool, False, "replace the results of another run in --out", "output"),
     Setting(
@@ -277,6 +293,7 @@ SETTINGS: tuple[Setting, ...] = (
         "MLflow tracking URI (empty: sqlite:///mlflow.db in the working directory)",
         "tracking",
         metavar="URI",
+        uri="redacted",
     ),
     Setting("experiment", str, "", "MLflow experiment (empty: int8flow/<model name>)", "tracking", metavar="NAME"),
     Setting(
@@ -353,9 +370,25 @@ class RunConfig:
             for field in fields(self)
         }
 
+    def redacted(self) -> RunConfig:
+        """This configuration as it may be shown or stored: credentials in its URIs replaced."""
+        redacted: dict[str, Any] = {name: redact_uri(value) for name, value in self._uris().items()}
+        return replace(self, **redacted)
+
+    def secrets(self) -> dict[str, str]:
+        """Each URI that carries credentials, keyed by its redacted form: what restores them from run.json."""
+        return {redact_uri(value): value for value in self._uris().values() if has_secrets(value)}
+
     def mlflow_params(self) -> dict[str, str]:
-        """Every setting as an MLflow param: lists comma-joined, None as an empty string."""
-        return {name: _param_text(value) for name, value in self.as_dict().items()}
+        """Every setting as an MLflow param (redacted): lists comma-joined, None as an empty string."""
+        return {name: _param_text(value) for name, value in self.redacted().as_dict().items()}
+
+    def _uris(self) -> dict[str, str]:
+        return {
+            setting.name: value
+            for setting in SETTINGS
+            if setting.uri == "redacted" and (value := getattr(self, setting.name)) is not None
+        }
 
 
 def _param_text(value: Any) -> str:

@@ -6,16 +6,23 @@ try, so the task fails at once with the message (``AirflowFailException``: no re
 accuracy gate is a result, not an accident, and fails the same way. Everything else (an unreachable
 Dask scheduler or MLflow server, a killed worker, a lost connection, a full disk) is retried with
 exponential backoff: 30 s, 1 min, 2 min.
+
+Either way the task log shows the error with every URI redacted (``int8flow.schemas.uri_redaction``):
+a model or data URI may carry credentials, and the log is read by everyone with access to the DAG.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
+import traceback
 from collections.abc import Callable
 from datetime import timedelta
 from typing import ParamSpec, TypeVar
 
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+from int8flow.schemas.uri_redaction import redact_text
 
 RETRY_ARGS = {
     "retries": 3,
@@ -25,18 +32,30 @@ RETRY_ARGS = {
 }
 """``default_args`` of the int8flow DAGs: retries for transient failures, doubling the delay."""
 
+log = logging.getLogger("int8flow.failures")
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
+class TransientTaskError(RuntimeError):
+    """A failure worth a retry (Airflow retries any exception but ``AirflowFailException``)."""
+
+
 def bad_input_fails_at_once(function: Callable[P, R]) -> Callable[P, R]:
-    """Run ``function``; turn bad input (``ValueError``) into ``AirflowFailException`` with its message."""
+    """Run ``function``; turn bad input (``ValueError``) into ``AirflowFailException`` with its message,
+    anything else into a retried ``TransientTaskError``; both redacted, the traceback logged redacted."""
 
     @functools.wraps(function)
     def task_body(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return function(*args, **kwargs)
+        except AirflowException:
+            raise
         except ValueError as error:
-            raise AirflowFailException(f"bad input, not retried: {error}") from error
+            raise AirflowFailException(redact_text(f"bad input, not retried: {error}")) from None
+        except Exception as error:
+            log.error("%s", redact_text(traceback.format_exc()))
+            raise TransientTaskError(redact_text(f"{type(error).__name__}: {error}")) from None
 
     return task_body

@@ -24,6 +24,7 @@ from int8flow.schemas.histogram_bins import DEFAULT_NUM_BINS, check_num_bins
 from int8flow.schemas.run_config import SETTINGS, SETTINGS_BY_NAME, RunConfig
 from int8flow.schemas.run_folder import CALIBRATION_JSON, HISTOGRAM_DIR, TENSORRT_CACHE
 from int8flow.schemas.threshold_settings import THRESHOLD_SETTING_NAMES, ThresholdSettings
+from int8flow.schemas.uri_redaction import redact_text, redact_uri
 from int8flow.tasks.calibration.shard_demo import run_demo
 from int8flow.tasks.calibration.table import rethreshold
 from int8flow.tasks.cli.progress import StageProgress
@@ -168,7 +169,7 @@ def _run_run(args: argparse.Namespace, console: Console) -> int:
     config = RunConfig.from_mapping({setting.name: getattr(args, setting.name) for setting in SETTINGS})
     with StageProgress(console) as progress:
         result = run_pipeline(config, progress, progress.announce_cluster)
-    view = Table(title=f"int8flow run: {config.model}", show_header=False)
+    view = Table(title=f"int8flow run: {redact_uri(config.model)}", show_header=False)
     for label, value in summary_rows(result.report, result.out):
         view.add_row(label, value)
     view.add_row("MLflow run", f"{result.mlflow_run_id} ({load_plan(result.out).tracking_uri})")
@@ -205,21 +206,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handlers[args.command](args, console)
     except GateFailedError as error:
-        print(f"int8flow: {error}", file=sys.stderr)
+        _say(f"int8flow: {error}")
         return EXIT_GATE_FAILED
     except (ClusterUnavailableError, TrackingUnavailableError) as error:
-        print(f"int8flow: error: {error}", file=sys.stderr)
+        _say(f"int8flow: error: {error}")
         return EXIT_UNAVAILABLE
     except (ValueError, OSError) as error:
-        print(f"int8flow: error: {error}", file=sys.stderr)
+        _say(f"int8flow: error: {error}")
         return EXIT_BAD_INPUT
     except Exception as error:  # noqa: BLE001 - anything else is a crash: its own status, one line, a log file
-        print(
+        _say(
             f"int8flow: unexpected error: {type(error).__name__}: {_first_line(error)}; "
-            f"the traceback is in {_save_traceback()}",
-            file=sys.stderr,
+            f"the traceback is in {_save_traceback()}"
         )
         return EXIT_CRASH
+
+
+def _say(message: str) -> None:
+    """One line on stderr; errors quote the URIs they are about, never their credentials."""
+    print(redact_text(message), file=sys.stderr)
 
 
 def _first_line(error: BaseException) -> str:
@@ -229,7 +234,7 @@ def _first_line(error: BaseException) -> str:
 def _save_traceback() -> str:
     """The current exception's traceback in a file of its own, so the terminal keeps one line."""
     with tempfile.NamedTemporaryFile("w", prefix="int8flow-crash-", suffix=".txt", delete=False) as file:
-        file.write(traceback.format_exc())
+        file.write(redact_text(traceback.format_exc()))
     return file.name
 
 

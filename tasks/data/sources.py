@@ -100,7 +100,7 @@ def open_dataset(uri: str) -> ImageDataset:
     if fs.isfile(root):
         if split is not None:
             raise DatasetError(f"{uri}: '#{split}' selects a split of an idx folder, but {base} is a file; remove it")
-        name = root.rsplit("/", 1)[-1]
+        name = root.rsplit("/", 1)[-1].partition("?")[0]  # an HTTP(S) path keeps its query (a signed URL)
         if name.endswith(".parquet"):
             return ParquetDataset(base, fs, [root], [base], [name])
         hint = f"; for idx files give their folder with #{_IDX_FILE.match(name)[1]}" if _IDX_FILE.match(name) else ""

@@ -44,12 +44,12 @@ def run_pipeline(
     with dask_client(config.scheduler, config.workers, config.device) as (client, info):
         on_cluster(info)
         stages.record_cluster(out, info)
-        stages.observe(out, client, progress)
+        stages.observe(out, client, progress, config)
         stages.thresholds(out)
-        stages.build(out)
-        stages.validate(out, client, progress)
-        gate = stages.gate(out, client, progress)
+        stages.build(out, config)
+        stages.validate(out, client, progress, config)
+        gate = stages.gate(out, client, progress, config)
     report = write_run_report(out, started)
-    run_id = track(out)
-    registered = register(out, run_id) if gate.passed else None
+    run_id = track(out, config=config)
+    registered = register(out, run_id, config) if gate.passed else None
     return RunResult(out, report, run_id, registered, gate.passed)

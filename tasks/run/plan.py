@@ -14,7 +14,9 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import fsspec
 from fsspec.core import url_to_fs
@@ -28,6 +30,7 @@ from int8flow.schemas.run_folder import (
     STAGE_DIR,
     partial_file_name,
 )
+from int8flow.schemas.uri_redaction import REDACTED, redact_text
 from int8flow.tasks.data.mnist_idx import DatasetError
 from int8flow.tasks.data.preprocess import check_fits, parse_preprocess
 from int8flow.tasks.data.sources import open_dataset
@@ -122,13 +125,15 @@ class RunPlan:
         ]
 
     def to_json(self) -> str:
+        """The plan as run.json holds it: every URI redacted (``uri_redaction``)."""
         record = asdict(self)
         record["config"] = self.config.as_dict()
-        return json.dumps(record, indent=2, sort_keys=True)
+        return redact_text(json.dumps(record, indent=2, sort_keys=True))
 
     @classmethod
-    def from_json(cls, text: str) -> RunPlan:
-        record = json.loads(text)
+    def from_json(cls, text: str, secrets: Mapping[str, str] | None = None) -> RunPlan:
+        """The plan of ``to_json``; ``secrets`` (``RunConfig.secrets``) put the redacted URIs back."""
+        record = _restored(json.loads(text), secrets or {})
         record["config"] = RunConfig.from_mapping(record["config"])
         record["model"] = ModelRef(**record["model"])
         record["calibration"] = DataPlan(**record["calibration"])
@@ -161,7 +166,8 @@ def plan_run(config: RunConfig, cwd: str | None = None) -> RunPlan:
         _data_plan(config.val_data, config.val_examples or None, None, "--val-data") if config.val_data else None
     )
     sha256 = loaded.fingerprint
-    settings = {name: value for name, value in config.as_dict().items() if name not in _NOT_RESULT_SETTINGS}
+    # Redacted: a rotated token or signed URL reads the same data, so it must not make another run.
+    settings = {name: value for name, value in config.redacted().as_dict().items() if name not in _NOT_RESULT_SETTINGS}
     identity = {
         "model": sha256,
         "calibration": calibration.fingerprint,
@@ -195,14 +201,51 @@ def plan_run(config: RunConfig, cwd: str | None = None) -> RunPlan:
     return plan
 
 
-def load_plan(out: str) -> RunPlan:
-    """The plan an earlier stage wrote into ``out``."""
+def load_plan(out: str, config: RunConfig | None = None) -> RunPlan:
+    """The plan an earlier stage wrote into ``out``: as stored (credentials redacted, for showing), or
+    with the credentials of ``config`` (the configuration it was planned from) back in its URIs."""
     path = f"{out.rstrip('/')}/{PLAN_FILE}"
     try:
         with fsspec.open(path, "r") as file:
-            return RunPlan.from_json(file.read())
+            plan = RunPlan.from_json(file.read(), config.secrets() if config else None)
     except FileNotFoundError:
         raise OutputDirectoryError(f"{path}: no run plan; run the plan stage (int8flow run) first") from None
+    if config is not None and plan.config != config:
+        differing = [name for name, value in config.as_dict().items() if plan.config.as_dict()[name] != value]
+        raise OutputDirectoryError(
+            f"{path} was planned with other settings ({', '.join(differing)}) than this stage was given; "
+            "give the run's own settings, or plan again"
+        )
+    return plan
+
+
+def working_plan(out: str, config: RunConfig | None = None) -> RunPlan:
+    """The plan for a stage that reads the model or data or talks to the tracking store: its real URIs.
+
+    run.json never holds credentials, so a run whose URIs carry them needs ``config`` here (the CLI
+    and the API keep it in memory; an Airflow task rebuilds it from the DAG run's params).
+    """
+    plan = load_plan(out, config)
+    used = [plan.model.path, plan.calibration.uri, plan.tracking_uri]
+    if plan.validation is not None:
+        used.append(plan.validation.uri)
+    if config is None and any(REDACTED in uri for uri in used):
+        raise OutputDirectoryError(
+            f"{plan.path(PLAN_FILE)}: the run's URIs carry credentials, which int8flow does not store; "
+            "give this stage the run's configuration (config=RunConfig) to read them"
+        )
+    return plan
+
+
+def _restored(value: Any, secrets: Mapping[str, str]) -> Any:
+    """``value`` (decoded JSON) with each string that is a redacted URI replaced by the real one."""
+    if isinstance(value, str):
+        return secrets.get(value, value)
+    if isinstance(value, list):
+        return [_restored(item, secrets) for item in value]
+    if isinstance(value, dict):
+        return {key: _restored(item, secrets) for key, item in value.items()}
+    return value
 
 
 def _data_plan(uri: str, sample: int | None, seed: int | None, flag: str) -> DataPlan:

@@ -3,7 +3,9 @@
 Each stage reloads the plan from ``run.json``, does its work, and leaves a typed record under
 ``stages/`` (``int8flow.schemas.stage_records``); later stages and the report read those records.
 So the only thing that travels between stages is the output folder's path, a retried stage redoes
-only its own work, and the report of an Airflow run equals that of a CLI run.
+only its own work, and the report of an Airflow run equals that of a CLI run. Stages that read the
+model or the data take the run's ``config`` too: run.json holds its URIs without their credentials
+(``int8flow.schemas.uri_redaction``), and only the caller has them.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import TypeVar
 import fsspec
 from distributed import Client
 
+from int8flow.schemas.run_config import RunConfig
 from int8flow.schemas.run_folder import stage_record_name
 from int8flow.schemas.stage_records import (
     BuildRecord,
@@ -26,6 +29,7 @@ from int8flow.schemas.stage_records import (
     ThresholdsRecord,
     ValidateRecord,
 )
+from int8flow.schemas.uri_redaction import redact_text
 from int8flow.tasks.calibration.steps import merge_histograms, observe_shards, write_table
 from int8flow.tasks.calibration.table import read_calibration_table
 from int8flow.tasks.distributed.fanout import ProgressSink, quiet
@@ -33,7 +37,7 @@ from int8flow.tasks.outputs.atomic_files import atomic_write_text
 from int8flow.tasks.outputs.int8_model import write_int8_model
 from int8flow.tasks.outputs.manifest import record_outputs
 from int8flow.tasks.outputs.plots import plot_sensitivity, plot_tensor_histograms
-from int8flow.tasks.run.plan import RunPlan, load_plan
+from int8flow.tasks.run.plan import RunPlan, load_plan, working_plan
 from int8flow.tasks.validation.accuracy import validate_int8
 from int8flow.tasks.validation.gate import GateResult, apply_gate
 
@@ -47,7 +51,7 @@ class GateFailedError(RuntimeError):
 
 def save_record(plan: RunPlan, record: StageRecord) -> None:
     path = plan.path(stage_record_name(record.STAGE))
-    atomic_write_text(path, record.to_json())
+    atomic_write_text(path, redact_text(record.to_json()))  # e.g. the sources of skipped images
     record_outputs(plan.out, [path])
 
 
@@ -65,8 +69,8 @@ def record_cluster(out: str, info: ClusterRecord) -> None:
     save_record(load_plan(out), info)
 
 
-def observe(out: str, client: Client, progress: ProgressSink = quiet) -> ObserveRecord:
-    plan = load_plan(out)
+def observe(out: str, client: Client, progress: ProgressSink = quiet, config: RunConfig | None = None) -> ObserveRecord:
+    plan = working_plan(out, config)
     shards, seconds = _timed(lambda: observe_shards(plan, client, progress))
     examples = sum(shard.examples for shard in shards)
     skipped_sources = tuple(source for shard in shards for source in shard.skipped_sources)
@@ -98,9 +102,9 @@ def thresholds(out: str) -> ThresholdsRecord:
     return record
 
 
-def build(out: str) -> BuildRecord:
+def build(out: str, config: RunConfig | None = None) -> BuildRecord:
     """``model.int8.onnx`` with the exclusions the gate settled on (none before the gate ran)."""
-    plan = load_plan(out)
+    plan = working_plan(out, config)
     gate_record = load_record(plan, GateRecord)
     excluded = gate_record.final_excluded if gate_record else ()
     path, seconds = _timed(lambda: write_int8_model(plan, read_calibration_table(plan.out), excluded))
@@ -110,9 +114,11 @@ def build(out: str) -> BuildRecord:
     return record
 
 
-def validate(out: str, client: Client, progress: ProgressSink = quiet) -> ValidateRecord | None:
+def validate(
+    out: str, client: Client, progress: ProgressSink = quiet, config: RunConfig | None = None
+) -> ValidateRecord | None:
     """Accuracy of the INT8 model with the user's exclusions; None when the run has no validation data."""
-    plan = load_plan(out)
+    plan = working_plan(out, config)
     if plan.validation is None:
         return None
     accuracy, seconds = _timed(lambda: validate_int8(plan, client, (), progress))
@@ -123,13 +129,13 @@ def validate(out: str, client: Client, progress: ProgressSink = quiet) -> Valida
     return record
 
 
-def gate(out: str, client: Client, progress: ProgressSink = quiet) -> GateRecord:
+def gate(out: str, client: Client, progress: ProgressSink = quiet, config: RunConfig | None = None) -> GateRecord:
     """Apply the accuracy gate (with fallback); the record says whether it passed and what was excluded.
 
     When the gate kept nodes in FP32, ``model.int8.onnx`` is rebuilt here, so every caller (CLI or
     Airflow) leaves the gate with the model the record describes.
     """
-    plan = load_plan(out)
+    plan = working_plan(out, config)
     first = load_record(plan, ValidateRecord)
     if first is None:
         record = GateRecord(
@@ -150,7 +156,7 @@ def gate(out: str, client: Client, progress: ProgressSink = quiet) -> GateRecord
     record_outputs(plan.out, [plan.path(plot) for plot in record.plots])
     save_record(plan, record)
     if record.final_excluded:
-        build(out)
+        build(out, config)
     return record
 
 

@@ -33,6 +33,7 @@ from mlflow.utils.credentials import get_default_host_creds
 from mlflow.utils.rest_utils import http_request
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
+from int8flow.schemas.uri_redaction import redact_text
 from int8flow.tasks.graph.load import ModelLoadError
 from int8flow.tasks.outputs.atomic_files import TEMP_MARKER
 from int8flow.tasks.outputs.manifest import through_link
@@ -234,7 +235,7 @@ def log_run(
         existing = find_run(tracking_uri, experiment_id, RUN_KEY_TAG, run_key)
         if existing is not None:
             return existing
-    run_tags = dict(tags) if run_key is None else {**tags, RUN_KEY_TAG: run_key}
+    run_tags = _redacted(tags if run_key is None else {**tags, RUN_KEY_TAG: run_key})
     client = tracking_client(tracking_uri)
     with reachable(tracking_uri):
         run_id = client.create_run(experiment_id, run_name=run_name, tags=run_tags).info.run_id
@@ -243,7 +244,7 @@ def log_run(
             client.log_batch(
                 run_id,
                 metrics=[Metric(key, float(value), _now_ms(), 0) for key, value in metrics.items()],
-                params=[Param(key, _param_value(value)) for key, value in params.items()],
+                params=[Param(key, _param_value(value)) for key, value in _redacted(params).items()],
             )
             _log_artifacts(client, run_id, fs, root, files)
         except BaseException:
@@ -269,6 +270,7 @@ def register_int8_model(
     keeps one version per run; its tags and the alias are (re)applied either way. The run gets the
     version as tag ``int8flow.registered_version`` for the runs table.
     """
+    tags = _redacted(tags)
     client = tracking_client(tracking_uri)
     with reachable(tracking_uri):
         run = client.get_run(run_id)
@@ -370,6 +372,11 @@ def _artifact_location(tracking_uri: str, experiment_name: str) -> str | None:
 
 def _now_ms() -> int:
     return int(datetime.now(UTC).timestamp() * 1000)
+
+
+def _redacted(values: Mapping[str, str]) -> dict[str, str]:
+    """What MLflow receives: no value carries a URI's credentials, whoever built it (``uri_redaction``)."""
+    return {key: redact_text(value) for key, value in values.items()}
 
 
 def _param_value(value: str) -> str:

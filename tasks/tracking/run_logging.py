@@ -6,11 +6,12 @@ Airflow is logged and registered exactly like one driven from the command line.
 
 from __future__ import annotations
 
+from int8flow.schemas.run_config import RunConfig
 from int8flow.schemas.run_folder import INT8_MODEL, MANIFEST_FILE
 from int8flow.schemas.stage_records import GateRecord
 from int8flow.tasks.outputs.manifest import owned_outputs
 from int8flow.tasks.outputs.run_report import int8flow_version, read_run_report, run_metrics
-from int8flow.tasks.run.plan import RunPlan, load_plan
+from int8flow.tasks.run.plan import RunPlan, load_plan, working_plan
 from int8flow.tasks.run.stages import load_record
 from int8flow.tasks.tracking.mlflow_store import (
     CALIB_FINGERPRINT_TAG,
@@ -27,15 +28,17 @@ from int8flow.tasks.tracking.mlflow_store import (
 )
 
 
-def track(out: str, run_key: str | None = None) -> str:
+def track(out: str, run_key: str | None = None, config: RunConfig | None = None) -> str:
     """Log the run (params, metrics, tags, every output file) to MLflow; returns the run id.
 
     ``run_key`` makes a retry find its own finished run instead of logging a duplicate (Airflow).
+    What is logged comes from the stored (redacted) plan; ``config`` only opens the tracking store.
     """
     plan = load_plan(out)
+    tracking_uri = working_plan(out, config).tracking_uri
     report = read_run_report(plan)
     experiment = plan.config.experiment or default_experiment_name(plan.model_uri)
-    experiment_id = experiment_for(plan.tracking_uri, experiment)
+    experiment_id = experiment_for(tracking_uri, experiment)
     tags = {
         MODEL_TAG: plan.model_uri,
         MODEL_SHA256_TAG: plan.model.sha256,
@@ -47,7 +50,7 @@ def track(out: str, run_key: str | None = None) -> str:
     }
     run_name = f"{plan.config.method}-{plan.calibration.sample}"
     return log_run(
-        plan.tracking_uri,
+        tracking_uri,
         experiment_id,
         run_name,
         plan.config.mlflow_params(),
@@ -59,8 +62,11 @@ def track(out: str, run_key: str | None = None) -> str:
     )
 
 
-def register(out: str, run_id: str) -> str | None:
-    """Register model.int8.onnx when the run asks for it and its gate passed; returns the version."""
+def register(out: str, run_id: str, config: RunConfig | None = None) -> str | None:
+    """Register model.int8.onnx when the run asks for it and its gate passed; returns the version.
+
+    Tags come from the stored (redacted) plan; ``config`` only opens the tracking store.
+    """
     plan = load_plan(out)
     gate = load_record(plan, GateRecord)
     if not plan.config.register or (gate is not None and not gate.passed):
@@ -78,7 +84,12 @@ def register(out: str, run_id: str) -> str | None:
         }
     )
     return register_int8_model(
-        plan.tracking_uri, plan.config.register, run_id, INT8_MODEL, tags, plan.config.alias or None
+        working_plan(out, config).tracking_uri,
+        plan.config.register,
+        run_id,
+        INT8_MODEL,
+        tags,
+        plan.config.alias or None,
     )
 
 
