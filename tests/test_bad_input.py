@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import DEMO_MODEL
-from onnx import numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from int8flow.tasks.cli.main import EXIT_BAD_INPUT, EXIT_UNAVAILABLE, main
@@ -87,6 +87,69 @@ def test_a_file_that_is_not_onnx(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert_nothing_written(tmp_path)
 
 
+def classifier_with(tmp_path: Path, nodes: list[onnx.NodeProto], constants: dict[str, np.ndarray]) -> str:
+    """A Fashion-MNIST linear classifier whose logits get ``shift`` added, ``nodes`` computing it from ``constants``."""
+    rng = np.random.default_rng(0)
+    constants = {"weight": rng.normal(0, 0.05, (784, 10)).astype(np.float32), **constants}
+    graph = helper.make_graph(
+        [
+            helper.make_node("Flatten", ["input"], ["flat"], name="flatten"),
+            helper.make_node("Gemm", ["flat", "weight"], ["scores"], name="gemm"),
+            *nodes,
+            helper.make_node("Add", ["scores", "shift"], ["logits"], name="add_shift"),
+        ],
+        "classifier",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 28, 28])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
+        initializer=[numpy_helper.from_array(value, name) for name, value in constants.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "classifier.onnx"
+    onnx.save(model, path)
+    return str(path)
+
+
+def test_constant_folding_refuses_a_petabyte_constant_before_making_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nodes = [
+        helper.make_node("ConstantOfShape", ["huge_shape"], ["huge"], name="huge_fill"),
+        helper.make_node("ReduceSum", ["huge"], ["shift"], name="sum_huge", keepdims=0),
+    ]
+    model = classifier_with(tmp_path, nodes, {"huge_shape": np.array([1 << 25, 1 << 25], dtype=np.int64)})
+    code, error = run(tmp_path, capsys, "--calib-data", CALIB, model=model)
+    assert code == EXIT_BAD_INPUT
+    assert_one_line(error, "node 'huge_fill' (ConstantOfShape)", "1,125,899,906,842,624 elements", "2 GiB")
+    assert_nothing_written(tmp_path)
+
+
+def test_an_op_int8flow_does_not_run_is_named_not_evaluated_even_on_constants(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nodes = [helper.make_node("Hardmax", ["table"], ["shift"], name="hardmax_table")]
+    model = classifier_with(tmp_path, nodes, {"table": np.ones((1, 10), dtype=np.float32)})
+    code, error = run(tmp_path, capsys, "--calib-data", CALIB, model=model)
+    assert code == EXIT_BAD_INPUT
+    assert_one_line(error, "node 'hardmax_table' has op type 'Hardmax'", "supported ops:")
+    assert_nothing_written(tmp_path)
+
+
+def test_a_constant_int8flow_cannot_read_is_bad_input_not_a_crash(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sparse = helper.make_sparse_tensor(
+        numpy_helper.from_array(np.ones(1, dtype=np.float32), "values"),
+        numpy_helper.from_array(np.array([3], dtype=np.int64), "indices"),
+        [10],
+    )
+    nodes = [helper.make_node("Constant", [], ["shift"], name="sparse_shift", sparse_value=sparse)]
+    code, error = run(tmp_path, capsys, "--calib-data", CALIB, model=classifier_with(tmp_path, nodes, {}))
+    assert code == EXIT_BAD_INPUT
+    assert_one_line(error, "Constant node 'sparse_shift' holds its value as sparse_value", "dense constants")
+    assert_nothing_written(tmp_path)
+
+
 def test_missing_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, error = run(tmp_path, capsys, "--calib-data", str(tmp_path / "images"))
     assert code == EXIT_BAD_INPUT
@@ -131,6 +194,39 @@ def test_a_preprocessing_that_does_not_fit_the_model(tmp_path: Path, capsys: pyt
     assert_nothing_written(tmp_path)
 
 
+def test_a_batch_too_large_to_hold_is_refused_at_plan_time(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, error = run(tmp_path, capsys, "--calib-data", CALIB, "--batch-size", "1000000")
+    assert code == EXIT_BAD_INPUT
+    assert_one_line(error, "--batch-size 1000000", "1x28x28 float32", "2.9 GiB", "use --batch-size 342392 or less")
+    assert_nothing_written(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("preprocess", "words"),
+    [("mnist,resize=100000", "resize=100000: more than 16384 pixels"), ("mnist,crop=20000", "crop=20000: more than")],
+)
+def test_an_absurd_image_size_is_refused_at_plan_time(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], preprocess: str, words: str
+) -> None:
+    code, error = run(tmp_path, capsys, "--calib-data", CALIB, f"--preprocess={preprocess}")
+    assert code == EXIT_BAD_INPUT
+    assert_one_line(error, words)
+    assert_nothing_written(tmp_path)
+
+
+def test_a_model_declaring_an_absurd_input_size_is_refused_at_plan_time(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = onnx.load(MODEL)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_value, dims[3].dim_value = 100_000, 100_000
+    onnx.save(model, tmp_path / "huge_input.onnx")
+    code, error = run(tmp_path, capsys, "--calib-data", CALIB, model=str(tmp_path / "huge_input.onnx"))
+    assert code == EXIT_BAD_INPUT
+    assert_one_line(error, "(N, 1, 100000, 100000)", "a side over 16384 pixels")
+    assert_nothing_written(tmp_path)
+
+
 def test_an_invalid_setting_names_its_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, error = run(tmp_path, capsys, "--calib-data", CALIB, "--num-bins", "8001")
     assert code == EXIT_BAD_INPUT
@@ -165,25 +261,24 @@ def test_labels_out_of_range_for_the_model(tmp_path: Path, capsys: pytest.Captur
     data = parquet_data(tmp_path / "val.parquet", 8, labels=[0, 1, 2, 3, 4, 5, 6, 12])
     code, error = run(tmp_path, capsys, "--calib-data", CALIB, "--calib-examples", "64", "--val-data", data)
     assert code == EXIT_BAD_INPUT
-    assert_one_line(error, "val.parquet", "label 12", "10 classes")
-    assert not (tmp_path / "out" / "report.json").exists()
+    assert_one_line(error, "val.parquet", "label 12", "10 classes", "1 such labels in the first 8 examples")
+    assert_nothing_written(tmp_path)  # found while planning, before any calibration
 
 
 def test_a_worker_side_error_reaches_the_terminal_as_one_line_only(tmp_path: Path) -> None:
     """The CLI as users run it: its worker processes share the terminal, so no Dask traceback above the line."""
-    data = parquet_data(tmp_path / "val.parquet", 8, labels=[0, 1, 2, 3, 4, 5, 6, 12])
+    data = parquet_data(tmp_path / "calib.parquet", 32, corrupt=(5,))
     done = subprocess.run(
         [str(Path(sys.executable).parent / "int8flow"), "run", MODEL, "--preprocess=mnist", "--workers=1"]
-        + [f"--out={tmp_path / 'out'}", f"--calib-data={CALIB}", "--calib-examples=32", f"--val-data={data}"]
+        + [f"--out={tmp_path / 'out'}", f"--calib-data={data}", "--calib-examples=32"]
         + [f"--tracking-uri=sqlite:///{tmp_path}/mlflow.db"],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert done.returncode == EXIT_BAD_INPUT
-    assert done.stderr == f"int8flow: error: {data}: label 12 is out of range for the model's 10 classes " + (
-        "(1 such labels in one batch); check that the data set matches the model\n"
-    )
+    assert done.stderr.startswith(f"int8flow: error: {data} row 5: ") and done.stderr.count("\n") == 1, done.stderr
+    assert "--on-bad-image skip" in done.stderr
 
 
 def test_an_image_that_fails_to_decode_fails_by_default(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

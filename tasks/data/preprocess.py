@@ -19,6 +19,9 @@ from PIL import Image
 
 Channels = Literal["rgb", "bgr", "gray"]
 CHANNEL_ORDERS: tuple[Channels, ...] = ("rgb", "bgr", "gray")
+# Limits that catch absurd sizes at plan time rather than as a MemoryError on a worker.
+MAX_IMAGE_SIDE = 16384
+MAX_INPUT_BATCH_BYTES = 1 << 30
 KEYS = ("resize", "crop", "scale", "mean", "std", "channels")
 _EXAMPLES = {
     "resize": "resize=256",
@@ -60,6 +63,8 @@ class PreprocessSpec:
             size = getattr(self, key)
             if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
                 raise PreprocessError(f"{key}={size}: must be a whole number of pixels >= 1, or none")
+            if size is not None and size > MAX_IMAGE_SIDE:
+                raise PreprocessError(f"{key}={size}: more than {MAX_IMAGE_SIDE} pixels, int8flow's limit for a side")
         if self.channels not in CHANNEL_ORDERS:
             raise PreprocessError(f"channels={self.channels}: use one of {', '.join(CHANNEL_ORDERS)}")
         # Lists given by callers compare equal to the presets' tuples once normalised.
@@ -134,6 +139,22 @@ def check_fits(spec: PreprocessSpec, input_shape: tuple[int | None, ...], source
     raise PreprocessError(
         f"--preprocess {source!r} does not fit the model input {_shape_text(input_shape)}: {reason}; {remedy}"
     )
+
+
+def check_batch_fits(spec: PreprocessSpec, input_shape: tuple[int | None, ...], batch_size: int) -> None:
+    """Refuse a batch whose inputs alone exceed ``MAX_INPUT_BATCH_BYTES``: it would fail on a worker, late."""
+    _, _, height, width = input_shape
+    height, width = height or spec.crop or spec.resize, width or spec.crop or spec.resize
+    if height is None or width is None:
+        return
+    example_bytes = channel_count(spec.channels) * height * width * np.dtype(np.float32).itemsize
+    if batch_size * example_bytes > MAX_INPUT_BATCH_BYTES:
+        fitting = max(1, MAX_INPUT_BATCH_BYTES // example_bytes)
+        raise PreprocessError(
+            f"--batch-size {batch_size}: a batch of {channel_count(spec.channels)}x{height}x{width} float32 inputs is "
+            f"{batch_size * example_bytes / 2**30:.1f} GiB, more than the {MAX_INPUT_BATCH_BYTES >> 30} GiB a batch "
+            f"may hold (its activations take more); use --batch-size {fitting} or less"
+        )
 
 
 def preprocess_batch(
@@ -224,6 +245,11 @@ def _misfit(spec: PreprocessSpec, input_shape: tuple[int | None, ...]) -> tuple[
         if channels == 3:
             return produced, "add channels=rgb (or bgr)"
         return produced, "only 1-channel (gray) or 3-channel (rgb, bgr) inputs are supported"
+    if max(height or 0, width or 0) > MAX_IMAGE_SIDE:
+        return (
+            f"a side over {MAX_IMAGE_SIDE} pixels is beyond int8flow's limit",
+            "check the model's declared input size",
+        )
     if spec.crop is not None and height is not None and width is not None and (spec.crop, spec.crop) != (height, width):
         produced = f"crop={spec.crop} makes {spec.crop}x{spec.crop} images but the model input is {height}x{width}"
         if height == width:

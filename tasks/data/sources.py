@@ -79,6 +79,10 @@ class ImageDataset(Protocol):
 
     def read(self, indices: Sequence[int]) -> RawExamples: ...
 
+    def labels(self, count: int) -> np.ndarray:
+        """The labels of the first ``count`` examples, reading no image: what planning checks them by."""
+        ...
+
 
 @dataclass(frozen=True)
 class Batch:
@@ -218,6 +222,21 @@ class ParquetDataset(_FilesFingerprint):
                         images[slot], labels[slot], errors[slot] = _parquet_example(table, row)
         return RawExamples(images, labels, sources, errors)
 
+    def labels(self, count: int) -> np.ndarray:
+        found: list[np.ndarray] = []
+        remaining = count
+        for file, path in enumerate(self.paths):
+            if remaining <= 0:
+                break
+            with self.fs.open(path, "rb") as handle:
+                column = pq.ParquetFile(handle, metadata=self._footers[file]).read(columns=["label"]).column("label")
+            values = column.slice(0, remaining).to_numpy(zero_copy_only=False)
+            found.append(
+                np.where(np.isnan(values), -1, values).astype(np.int64) if values.dtype.kind == "f" else values
+            )
+            remaining -= len(values)
+        return np.concatenate(found).astype(np.int64) if found else np.zeros(0, dtype=np.int64)
+
     def _row_group(self, handle: io.IOBase, file: int, group: int) -> pa.Table:
         try:
             parquet = pq.ParquetFile(handle, metadata=self._footers[file])
@@ -252,7 +271,7 @@ class ImageFolderDataset(_FilesFingerprint):
             )
         self.names = names
         self.paths = [f"{self.root}/{name}" for name in names]
-        self.labels = np.array(labels, dtype=np.int64)
+        self.class_labels = np.array(labels, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -273,7 +292,10 @@ class ImageFolderDataset(_FilesFingerprint):
             image, error_text = _decoded(data)
             images.append(image)
             errors.append(error_text)
-        return RawExamples(images, self.labels[positions], sources, errors)
+        return RawExamples(images, self.class_labels[positions], sources, errors)
+
+    def labels(self, count: int) -> np.ndarray:
+        return self.class_labels[:count]
 
 
 class IdxDataset(_FilesFingerprint):
@@ -313,6 +335,9 @@ class IdxDataset(_FilesFingerprint):
             [f"{self.uri} example {position}" for position in positions],
             [None] * len(positions),
         )
+
+    def labels(self, count: int) -> np.ndarray:
+        return np.asarray(self._split[1][:count], dtype=np.int64)
 
 
 def _open_idx(

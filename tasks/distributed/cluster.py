@@ -55,21 +55,28 @@ def _connect(address: str) -> Client:
 
 
 class TaskFailuresReportedByTheClient(logging.Filter):
-    """Drops a worker's "Compute Failed" record: the client re-raises that error as one line.
+    """Drops a worker's "Compute Failed" record and the cancellations that follow it.
 
     Without it, every bad input found on a worker (a label out of range, an image that does not
-    decode) prints the worker's traceback on the user's terminal above the one-line error. Forked
-    workers inherit the filter from the process that starts the embedded cluster.
+    decode) prints the worker's traceback on the user's terminal above the one-line error the client
+    re-raises, and the tasks cancelled when the client then closes print an "Async instruction ...
+    ended with CancelledError" warning each. Forked workers inherit the filter from the process that
+    starts the embedded cluster.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Compute Failed")
+        message = record.getMessage()
+        return not (message.startswith("Compute Failed") or message.endswith("ended with CancelledError"))
+
+
+QUIETED_LOGGERS = ("distributed.worker", "distributed.worker.state_machine")
 
 
 def _quiet_task_failures() -> None:
-    worker_log = logging.getLogger("distributed.worker")
-    if not any(isinstance(existing, TaskFailuresReportedByTheClient) for existing in worker_log.filters):
-        worker_log.addFilter(TaskFailuresReportedByTheClient())
+    for name in QUIETED_LOGGERS:
+        worker_log = logging.getLogger(name)
+        if not any(isinstance(existing, TaskFailuresReportedByTheClient) for existing in worker_log.filters):
+            worker_log.addFilter(TaskFailuresReportedByTheClient())
 
 
 @contextlib.contextmanager

@@ -159,14 +159,15 @@ def top_k(logits: np.ndarray) -> np.ndarray:
     return np.argsort(-flat, axis=1, kind="stable")[:, :TOP_K]
 
 
-def check_labels(labels: np.ndarray, classes: int | None, source: str) -> None:
+def check_labels(labels: np.ndarray, classes: int | None, source: str, scope: str = "one batch") -> None:
+    """Planning checks the labels a run will validate with; workers check each batch they decode."""
     if classes is None:
         return
     bad = labels[(labels < 0) | (labels >= classes)]
     if len(bad):
         raise DatasetError(
             f"{source}: label {int(bad[0])} is out of range for the model's {classes} classes "
-            f"({len(bad)} such labels in one batch); check that the data set matches the model"
+            f"({len(bad)} such labels in {scope}); check that the data set matches the model"
         )
 
 

@@ -5,19 +5,39 @@ subgraphs (the legacy torch exporter computes Pad amounts with Shape/Gather/Conc
 Identity and Dropout nodes, and BatchNormalization after Conv, which costs a full pass over the
 activations and would need its own INT8 kernel. Folding them keeps the executors small and makes
 the quantized Conv see the weights that actually run.
+
+Folding evaluates nodes with ONNX's reference implementation at load time, before any check of the
+model, so it is bounded: only ops the executors run or shape arithmetic are folded (anything else
+stays in the graph, where the supported-op check names it), and a node whose output would exceed
+``MAX_FOLDED_BYTES`` is refused before it is evaluated (a malformed ``ConstantOfShape`` asked for
+4 PiB and died in a MemoryError).
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
-import onnx
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
+from int8flow.tasks.graph.fp32_ops import FP32_OPS, UnsupportedModelError
 from int8flow.tasks.graph.ir import Graph, Node
 from int8flow.tasks.graph.onnx_build import node_to_proto
 
 PASS_THROUGH_OPS = ("Identity", "Dropout")
+# Shape arithmetic exporters emit on constants, foldable though the executors do not run it.
+SHAPE_ARITHMETIC_OPS = frozenset(
+    {
+        "Shape", "Size", "Gather", "Slice", "Squeeze", "Unsqueeze", "Cast", "ConstantOfShape", "Range", "Expand",
+        "Tile", "Sub", "Div", "Neg", "Floor", "Ceil", "Min", "Max", "Equal", "Less", "Greater", "Not", "And",
+        "Or", "Where", "ReduceProd", "ReduceSum", "ReduceMin", "ReduceMax", "Sqrt", "Mod",
+    }
+)  # fmt: skip
+FOLDABLE_OPS = SHAPE_ARITHMETIC_OPS | frozenset(FP32_OPS)
+# The largest constant folding may make: far above any CNN's weight tensor, far below a machine's memory.
+MAX_FOLDED_BYTES = 1 << 31
+_MAX_ITEM_BYTES = 8
 
 
 def simplify(graph: Graph) -> Graph:
@@ -45,7 +65,9 @@ def fold_constant_nodes(graph: Graph) -> None:
     kept = []
     for node in graph.nodes:
         static_shape = node.op_type == "Shape" and _static_shape(graph, node.inputs[0])
-        inputs_known = all(not name or name in graph.initializers for name in node.inputs)
+        inputs_known = node.op_type in FOLDABLE_OPS and all(
+            not name or name in graph.initializers for name in node.inputs
+        )
         if static_shape:
             shape = np.asarray(graph.shapes[node.inputs[0]], dtype=np.int64)
             start, end = node.attribute("start", 0), node.attribute("end", None)
@@ -111,6 +133,16 @@ def _static_shape(graph: Graph, name: str) -> bool:
 
 def _evaluate(graph: Graph, node: Node) -> list[np.ndarray]:
     inputs = [name for name in node.inputs if name]
+    try:
+        elements = _output_elements_bound(node, [np.asarray(graph.initializers[name]) for name in inputs])
+    except (IndexError, ValueError):  # inputs the op cannot take: evaluating it below says how
+        elements = 0
+    if elements * _MAX_ITEM_BYTES > MAX_FOLDED_BYTES:
+        raise UnsupportedModelError(
+            f"{graph.source}: node {node.name!r} ({node.op_type}) on constant inputs would make a tensor of up to "
+            f"{elements:,} elements, more than the {MAX_FOLDED_BYTES >> 30} GiB int8flow folds at load time; the "
+            "shape its exporter computed is likely wrong: check the node's inputs"
+        )
     proto = helper.make_graph(
         [node_to_proto(node)],
         "fold",
@@ -119,7 +151,46 @@ def _evaluate(graph: Graph, node: Node) -> list[np.ndarray]:
         initializer=[numpy_helper.from_array(np.asarray(graph.initializers[name]), name) for name in inputs],
     )
     model = helper.make_model(proto, opset_imports=[helper.make_opsetid("", graph.opset)])
-    return [np.asarray(value) for value in ReferenceEvaluator(model).run(None, {})]
+    try:
+        return [np.asarray(value) for value in ReferenceEvaluator(model).run(None, {})]
+    except Exception as error:  # noqa: BLE001 - the reference implementation raises many types
+        raise UnsupportedModelError(
+            f"{graph.source}: node {node.name!r} ({node.op_type}) cannot be evaluated on its constant inputs: "
+            f"{type(error).__name__}: {error}; check the node's inputs and attributes"
+        ) from None
+
+
+def _output_elements_bound(node: Node, values: list[np.ndarray]) -> int:
+    """At least the number of elements ``node`` outputs, from its inputs alone (Python ints: no overflow).
+
+    The ops that make more than they read are bounded by what they are asked for; any other op by
+    its broadcast or the sum of its inputs, whichever is larger.
+    """
+    if node.op_type == "ConstantOfShape" and values:
+        return math.prod(max(0, int(dim)) for dim in values[0].reshape(-1))
+    if node.op_type == "Expand" and len(values) == 2:
+        wanted = [int(dim) for dim in values[1].reshape(-1)]
+        rank = max(values[0].ndim, len(wanted))
+        dims = [1] * (rank - values[0].ndim) + list(values[0].shape)
+        wanted = [1] * (rank - len(wanted)) + wanted
+        return math.prod(max(have, want, 0) for have, want in zip(dims, wanted))
+    if node.op_type == "Tile" and len(values) == 2:
+        return values[0].size * math.prod(max(0, int(count)) for count in values[1].reshape(-1))
+    if node.op_type == "Range" and len(values) == 3:
+        start, limit, delta = (float(value) for value in values)
+        return max(0, math.ceil((limit - start) / delta)) if delta and math.isfinite(limit - start) else 0
+    sizes = [value.size for value in values]
+    try:
+        broadcast = math.prod(np.broadcast_shapes(*(value.shape for value in values))) if values else 0
+    except ValueError:
+        broadcast = 0
+    if node.op_type in ("MatMul", "Gemm") and len(values) >= 2 and values[0].ndim:
+        transposed = node.op_type == "Gemm" and node.attribute("transA", 0)
+        inner = max(1, values[0].shape[0] if transposed else values[0].shape[-1])
+        return max(broadcast, sum(sizes), sizes[0] // inner * (sizes[1] // inner))
+    if node.op_type == "Gather" and len(values) == 2 and values[0].ndim:
+        return values[0].size // max(1, values[0].shape[node.attribute("axis", 0)]) * max(1, sizes[1])
+    return max(broadcast, sum(sizes))
 
 
 def _constant_value(node: Node) -> np.ndarray:
@@ -132,4 +203,7 @@ def _constant_value(node: Node) -> np.ndarray:
     ):
         if key in node.attributes:
             return np.asarray(node.attributes[key], dtype=dtype)
-    raise onnx.checker.ValidationError(f"Constant node {node.name!r} has no supported value attribute")
+    raise UnsupportedModelError(
+        f"Constant node {node.name!r} holds its value as {', '.join(sorted(node.attributes)) or 'nothing'}; "
+        "int8flow reads value, value_float(s) and value_int(s): re-export the model with dense constants"
+    )

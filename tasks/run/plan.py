@@ -32,10 +32,11 @@ from int8flow.schemas.run_folder import (
 )
 from int8flow.schemas.uri_redaction import REDACTED, redact_text
 from int8flow.tasks.data.mnist_idx import DatasetError
-from int8flow.tasks.data.preprocess import check_fits, parse_preprocess
+from int8flow.tasks.data.preprocess import check_batch_fits, check_fits, parse_preprocess
 from int8flow.tasks.data.sources import open_dataset
 from int8flow.tasks.distributed.cluster import default_worker_count
-from int8flow.tasks.distributed.shard_jobs import ModelRef, ShardSpec
+from int8flow.tasks.distributed.shard_jobs import ModelRef, ShardSpec, check_labels
+from int8flow.tasks.graph.fp32_ops import check_supported
 from int8flow.tasks.graph.load import ModelLoadError, import_model, load_model
 from int8flow.tasks.graph.quantize_pass import QuantizationOptions, calibration_tensors, excluded_nodes
 from int8flow.tasks.graph.simplify import simplify
@@ -154,16 +155,22 @@ def plan_run(config: RunConfig, cwd: str | None = None) -> RunPlan:
         resolved = resolve_model(config.model, tracking_uri, download)
         loaded = load_model(resolved.path, config.model)  # external data read next to the model
     graph = simplify(import_model(loaded.proto, config.model))
+    check_supported(graph)  # here, not on the first worker: nothing is written for a model that cannot run
     if len(graph.inputs) != 1 or len(graph.outputs) != 1:
         raise ModelLoadError(
             f"{config.model}: int8flow calibrates image classifiers with one input and one output; this model has "
             f"{len(graph.inputs)} inputs and {len(graph.outputs)} outputs"
         )
     excluded_nodes(graph, config.exclude)
-    check_fits(parse_preprocess(config.preprocess), graph.inputs[0].shape, config.preprocess)
+    spec = parse_preprocess(config.preprocess)
+    check_fits(spec, graph.inputs[0].shape, config.preprocess)
+    check_batch_fits(spec, graph.inputs[0].shape, config.batch_size)
     calibration = _data_plan(config.calib_data, config.calib_examples, config.seed, "--calib-data")
+    classes = graph.outputs[0].shape[-1]
     validation = (
-        _data_plan(config.val_data, config.val_examples or None, None, "--val-data") if config.val_data else None
+        _data_plan(config.val_data, config.val_examples or None, None, "--val-data", classes)
+        if config.val_data
+        else None
     )
     sha256 = loaded.fingerprint
     # Redacted: a rotated token or signed URL reads the same data, so it must not make another run.
@@ -248,12 +255,15 @@ def _restored(value: Any, secrets: Mapping[str, str]) -> Any:
     return value
 
 
-def _data_plan(uri: str, sample: int | None, seed: int | None, flag: str) -> DataPlan:
+def _data_plan(uri: str, sample: int | None, seed: int | None, flag: str, classes: int | None = None) -> DataPlan:
+    """``classes``: the model's class count, which the labels of validation data must fit."""
     dataset = open_dataset(uri)
     total = len(dataset)
     chosen = total if sample is None else min(sample, total)
     if chosen < 1:  # a batch larger than the data is fine: it runs as one short batch
         raise DatasetError(f"{flag} {uri}: no examples to use; add data or choose another {flag}")
+    if classes is not None:  # validation reads its first examples: a bad label fails now, not after calibration
+        check_labels(dataset.labels(chosen), classes, uri, f"the first {chosen} examples")
     return DataPlan(uri, dataset.fingerprint(), total, chosen, seed)
 
 
