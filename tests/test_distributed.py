@@ -26,10 +26,14 @@ MODEL = str(DEMO_MODEL)
 CALIB_EXAMPLES = 600
 
 
-def config(out: Path, batch_size: int, shards: int, workers: int, model: str = MODEL) -> RunConfig:
+def config(
+    out: Path, batch_size: int, shards: int, workers: int, model: str = MODEL, val_data: str | None = None
+) -> RunConfig:
     return RunConfig.from_mapping(
         {
             "model": model,
+            "val_data": val_data,
+            "val_examples": CALIB_EXAMPLES,
             "calib_data": f"{fashion_mnist_folder()}#train",
             "preprocess": "mnist",
             "calib_examples": CALIB_EXAMPLES,
@@ -124,6 +128,30 @@ def test_a_worker_killed_mid_observe_does_not_change_the_table(reference: bytes,
         survivors = list(client.run(os.getpid).values())
     assert killed and killed[0] not in survivors
     assert table == reference
+
+
+def test_a_worker_killed_mid_validate_does_not_change_the_accuracy(tmp_path: Path) -> None:
+    """SIGKILL one worker after the first validation shard: the accuracy equals an undisturbed validation."""
+    out = tmp_path / "out"
+    with dask_client(workers=2) as (client, _):
+        plan_run(config(out, 16, 12, 2, val_data=f"{fashion_mnist_folder()}#t10k"))
+        stages.observe(str(out), client)
+        stages.thresholds(str(out))
+        stages.build(str(out))
+        undisturbed = stages.validate(str(out), client)
+        pids = list(client.run(os.getpid).values())
+        killed: list[int] = []
+
+        def kill_after_first_shard(stage: str, done: int, total: int, examples: int, seconds: float) -> None:
+            if stage == "validate" and done == 1 and not killed:
+                os.kill(pids[1], signal.SIGKILL)
+                killed.append(pids[1])
+
+        disturbed = stages.validate(str(out), client, kill_after_first_shard)
+        survivors = list(client.run(os.getpid).values())
+    assert killed and killed[0] not in survivors
+    assert undisturbed is not None and disturbed is not None
+    assert disturbed.accuracy == undisturbed.accuracy and disturbed.accuracy.examples == CALIB_EXAMPLES
 
 
 def test_an_external_cluster_gives_the_same_table(

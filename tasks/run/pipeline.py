@@ -15,6 +15,7 @@ from int8flow.schemas.run_config import RunConfig
 from int8flow.schemas.stage_records import ClusterRecord
 from int8flow.tasks.distributed.cluster import dask_client
 from int8flow.tasks.distributed.fanout import ProgressSink, quiet
+from int8flow.tasks.outputs.run_folder_lock import run_folder_lock
 from int8flow.tasks.outputs.run_report import now, write_run_report
 from int8flow.tasks.run import stages
 from int8flow.tasks.run.plan import plan_run
@@ -40,16 +41,17 @@ def run_pipeline(
 ) -> RunResult:
     """Plan, calibrate, build, validate, gate, report, track and register: the ``int8flow run`` job."""
     started = now()
-    out = plan_run(config, cwd).out
-    with dask_client(config.scheduler, config.workers, config.device) as (client, info):
-        on_cluster(info)
-        stages.record_cluster(out, info)
-        stages.observe(out, client, progress, config)
-        stages.thresholds(out)
-        stages.build(out, config)
-        stages.validate(out, client, progress, config)
-        gate = stages.gate(out, client, progress, config)
-    report = write_run_report(out, started)
-    run_id = track(out, config=config)
-    registered = register(out, run_id, config) if gate.passed else None
+    with run_folder_lock(config.out):  # a second run given this --out waits, then finds it as a retry does
+        out = plan_run(config, cwd).out
+        with dask_client(config.scheduler, config.workers, config.device) as (client, info):
+            on_cluster(info)
+            stages.record_cluster(out, info)
+            stages.observe(out, client, progress, config)
+            stages.thresholds(out)
+            stages.build(out, config)
+            stages.validate(out, client, progress, config)
+            gate = stages.gate(out, client, progress, config)
+        report = write_run_report(out, started)
+        run_id = track(out, config=config)
+        registered = register(out, run_id, config) if gate.passed else None
     return RunResult(out, report, run_id, registered, gate.passed)
