@@ -19,6 +19,7 @@ from threadpoolctl import threadpool_limits
 from int8flow.schemas.run_config import RunConfig
 from int8flow.tasks.data import fashion_mnist_folder, load_mnist_split
 from int8flow.tasks.distributed.cluster import ClusterUnavailableError, dask_client
+from int8flow.tasks.distributed.fanout import ProgressSink
 from int8flow.tasks.run import stages
 from int8flow.tasks.run.plan import plan_run
 
@@ -113,18 +114,23 @@ def test_a_shard_rerun_rewrites_its_file_identically(two_workers, tmp_path: Path
     assert after == before
 
 
+def worker_killer(client, stage: str, killed: list[int]) -> ProgressSink:  # type: ignore[no-untyped-def]
+    """A progress sink that SIGKILLs the second worker once the first shard of ``stage`` is done."""
+    pids = list(client.run(os.getpid).values())
+
+    def kill_after_first_shard(reported: str, done: int, total: int, examples: int, seconds: float) -> None:
+        if reported == stage and done == 1 and not killed:
+            os.kill(pids[1], signal.SIGKILL)
+            killed.append(pids[1])
+
+    return kill_after_first_shard
+
+
 def test_a_worker_killed_mid_observe_does_not_change_the_table(reference: bytes, tmp_path: Path) -> None:
     """SIGKILL one worker process after the first shard: its shards are recomputed elsewhere."""
     with dask_client(workers=2) as (client, _):
-        pids = list(client.run(os.getpid).values())
         killed: list[int] = []
-
-        def kill_after_first_shard(stage: str, done: int, total: int, examples: int, seconds: float) -> None:
-            if stage == "observe" and done == 1 and not killed:
-                os.kill(pids[1], signal.SIGKILL)
-                killed.append(pids[1])
-
-        table = calibrate(tmp_path / "out", client, 16, 12, 2, kill_after_first_shard)
+        table = calibrate(tmp_path / "out", client, 16, 12, 2, worker_killer(client, "observe", killed))
         survivors = list(client.run(os.getpid).values())
     assert killed and killed[0] not in survivors
     assert table == reference
@@ -139,15 +145,8 @@ def test_a_worker_killed_mid_validate_does_not_change_the_accuracy(tmp_path: Pat
         stages.thresholds(str(out))
         stages.build(str(out))
         undisturbed = stages.validate(str(out), client)
-        pids = list(client.run(os.getpid).values())
         killed: list[int] = []
-
-        def kill_after_first_shard(stage: str, done: int, total: int, examples: int, seconds: float) -> None:
-            if stage == "validate" and done == 1 and not killed:
-                os.kill(pids[1], signal.SIGKILL)
-                killed.append(pids[1])
-
-        disturbed = stages.validate(str(out), client, kill_after_first_shard)
+        disturbed = stages.validate(str(out), client, worker_killer(client, "validate", killed))
         survivors = list(client.run(os.getpid).values())
     assert killed and killed[0] not in survivors
     assert undisturbed is not None and disturbed is not None
