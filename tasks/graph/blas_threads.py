@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import functools
 import threading
 from collections.abc import Callable, Iterator
 
@@ -35,9 +34,9 @@ class BlasThreadsError(RuntimeError):
     """A BLAS library whose thread count int8flow cannot fix is loaded and runs several threads."""
 
 
-@functools.cache
 def _setters() -> tuple[ThreadCountSetter, ...]:
-    """Setters (new count -> previous count) of the loaded BLAS libraries that run several threads."""
+    """Setters (new count -> previous count) of the BLAS libraries loaded now (a library loaded later, such
+    as SciPy's own OpenBLAS, is found the next time the count is taken)."""
     setters = []
     for library in ThreadpoolController().select(user_api="blas").lib_controllers:
         setter = getattr(library.dynlib, OPENBLAS_SETTER, None) if library.internal_api == "openblas" else None
@@ -59,13 +58,13 @@ class _ProcessWideCount:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.holders = 0
-        self.previous: list[int] = []
+        self.previous: list[tuple[ThreadCountSetter, int]] = []
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
         with self.lock:
             if self.holders == 0:
-                self.previous = [setter(BLAS_THREADS) for setter in _setters()]
+                self.previous = [(setter, setter(BLAS_THREADS)) for setter in _setters()]
             self.holders += 1
         try:
             yield
@@ -73,7 +72,7 @@ class _ProcessWideCount:
             with self.lock:
                 self.holders -= 1
                 if self.holders == 0:
-                    for setter, count in zip(_setters(), self.previous):
+                    for setter, count in self.previous:
                         setter(count)
 
 
