@@ -56,17 +56,37 @@ def select_backend(name: str = "auto") -> ModuleType:
 
 
 def array_module(*arrays: Any) -> ModuleType:
-    """The module (numpy or cupy) that owns these arrays."""
+    """The module (numpy, cupy, or an Array API namespace) that owns these arrays.
+
+    CuPy is recognised by name, so NumPy paths never import it; any other array that names its
+    namespace (``__array_namespace__``, the Array API way) gets that namespace. NumPy's own arrays
+    and scalars, and Python numbers, mean NumPy.
+    """
     for array in arrays:
+        if isinstance(array, np.ndarray | np.generic):
+            continue
         if type(array).__module__.startswith("cupy"):
             import cupy
 
             return cupy
+        namespace = getattr(array, "__array_namespace__", None)
+        if namespace is not None:
+            return namespace()
     return np
 
 
+def uses_cuda(xp: ModuleType) -> bool:
+    """True for CuPy: the module whose arrays the CUDA kernels of ``cuda_kernels`` take.
+
+    Kernels branch on this, not on ``xp is not np``: a device module that is not CuPy (the strict
+    stand-in the tests use) takes the generic array path, as CuPy does wherever no CUDA kernel exists.
+    """
+    return getattr(xp, "__name__", "") == "cupy"
+
+
 def to_numpy(array: Any) -> np.ndarray:
-    """A host copy of a NumPy or CuPy array (no copy for NumPy)."""
-    if type(array).__module__.startswith("cupy"):
-        return array.get()
-    return np.asarray(array)
+    """A host copy of a device array (CuPy's explicit ``.get()``); NumPy arrays and Python values
+    are returned as NumPy arrays without a copy."""
+    if array_module(array) is np:
+        return np.asarray(array)
+    return array.get()

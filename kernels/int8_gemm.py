@@ -19,9 +19,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-import numpy as np
-
-from int8flow.kernels.backend import array_module
+from int8flow.kernels.backend import array_module, uses_cuda
 from int8flow.kernels.conv import Pads, Pair, check_conv, convolve
 
 # Largest K whose float32 dot products of int8 values are exact: 1024 * 2**14 = 2**24; with uint8
@@ -38,7 +36,7 @@ def int8_matmul(a: Any, b: Any) -> Any:
         raise ValueError(
             f"int8_matmul: a {tuple(a.shape)} and b {tuple(b.shape)} do not chain: need a (..., K), b (K, N)"
         )
-    if xp is not np and a.dtype == xp.int8:
+    if uses_cuda(xp) and a.dtype == xp.int8:
         from int8flow.kernels import cuda_kernels
 
         return cuda_kernels.int8_matmul(a, b)
@@ -56,7 +54,7 @@ def int8_conv2d(
     xp = array_module(x, weight)
     _check_operands(x, weight)
     windows = check_conv(x, weight, strides, pads, dilations, groups)
-    if xp is not np and x.dtype == xp.int8:
+    if uses_cuda(xp) and x.dtype == xp.int8:
         from int8flow.kernels import cuda_kernels
 
         return cuda_kernels.int8_conv2d(x, weight, windows, groups)

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from int8flow.kernels.backend import array_module
+from int8flow.kernels.backend import array_module, uses_cuda
 
 INT8_MAX = 127
 UINT8_MAX = 255
@@ -43,7 +43,7 @@ def quantize(x: Any, scale: Any, unsigned: bool = False) -> Any:
     xp = array_module(x, scale)
     scale = _as_float32(xp, scale)
     low, high = (0, UINT8_MAX) if unsigned else (-INT8_MAX, INT8_MAX)
-    if xp is not np:
+    if uses_cuda(xp):
         from int8flow.kernels import cuda_kernels
 
         return cuda_kernels.quantize(x.astype(xp.float32, copy=False), scale, unsigned)
@@ -75,7 +75,7 @@ def requantize(acc: Any, multiplier: Any, low: int = -INT8_MAX, high: int = INT8
     _check_bounds(low, high)
     xp = array_module(acc, multiplier)
     multiplier = xp.asarray(multiplier, dtype=xp.float64)
-    if xp is not np:
+    if uses_cuda(xp):
         from int8flow.kernels import cuda_kernels
 
         return cuda_kernels.requantize(acc, multiplier, low, high)

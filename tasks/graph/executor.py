@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from int8flow.tasks.graph.blas_threads import fixed_blas_threads
-from int8flow.tasks.graph.fp32_ops import FP32_OPS, OpFunction, check_supported
+from int8flow.tasks.graph.fp32_ops import FP32_OPS, HOST_INPUTS, OpFunction, check_supported
 from int8flow.tasks.graph.ir import Graph, TensorInfo
 
 Observer = Callable[[str, Any], None]
@@ -26,7 +26,8 @@ class InputMismatchError(ValueError):
 
 
 class GraphExecutor:
-    """Runs a graph whose every op is in ``ops``; constants are moved to the backend once."""
+    """Runs a graph whose every op is in ``ops``; constants are moved to the backend once, except
+    those only read on the host (``HOST_INPUTS``: shapes, pads, axes), which stay NumPy arrays."""
 
     def __init__(self, graph: Graph, xp: ModuleType = np, ops: Mapping[str, OpFunction] = FP32_OPS) -> None:
         if ops is FP32_OPS:
@@ -34,7 +35,10 @@ class GraphExecutor:
         self.graph = graph
         self.xp = xp
         self.ops = ops
-        self.constants = {name: xp.asarray(value) for name, value in graph.initializers.items()}
+        on_host = host_read_constants(graph)
+        self.constants = {
+            name: value if name in on_host else xp.asarray(value) for name, value in graph.initializers.items()
+        }
         self.use_counts = graph.use_counts()
 
     def run(
@@ -70,6 +74,16 @@ class GraphExecutor:
                 if remaining[name] <= 0:
                     values.pop(name, None)
         return {info.name: values[info.name] for info in self.graph.outputs}
+
+
+def host_read_constants(graph: Graph) -> set[str]:
+    """Initializers that every reader takes at a host input position (``HOST_INPUTS``)."""
+    on_host: dict[str, bool] = {}
+    for node in graph.nodes:
+        slots = HOST_INPUTS.get(node.op_type, frozenset())
+        for position, name in enumerate(node.inputs):
+            on_host[name] = on_host.get(name, True) and position in slots
+    return {name for name, host in on_host.items() if host and name in graph.initializers}
 
 
 def check_input(info: TensorInfo, inputs: Mapping[str, Any], source: str) -> Any:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from int8flow.kernels.backend import array_module
+from int8flow.kernels.backend import array_module, to_numpy
 from int8flow.kernels.conv import conv2d, pad_amounts
 from int8flow.kernels.pooling import average_pool2d, global_average_pool, max_pool2d
 from int8flow.kernels.row_stable_matmul import row_stable_matmul
@@ -62,8 +62,8 @@ def _gemm(node: Node, inputs: list[Any], opset: int) -> list[Any]:
 def _clip_bounds(node: Node, inputs: list[Any], opset: int) -> tuple[float | None, float | None]:
     if opset < 11:
         return node.attribute("min"), node.attribute("max")
-    low = float(inputs[1]) if len(inputs) > 1 and inputs[1] is not None else None
-    high = float(inputs[2]) if len(inputs) > 2 and inputs[2] is not None else None
+    low = float(to_numpy(inputs[1])) if len(inputs) > 1 and inputs[1] is not None else None
+    high = float(to_numpy(inputs[2])) if len(inputs) > 2 and inputs[2] is not None else None
     return low, high
 
 
@@ -105,7 +105,7 @@ def reduce_axes(node: Node, inputs: list[Any], opset: int, rank: int) -> tuple[i
     axes = inputs[1] if opset >= 18 and len(inputs) > 1 and inputs[1] is not None else node.attribute("axes")
     if axes is None or len(axes) == 0:
         return () if node.attribute("noop_with_empty_axes", 0) else tuple(range(rank))
-    return tuple(int(axis) % rank for axis in np.asarray(axes).tolist())
+    return tuple(int(axis) % rank for axis in to_numpy(axes).tolist())
 
 
 def _reduce_mean(node: Node, inputs: list[Any], opset: int) -> list[Any]:
@@ -123,7 +123,7 @@ def _flatten(node: Node, inputs: list[Any], opset: int) -> list[Any]:
 
 
 def reshape_target(node: Node, data_shape: tuple[int, ...], shape: Any) -> tuple[int, ...]:
-    target = [int(v) for v in np.asarray(shape).tolist()]
+    target = [int(v) for v in to_numpy(shape).tolist()]
     if not node.attribute("allowzero", 0):
         target = [data_shape[i] if v == 0 else v for i, v in enumerate(target)]
     return tuple(target)
@@ -139,10 +139,10 @@ def _transpose(node: Node, inputs: list[Any], opset: int) -> list[Any]:
 
 
 def pad_widths(node: Node, inputs: list[Any], opset: int, rank: int) -> list[tuple[int, int]]:
-    pads = node.attribute("pads") if opset < 11 else np.asarray(inputs[1]).tolist()
+    pads = node.attribute("pads") if opset < 11 else to_numpy(inputs[1]).tolist()
     axes = list(range(rank))
     if opset >= 18 and len(inputs) > 3 and inputs[3] is not None:
-        axes = [int(a) % rank for a in np.asarray(inputs[3]).tolist()]
+        axes = [int(a) % rank for a in to_numpy(inputs[3]).tolist()]
     widths = [(0, 0)] * rank
     for position, axis in enumerate(axes):
         widths[axis] = (int(pads[position]), int(pads[position + len(axes)]))
@@ -160,7 +160,7 @@ def _pad(node: Node, inputs: list[Any], opset: int) -> list[Any]:
         value = (
             node.attribute("value", 0.0)
             if opset < 11
-            else (float(inputs[2]) if len(inputs) > 2 and inputs[2] is not None else 0.0)
+            else (float(to_numpy(inputs[2])) if len(inputs) > 2 and inputs[2] is not None else 0.0)
         )
         return [xp.pad(x, widths, mode="constant", constant_values=value)]
     return [xp.pad(x, widths, mode={"reflect": "reflect", "edge": "edge", "wrap": "wrap"}[mode])]
@@ -214,6 +214,18 @@ FP32_OPS: dict[str, OpFunction] = {
     "Softmax": _softmax,
 }
 SUPPORTED_OPS: tuple[str, ...] = tuple(sorted(FP32_OPS))
+
+HOST_INPUTS: dict[str, frozenset[int]] = {
+    "Reshape": frozenset({1}),
+    "Pad": frozenset({1, 2, 3}),
+    "ReduceMean": frozenset({1}),
+    "Clip": frozenset({1, 2}),
+}
+"""Input positions an op reads on the host (a shape, pads, axes, bounds), by op type.
+
+CuPy refuses implicit device-to-host conversion, so the executor keeps constants read only here on
+the host, and the ops read these inputs with ``to_numpy``: an explicit copy when one was computed
+on the device. Every op that turns an input into Python numbers must list it here."""
 
 
 def check_supported(graph: Graph) -> None:
