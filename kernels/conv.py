@@ -28,6 +28,7 @@ development machine.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, cast
@@ -35,6 +36,7 @@ from typing import Any, cast
 import numpy as np
 
 from int8flow.kernels.backend import array_module
+from int8flow.kernels.row_stable_matmul import DEVICE_IMAGES, in_fixed_blocks
 
 Pair = tuple[int, int]
 Pads = tuple[int, int, int, int]
@@ -243,7 +245,14 @@ def conv2d(
                 f"bias has shape {tuple(bias.shape)}; expected ({weight.shape[0]},), one per output channel"
             )
         bias = xp.asarray(bias, dtype=xp.float32)
-    return convolve(x, weight, windows, groups, xp.matmul, xp.float32, xp.float32, bias)
+    if xp is np:
+        return convolve(x, weight, windows, groups, xp.matmul, xp.float32, xp.float32, bias)
+    # On a device, batched GEMMs of a varying image count could sum differently: fixed blocks.
+    return in_fixed_blocks(
+        lambda images: convolve(images, weight, windows, groups, xp.matmul, xp.float32, xp.float32, bias),
+        x,
+        DEVICE_IMAGES,
+    )
 
 
 def check_conv(x: Any, weight: Any, strides: Pair, pads: Pads, dilations: Pair, groups: int) -> Windows:
@@ -271,17 +280,21 @@ def convolve(
     col_dtype: Any,
     out_dtype: Any,
     bias: Any | None = None,
+    k_multiple: int = 1,
 ) -> Any:
-    """The shared convolution driver: ``product(weight (G, Mg, K), columns (n, G, K, L))`` does the
+    """The shared convolution driver: ``product(weight (G, Mg, Kp), columns (n, G, K, L))`` does the
     arithmetic (float32 matmul, or the exact INT8 one) on blocks laid out here. A bias is added
-    while each block is copied out, saving a pass over the output."""
+    while each block is copied out, saving a pass over the output. The weights are laid out for the
+    product once per weight array (``gemm_weights``), K zero-padded to ``k_multiple``."""
     xp = array_module(x)
     n, c = x.shape[:2]
     m = weight.shape[0]
     ho, wo = windows.out_hw
     per_channel = None if bias is None else bias.reshape(-1, 1, 1)
-    weights = weight.astype(col_dtype, copy=False).reshape(groups, m // groups, -1)
-    if windows.kernel_hw == (1, 1) and windows.pads == (0, 0, 0, 0):
+    pointwise = windows.kernel_hw == (1, 1) and windows.pads == (0, 0, 0, 0)
+    tap_order = None if pointwise else _channel_tap_order(c // groups, windows)
+    weights = gemm_weights(weight, groups, col_dtype, tap_order, k_multiple)
+    if pointwise:
         sh, sw = windows.strides
         picked = x[:, :, ::sh, ::sw] if (sh, sw) != (1, 1) else x
         if picked.dtype == col_dtype and col_dtype == out_dtype:
@@ -300,7 +313,6 @@ def convolve(
         if per_channel is not None:
             out += per_channel
         return out
-    weights = weights[:, :, xp.asarray(_channel_tap_order(c // groups, windows))]
     out = xp.empty((n, m, ho, wo), dtype=out_dtype)
     group_bytes = (c // groups) * windows.taps * windows.wide_len * np.dtype(col_dtype).itemsize
     out_per_group = m // groups
@@ -314,6 +326,33 @@ def convolve(
         else:
             xp.add(block, per_channel[outputs], out=out[n0:n1, outputs])
     return out
+
+
+_PREPARED: dict[int, tuple[weakref.ref, tuple, Any]] = {}
+
+
+def gemm_weights(weight: Any, groups: int, dtype: Any, tap_order: np.ndarray | None, k_multiple: int) -> Any:
+    """``weight`` (M, C/groups, kH, kW) as the product's (G, M/G, Kp): converted, its columns in
+    ``tap_order``, K zero-padded to a multiple of ``k_multiple``. Made once per weight array and kept
+    while that array lives: a graph's weights are the same arrays batch after batch, so the copy
+    (and, on the GPU, the padding cuBLAS needs) is not redone per call."""
+    key = (groups, np.dtype(dtype).str, None if tap_order is None else tap_order.tobytes(), k_multiple)
+    cached = _PREPARED.get(id(weight))
+    if cached is not None and cached[0]() is weight and cached[1] == key:
+        return cached[2]
+    xp = array_module(weight)
+    weights = weight.astype(dtype, copy=False).reshape(groups, weight.shape[0] // groups, -1)
+    if tap_order is not None:
+        weights = weights[:, :, xp.asarray(tap_order)]
+    k = weights.shape[2]
+    k_padded = -(-k // k_multiple) * k_multiple
+    if k_padded != k:
+        padded = xp.zeros((*weights.shape[:2], k_padded), dtype=dtype)
+        padded[:, :, :k] = weights
+        weights = padded
+    weight_id = id(weight)
+    _PREPARED[weight_id] = (weakref.ref(weight, lambda _, cache=_PREPARED: cache.pop(weight_id, None)), key, weights)
+    return weights
 
 
 def _channel_tap_order(group_channels: int, windows: Windows) -> np.ndarray:

@@ -17,19 +17,19 @@ compiled on first use.
 
 from __future__ import annotations
 
+import warnings
+
 import cupy
 import numpy as np
-from cupy_backends.cuda.libs import cublas
 
 from int8flow.kernels.conv import Windows, convolve
+from int8flow.kernels.gemm_plan import INT8_GEMM_ALIGNMENT, StridedGemm, grouped_gemms, round_up
 
 # cudaDataType_t and cublasComputeType_t values (library_types.h, cublas_api.h).
 CUDA_R_8I = 3
 CUDA_R_32I = 10
 CUBLAS_COMPUTE_32I = 72
 CUBLAS_GEMM_DEFAULT = -1
-# cublasGemmEx with int8 inputs: lda and ldb multiples of 4, A and B 32-bit aligned.
-INT8_GEMM_ALIGNMENT = 4
 THREADS_PER_BLOCK = 256
 MAX_BLOCKS = 65535 * 16
 
@@ -121,7 +121,9 @@ def int8_conv2d(x: cupy.ndarray, weight: cupy.ndarray, windows: Windows, groups:
     input channel, else im2col (``int8flow.kernels.conv.convolve``) with cuBLAS int8 GEMMs."""
     if weight.shape[1] == 1 and x.shape[1] == groups:
         return depthwise(x, weight, windows)
-    return convolve(x, weight, windows, groups, batched_gemm_int8, cupy.int8, cupy.int32)
+    return convolve(
+        x, weight, windows, groups, batched_gemm_int8, cupy.int8, cupy.int32, k_multiple=INT8_GEMM_ALIGNMENT
+    )
 
 
 def depthwise(x: cupy.ndarray, weight: cupy.ndarray, windows: Windows) -> cupy.ndarray:
@@ -162,14 +164,35 @@ def depthwise(x: cupy.ndarray, weight: cupy.ndarray, windows: Windows) -> cupy.n
 
 
 def batched_gemm_int8(weights: cupy.ndarray, columns: cupy.ndarray) -> cupy.ndarray:
-    """``weights`` (G, Mg, K) @ ``columns`` (n, G, K, L) -> int32 (n, G, Mg, L), one GEMM per
-    image and group (the ``product`` of ``int8flow.kernels.conv.convolve``)."""
-    n, groups, _, length = columns.shape
-    out = cupy.empty((n, groups, weights.shape[1], length), dtype=cupy.int32)
-    for image in range(n):
-        for group in range(groups):
-            out[image, group] = gemm_int8(weights[group], columns[image, group])
-    return out
+    """``weights`` (G, Mg, Kp) @ ``columns`` (n, G, K, L) -> int32 (n, G, Mg, L): one strided-batched
+    cuBLAS call per group over all images (the ``product`` of ``int8flow.kernels.conv.convolve``).
+
+    ``weights`` come from ``gemm_weights`` with K already padded to a multiple of 4 (once per
+    layer); the columns are padded here to (Kp, Lp) so every image's block starts aligned."""
+    n, groups, k, length = columns.shape
+    rows, k_padded = weights.shape[1], weights.shape[2]
+    length_padded = round_up(length)
+    if k_padded != round_up(k):
+        raise ValueError(f"weights hold K={k_padded}; columns K={k} needs K padded to {round_up(k)}")
+    if (k, length) != (k_padded, length_padded):
+        padded = cupy.zeros((n, groups, k_padded, length_padded), dtype=cupy.int8)
+        padded[:, :, :k, :length] = columns
+        columns = padded
+    columns = cupy.ascontiguousarray(columns)
+    weights = cupy.ascontiguousarray(weights)
+    out = cupy.empty((n, groups, rows, length_padded), dtype=cupy.int32)
+    for group, (plan, left, right, result) in enumerate(grouped_gemms(n, groups, rows, k_padded, length_padded)):
+        _strided_gemm(
+            plan,
+            weights.data.ptr + left * weights.itemsize,
+            columns.data.ptr + right * columns.itemsize,
+            out.data.ptr + result * out.itemsize,
+            lambda group=group: cupy.matmul(
+                weights[group].astype(cupy.float64), columns[:, group].astype(cupy.float64)
+            ).astype(cupy.int32),
+            out[:, group],
+        )
+    return out[..., :length] if length_padded != length else out
 
 
 def gemm_int8(a: cupy.ndarray, b: cupy.ndarray) -> cupy.ndarray:
@@ -178,44 +201,86 @@ def gemm_int8(a: cupy.ndarray, b: cupy.ndarray) -> cupy.ndarray:
     n = b.shape[1]
     if m == 0 or n == 0 or k == 0:
         return cupy.zeros((m, n), dtype=cupy.int32)
-    k_padded, n_padded = _round_up(k), _round_up(n)
+    k_padded, n_padded = round_up(k), round_up(n)
     a = _aligned(a, m, k_padded)
     b = _aligned(b, k_padded, n_padded)
     c = cupy.empty((m, n_padded), dtype=cupy.int32)
+    ((plan, _, _, _),) = grouped_gemms(1, 1, m, k_padded, n_padded)
+    _strided_gemm(
+        plan,
+        a.data.ptr,
+        b.data.ptr,
+        c.data.ptr,
+        lambda: cupy.matmul(a.astype(cupy.float64), b.astype(cupy.float64)).astype(cupy.int32),
+        c,
+    )
+    return cupy.ascontiguousarray(c[:, :n]) if n_padded != n else c
+
+
+def _strided_gemm(plan: StridedGemm, left: int, right: int, out: int, exact_fallback, out_view: cupy.ndarray) -> None:
+    """Runs ``plan`` (left, right, out: device pointers of the row-major operands); if cuBLAS refuses
+    it, ``exact_fallback()`` (a float64 matmul: |products| <= 2**14, so its sums are exact for
+    K < 2**39) fills ``out_view`` instead, with a warning the first time (``gemm_fallbacks``)."""
+    from cupy_backends.cuda.libs import cublas
+
     one, zero = np.array(1, dtype=np.int32), np.array(0, dtype=np.int32)
     handle = cupy.cuda.device.get_cublas_handle()
     cublas.setStream(handle, cupy.cuda.get_current_stream().ptr)
     mode = cublas.getPointerMode(handle)
     cublas.setPointerMode(handle, cublas.CUBLAS_POINTER_MODE_HOST)
     try:
-        # Column-major view: C^T (n_padded x m) = B^T (n_padded x k_padded) @ A^T (k_padded x m).
-        cublas.gemmEx(
+        # Column-major: C^T = right^T @ left^T, so cuBLAS's A is our right operand and its B our left.
+        cublas.gemmStridedBatchedEx(
             handle,
             cublas.CUBLAS_OP_N,
             cublas.CUBLAS_OP_N,
-            n_padded,
-            m,
-            k_padded,
+            plan.m,
+            plan.n,
+            plan.k,
             one.ctypes.data,
-            b.data.ptr,
+            right,
             CUDA_R_8I,
-            n_padded,
-            a.data.ptr,
+            plan.lda,
+            plan.stride_a,
+            left,
             CUDA_R_8I,
-            k_padded,
+            plan.ldb,
+            plan.stride_b,
             zero.ctypes.data,
-            c.data.ptr,
+            out,
             CUDA_R_32I,
-            n_padded,
+            plan.ldc,
+            plan.stride_c,
+            plan.batch,
             CUBLAS_COMPUTE_32I,
             CUBLAS_GEMM_DEFAULT,
         )
-    except cublas.CUBLASError:
-        # Exact too: |products| <= 2**14, so float64 sums are exact for K < 2**39.
-        c = cupy.matmul(a.astype(cupy.float64), b.astype(cupy.float64)).astype(cupy.int32)
+    except cublas.CUBLASError as error:
+        _note_fallback(plan, error)
+        out_view[...] = exact_fallback()
     finally:
         cublas.setPointerMode(handle, mode)
-    return cupy.ascontiguousarray(c[:, :n]) if n_padded != n else c
+
+
+_fallbacks = 0
+
+
+def gemm_fallbacks() -> int:
+    """How many int8 GEMMs of this process cuBLAS refused and a float64 matmul computed instead:
+    exact, but far slower, so reports carry it and benchmarks never time it unknowingly."""
+    return _fallbacks
+
+
+def _note_fallback(plan: StridedGemm, error: Exception) -> None:
+    global _fallbacks
+    if _fallbacks == 0:
+        warnings.warn(
+            f"cuBLAS refused an int8 GEMM ({plan}: {error}); computing int8 GEMMs with an exact float64 "
+            "matmul instead, much slower (counted in gemm_fallbacks)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    _fallbacks += 1
 
 
 def _aligned(matrix: cupy.ndarray, rows: int, cols: int) -> cupy.ndarray:
@@ -225,7 +290,3 @@ def _aligned(matrix: cupy.ndarray, rows: int, cols: int) -> cupy.ndarray:
     padded = cupy.zeros((rows, cols), dtype=cupy.int8)
     padded[: matrix.shape[0], : matrix.shape[1]] = matrix
     return padded
-
-
-def _round_up(size: int) -> int:
-    return -(-size // INT8_GEMM_ALIGNMENT) * INT8_GEMM_ALIGNMENT

@@ -17,6 +17,12 @@ signed one at ``e`` by summing bin pairs into the upper half. Both the exponent 
 ``max|x|``) and the signedness (``min < 0``) of the union are the maximum / logical or of the parts,
 so merging any split in any order gives the histogram built from all the data at once, bit for bit.
 Resolution: the data span at least ``B/4`` bins on each side of zero (``B/2`` when non-negative).
+
+On a GPU, CuPy compiles every kernel with flush-to-zero: subnormal values (below 2**-126 in float32)
+act as zero in float arithmetic. The extremes and the signs are therefore taken from the bits
+(``exact_extremes``, ``negative``), so signedness and min/max are NumPy's; a subnormal then lands in
+the bin next to zero on both devices. Only a tensor whose every value is below 2**-116 in magnitude
+(where a subnormal's own bin is not next to zero) is binned differently on a GPU.
 """
 
 from __future__ import annotations
@@ -104,8 +110,7 @@ class Histogram:
         if not bool(finite.all()):
             nan_count = int(xp.isnan(flat).sum())
             raise NonFiniteValuesError(nan_count, int((~finite).sum()) - nan_count)
-        low = float(flat.min())
-        high = float(flat.max())
+        low, high = exact_extremes(flat)
         signed = low < 0.0
         exponent = range_exponent(max(-low, high))
         log2_bins = num_bins.bit_length() - 1
@@ -114,7 +119,7 @@ class Histogram:
         # sign matters: a negative one must land just below zero (-1), not on -0.0.
         scaled = xp.floor(xp.ldexp(flat, log2_bins - exponent - int(signed)))
         if signed:
-            scaled = xp.where((flat < 0) & (scaled == 0), -1.0, scaled)
+            scaled = xp.where(negative(flat) & (scaled == 0), -1.0, scaled)
         index = scaled.astype(xp.int64)
         if signed:
             index += num_bins // 2
@@ -189,6 +194,43 @@ class Histogram:
             and (self.count == 0 or (self.min == other.min and self.max == other.max))
             and bool((to_numpy(self.counts) == to_numpy(other.counts)).all())
         )
+
+
+_ORDERED_INTS = {2: np.int16, 4: np.int32, 8: np.int64}
+
+
+def exact_extremes(flat: Any) -> tuple[float, float]:
+    """The least and greatest of a float array, as NumPy finds them, on any device.
+
+    CuPy compiles every kernel with flush-to-zero, so on a GPU a subnormal compares as zero: the
+    minimum of [-1e-40, 1.0] there is -0.0, and a histogram of that tensor would turn non-negative.
+    Integer keys that order like the floats (negative values with their magnitude bits flipped)
+    make the device reduce integers instead, which nothing flushes."""
+    xp = array_module(flat)
+    if xp is np:
+        return float(flat.min()), float(flat.max())
+    int_type = _ORDERED_INTS[flat.dtype.itemsize]
+    magnitude = np.iinfo(int_type).max
+    bits = flat.view(int_type)
+    keys = xp.where(bits < 0, bits ^ magnitude, bits)
+    return _float_of_key(int(keys.min()), int_type, flat.dtype), _float_of_key(int(keys.max()), int_type, flat.dtype)
+
+
+def negative(flat: Any) -> Any:
+    """``flat < 0``, also for negative subnormals on a flush-to-zero device (sign bit set, not -0.0)."""
+    xp = array_module(flat)
+    if xp is np:
+        return flat < 0
+    int_type = _ORDERED_INTS[flat.dtype.itemsize]
+    bits = flat.view(int_type)
+    return (bits < 0) & (bits != np.iinfo(int_type).min)
+
+
+def _float_of_key(key: int, int_type: Any, float_type: Any) -> float:
+    bits = np.array(key, dtype=int_type)
+    if key < 0:
+        bits ^= np.iinfo(int_type).max
+    return float(bits.view(float_type))
 
 
 def merge_all(histograms: list[Histogram]) -> Histogram:

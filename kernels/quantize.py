@@ -179,10 +179,22 @@ def _by_blocks(func: Callable[..., Any], dtype: Any, *arrays: Any) -> Any:
 
 
 def _as_float32(xp: Any, scale: Any) -> Any:
-    scale = xp.asarray(scale, dtype=xp.float32)
-    if not bool(xp.all(scale > 0)):
+    """The scale as float32 for arrays of ``xp``, checked > 0 where it lives.
+
+    A graph's scales are host values: they are checked on the host, and a single one travels as a
+    scalar kernel argument, so no QuantizeTensor waits for the device to answer a check. Only a
+    scale already on the device is checked there (one synchronisation)."""
+    if array_module(scale) is not np:
+        scale = scale.astype(xp.float32, copy=False)
+        valid = bool(xp.all(scale > 0))
+    else:
+        scale = np.asarray(scale, dtype=np.float32)
+        valid = bool(np.all(scale > 0))
+    if not valid:
         raise ValueError(f"quantization scale must be > 0; got {scale}")
-    return scale
+    if scale.ndim == 0:
+        return scale[()]
+    return xp.asarray(scale)
 
 
 def _check_bounds(low: int, high: int) -> None:

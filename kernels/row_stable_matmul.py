@@ -6,23 +6,46 @@ row count is the batch size, so the logits of one example, and the histogram of 
 depend on how the data was batched and sharded. Multiplying fixed blocks of ``ROWS`` rows, the last
 one padded with zeros, makes every call the same shape, so the result is a function of the row
 alone. Calibration relies on this for thresholds that are bit-identical across shardings.
+
+NumPy runs a stacked matmul as one identical GEMM per block. CuPy hands the whole stack to one
+batched cuBLAS call, whose kernel may change with the batch count, so on a device every block is
+its own call (``in_fixed_blocks``); the float32 convolution does the same with blocks of images.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+import numpy as np
 
 from int8flow.kernels.backend import array_module
 
 ROWS = 64
+DEVICE_IMAGES = 32
+"""Images per float32 convolution call on a device: each call the same shape, whatever the batch."""
 
 
 def row_stable_matmul(a: Any, b: Any) -> Any:
     """``a @ b`` for a 2-D ``a``, each row computed by one identical ``(ROWS, K) @ (K, N)`` call."""
     xp = array_module(a, b)
+    if xp is not np:
+        return in_fixed_blocks(lambda block: xp.matmul(block, b), a, ROWS)
     count = a.shape[0]
     padded = -(-count // ROWS) * ROWS
     blocks = xp.zeros((padded, a.shape[1]), dtype=a.dtype)
     blocks[:count] = a
     result = xp.matmul(blocks.reshape(padded // ROWS, ROWS, a.shape[1]), b)
     return result.reshape(padded, -1)[:count]
+
+
+def in_fixed_blocks(function: Callable[[Any], Any], x: Any, size: int) -> Any:
+    """``function`` of ``x`` computed in calls on exactly ``size`` leading entries each (the last
+    block zero-padded), concatenated: each entry's result is a function of that entry alone,
+    whatever the kernels choose by shape, because every call has the same shape."""
+    xp = array_module(x)
+    count = x.shape[0]
+    padded = xp.zeros((-(-count // size) * size, *x.shape[1:]), dtype=x.dtype)
+    padded[:count] = x
+    parts = [function(padded[start : start + size]) for start in range(0, padded.shape[0], size)]
+    return xp.concatenate(parts)[:count]

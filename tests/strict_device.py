@@ -97,7 +97,7 @@ STRICT = StrictNamespace(np, "strict_device")
 class StrictArray(NDArrayOperatorsMixin):
     """A device array on the host: every operation works, implicit conversion to NumPy does not."""
 
-    __slots__ = ("host",)
+    __slots__ = ("host", "__weakref__")
 
     def __init__(self, host: np.ndarray) -> None:
         self.host = host

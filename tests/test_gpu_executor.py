@@ -53,3 +53,21 @@ def test_int8_on_the_gpu_is_bit_identical(source: str) -> None:
     quantized = quantize_graph(graph, build_calibration_table(histograms, ThresholdSettings(), {}))
     on_cpu, on_gpu = run_both(quantized, batch, INT8_OPS)
     np.testing.assert_array_equal(on_gpu, on_cpu)
+
+
+@pytest.mark.parametrize("name", ["fashion", *sorted(MODELS)])
+def test_fp32_rows_on_the_gpu_do_not_depend_on_the_batch(name: str) -> None:
+    """cuBLAS picks kernels by shape: one image's FP32 outputs (and so its histograms) must still be
+    the same bits in a batch of 37 as in batches of 5, or GPU tables would follow the sharding."""
+    import cupy
+
+    if name == "fashion":
+        graph, shape = simplify(load_graph(str(FASHION_MODEL))[0]), (1, 28, 28)
+    else:
+        graph, shape = simplify(import_model(MODELS[name](), name)), INPUT_SHAPES[name]
+    batch = cupy.asarray(np.random.default_rng(3).normal(0, 1, (37, *shape)).astype(np.float32))
+    executor = GraphExecutor(graph, xp=cupy)
+    input_name, output = graph.inputs[0].name, graph.outputs[0].name
+    whole = executor.run({input_name: batch})[output]
+    parts = cupy.concatenate([executor.run({input_name: batch[i : i + 5]})[output] for i in range(0, 37, 5)])
+    np.testing.assert_array_equal(cupy.asnumpy(parts).view(np.uint32), cupy.asnumpy(whole).view(np.uint32))

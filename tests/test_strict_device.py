@@ -13,7 +13,8 @@ from graph_builders import INPUT_SHAPES, MODELS
 from strict_device import IMPLICIT_CONVERSION, STRICT, HostArrayOperandError, StrictArray, on_strict_device
 
 from int8flow.kernels.backend import array_module, to_numpy, uses_cuda
-from int8flow.kernels.histogram import Histogram
+from int8flow.kernels.histogram import Histogram, exact_extremes, negative
+from int8flow.kernels.row_stable_matmul import in_fixed_blocks
 from int8flow.kernels.thresholds import ThresholdSettings
 from int8flow.tasks.calibration.collector import collect_histograms
 from int8flow.tasks.calibration.table import build_calibration_table
@@ -82,3 +83,40 @@ def test_int8_on_the_strict_device_is_bit_identical(name: str, unsigned: bool) -
 def test_histograms_on_the_strict_device_are_bit_identical(name: str) -> None:
     values = distributions(20_000, seed=3)[name]
     assert Histogram.of(on_strict_device(values)).to_host().same_as(Histogram.of(values))
+
+
+def test_device_products_see_one_block_shape_whatever_the_batch() -> None:
+    shapes: list[tuple[int, ...]] = []
+
+    def record(block: StrictArray) -> StrictArray:
+        shapes.append(tuple(block.shape))
+        return block * 2
+
+    for count in (1, 31, 32, 70):
+        x = on_strict_device(np.arange(count * 3, dtype=np.float32).reshape(count, 3))
+        np.testing.assert_array_equal(in_fixed_blocks(record, x, 32).get(), x.get() * 2)
+    assert set(shapes) == {(32, 3)} and len(shapes) == 1 + 1 + 1 + 3
+
+
+def test_fp32_rows_on_the_strict_device_do_not_depend_on_the_batch() -> None:
+    graph = GRAPHS["cnn"][0]()
+    batch = np.random.default_rng(2).normal(0, 1, (37, *GRAPHS["cnn"][1])).astype(np.float32)
+    name, output = graph.inputs[0].name, graph.outputs[0].name
+    executor = GraphExecutor(graph, xp=STRICT)
+    whole = executor.run({name: on_strict_device(batch)})[output].get()
+    parts = [executor.run({name: on_strict_device(batch[i : i + 5])})[output].get() for i in range(0, 37, 5)]
+    np.testing.assert_array_equal(np.concatenate(parts), whole)
+
+
+def test_extremes_and_signs_on_a_device_come_from_the_bits() -> None:
+    tiny = np.float32(1e-40)  # subnormal: a flush-to-zero GPU compares it as zero
+    for values in (
+        np.array([-tiny, 1.0, 0.5], np.float32),
+        np.array([tiny, -0.0, 3.0], np.float32),
+        np.array([-2.5, -tiny, -7.0], np.float32),
+        np.array([5e-324, -1.0, 2.0], np.float64),
+    ):
+        assert exact_extremes(on_strict_device(values)) == exact_extremes(values) == (values.min(), values.max())
+        np.testing.assert_array_equal(negative(on_strict_device(values)).get(), values < 0)
+    mixed = np.concatenate([np.random.default_rng(4).normal(0, 1, 999), [-1e-310]])
+    assert Histogram.of(on_strict_device(mixed)).to_host().same_as(Histogram.of(mixed))
