@@ -351,7 +351,12 @@ def gemm_weights(weight: Any, groups: int, dtype: Any, tap_order: np.ndarray | N
         padded[:, :, :k] = weights
         weights = padded
     weight_id = id(weight)
-    _PREPARED[weight_id] = (weakref.ref(weight, lambda _, cache=_PREPARED: cache.pop(weight_id, None)), key, weights)
+    cache = _PREPARED  # the callback may run at interpreter exit, after module globals are cleared
+
+    def forget(_: weakref.ref) -> None:
+        cache.pop(weight_id, None)
+
+    _PREPARED[weight_id] = (weakref.ref(weight, forget), key, weights)
     return weights
 
 

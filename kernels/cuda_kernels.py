@@ -1,23 +1,29 @@
 """CUDA versions of the INT8 kernels, for CuPy arrays: the same results as the NumPy paths, bit for bit.
 
 Imported only by the public functions of ``int8flow.kernels.quantize`` and ``int8flow.kernels.int8_gemm`` once they
-see CuPy arrays, so the NumPy paths never import CuPy. Kernels are defined at module level and
-compiled on first use.
+see CuPy arrays, so the NumPy paths never import CuPy; cuBLAS is imported at the first GEMM, so the
+module (and ``tests/test_cuda_compile.py``) needs only CuPy and NVRTC. Kernels are defined at module
+level and compiled on first use; CuPy compiles them with flush-to-zero (see ``histogram``).
 
 - quantize / requantize: ElementwiseKernels with the NumPy path's arithmetic, float32 division and
   float64 multiplication, both IEEE correctly rounded on the GPU as on the CPU, and ``rint`` (half to
   even) for rounding;
-- int8 GEMM: cuBLAS ``cublasGemmEx`` with int8 inputs and int32 compute and output (exact integer
-  arithmetic; tensor cores where the shapes allow). Row-major ``C = A @ B`` is asked for as the
-  column-major ``C^T = B^T A^T``, which needs no transposes. Int8 GEMM requires leading dimensions
-  that are multiples of 4 and 4-byte aligned pointers, so K and N are zero-padded when needed (zeros
-  add nothing to a dot product); if cuBLAS still refuses, an exact float64 matmul takes over;
+- int8 GEMM: cuBLAS ``cublasGemmStridedBatchedEx`` with int8 inputs and int32 compute and output
+  (exact integer arithmetic; tensor cores where the shapes allow): one call per convolution group
+  over every image of a block, the layer's weights shared (batch stride 0). The call plans
+  (``int8flow.kernels.gemm_plan``) are checked on the CPU. K and the output width are zero-padded to
+  cuBLAS's multiple of 4, the weights once per layer (``conv.gemm_weights``); if cuBLAS still
+  refuses, an exact float64 matmul takes over, with a warning and a count (``gemm_fallbacks``).
+  The operand layout is the one im2col writes (no transposes): not measured against the
+  K-contiguous "TN" layout, as no GPU has run it yet;
 - depthwise convolution: a RawKernel, one thread per output, int32 accumulation.
 """
 
 from __future__ import annotations
 
+import functools
 import warnings
+from collections.abc import Callable
 
 import cupy
 import numpy as np
@@ -187,9 +193,7 @@ def batched_gemm_int8(weights: cupy.ndarray, columns: cupy.ndarray) -> cupy.ndar
             weights.data.ptr + left * weights.itemsize,
             columns.data.ptr + right * columns.itemsize,
             out.data.ptr + result * out.itemsize,
-            lambda group=group: cupy.matmul(
-                weights[group].astype(cupy.float64), columns[:, group].astype(cupy.float64)
-            ).astype(cupy.int32),
+            functools.partial(_exact_matmul, weights[group], columns[:, group]),
             out[:, group],
         )
     return out[..., :length] if length_padded != length else out
@@ -211,16 +215,28 @@ def gemm_int8(a: cupy.ndarray, b: cupy.ndarray) -> cupy.ndarray:
         a.data.ptr,
         b.data.ptr,
         c.data.ptr,
-        lambda: cupy.matmul(a.astype(cupy.float64), b.astype(cupy.float64)).astype(cupy.int32),
+        functools.partial(_exact_matmul, a, b),
         c,
     )
     return cupy.ascontiguousarray(c[:, :n]) if n_padded != n else c
 
 
-def _strided_gemm(plan: StridedGemm, left: int, right: int, out: int, exact_fallback, out_view: cupy.ndarray) -> None:
+def _exact_matmul(a: cupy.ndarray, b: cupy.ndarray) -> cupy.ndarray:
+    """int8 @ int8 in float64: |products| <= 2**14, so the sums are exact for K < 2**39."""
+    return cupy.matmul(a.astype(cupy.float64), b.astype(cupy.float64)).astype(cupy.int32)
+
+
+def _strided_gemm(
+    plan: StridedGemm,
+    left: int,
+    right: int,
+    out: int,
+    exact_fallback: Callable[[], cupy.ndarray],
+    out_view: cupy.ndarray,
+) -> None:
     """Runs ``plan`` (left, right, out: device pointers of the row-major operands); if cuBLAS refuses
-    it, ``exact_fallback()`` (a float64 matmul: |products| <= 2**14, so its sums are exact for
-    K < 2**39) fills ``out_view`` instead, with a warning the first time (``gemm_fallbacks``)."""
+    it, ``exact_fallback()`` (``_exact_matmul``) fills ``out_view`` instead, with a warning the first
+    time (``gemm_fallbacks``)."""
     from cupy_backends.cuda.libs import cublas
 
     one, zero = np.array(1, dtype=np.int32), np.array(0, dtype=np.int32)

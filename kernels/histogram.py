@@ -196,7 +196,7 @@ class Histogram:
         )
 
 
-_ORDERED_INTS = {2: np.int16, 4: np.int32, 8: np.int64}
+_ORDERED_INTS: dict[int, type[np.signedinteger[Any]]] = {2: np.int16, 4: np.int32, 8: np.int64}
 
 
 def exact_extremes(flat: Any) -> tuple[float, float]:
