@@ -16,8 +16,9 @@ BackendName = Literal["auto", "cpu", "gpu"]
 BACKEND_NAMES: tuple[str, ...] = ("auto", "cpu", "gpu")
 
 
-class BackendUnavailableError(RuntimeError):
-    """The GPU backend was asked for where CuPy cannot reach a CUDA device."""
+class BackendUnavailableError(ValueError):
+    """The GPU backend was asked for where CuPy cannot reach a CUDA device: a setting this machine
+    cannot satisfy (bad input for the CLI and Airflow, not a crash to retry)."""
 
 
 def gpu_available() -> bool:

@@ -327,3 +327,32 @@ def test_an_output_directory_of_another_run_is_refused_unless_overwritten(
         == 0
     )
     assert (tmp_path / "out" / "calibration.json").read_bytes() != before
+
+
+def test_device_gpu_where_nvml_sees_none_is_refused_before_any_worker_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, error = run(tmp_path, capsys, "--calib-data", CALIB, "--calib-examples", "64", "--device", "gpu")
+    assert code == EXIT_BAD_INPUT
+    assert_one_line(error, "--device gpu: NVML sees no GPU", "--device cpu")
+    assert not (tmp_path / "out" / "histograms").exists()
+
+
+def test_a_cpu_worker_asked_for_the_gpu_fails_loudly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], external_dask_scheduler: str
+) -> None:
+    """An existing cluster whose workers have no GPU: the worker refuses rather than computing in NumPy."""
+    code, error = run(
+        tmp_path,
+        capsys,
+        "--calib-data",
+        CALIB,
+        "--calib-examples",
+        "64",
+        "--device",
+        "gpu",
+        "--scheduler",
+        external_dask_scheduler,
+    )
+    assert code == EXIT_BAD_INPUT
+    assert_one_line(error, "device 'gpu' was requested but no CUDA GPU is usable", "--device cpu")

@@ -1,9 +1,10 @@
 """The Dask cluster a run fans out over: an existing scheduler, or one started for the run.
 
-Embedded clusters start their worker processes with ``fork``: under Airflow's real executor a
-spawned worker re-imports the Airflow CLI, which refuses the task supervisor's blocked database
-URL (STACK.md), and forking is also faster. GPUs get dask-cuda's ``LocalCUDACluster`` (one worker
-per GPU) when dask-cuda is installed and CUDA is usable.
+CPU clusters start their worker processes with ``fork``: under Airflow's real executor a spawned
+worker re-imports the Airflow CLI, which refuses the task supervisor's blocked database URL
+(STACK.md), and forking is also faster. GPUs get dask-cuda's ``LocalCUDACluster`` (one worker per
+GPU) with ``spawn``: CUDA does not survive a fork once the parent has touched it, so the parent
+counts GPUs through NVML, as dask-cuda does, never through a CUDA context.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import dask
 from distributed import Client, LocalCluster
 
-from int8flow.kernels.backend import gpu_available
+from int8flow.kernels.backend import BackendUnavailableError
 from int8flow.schemas.stage_records import ClusterRecord
 
 CONNECT_TIMEOUT_SECONDS = 10
@@ -79,15 +81,61 @@ def _quiet_task_failures() -> None:
             worker_log.addFilter(TaskFailuresReportedByTheClient())
 
 
+@dataclass(frozen=True)
+class EmbeddedCluster:
+    """Which local cluster a run starts, and how its worker processes start."""
+
+    kind: str
+    start_method: str
+
+
+CPU_CLUSTER = EmbeddedCluster("LocalCluster", "fork")
+CUDA_CLUSTER = EmbeddedCluster("LocalCUDACluster", "spawn")
+
+
+def choose_embedded_cluster(device: str, gpu_count: int, has_dask_cuda: bool) -> EmbeddedCluster:
+    """The cluster for ``--device``: CUDA workers (spawned) when GPUs and dask-cuda are there, CPU
+    workers (forked) for ``cpu`` or an ``auto`` that finds no GPU, and a clear refusal for ``gpu``."""
+    if device == "cpu":
+        return CPU_CLUSTER
+    if gpu_count > 0 and has_dask_cuda:
+        return CUDA_CLUSTER
+    if device == "gpu":
+        missing = "NVML sees no GPU" if gpu_count == 0 else "dask-cuda is not installed"
+        raise BackendUnavailableError(
+            f"--device gpu: {missing}, so no GPU workers can start; install the 'gpu' extra on a machine "
+            "with an NVIDIA driver, or pass --device cpu (or auto)"
+        )
+    return CPU_CLUSTER
+
+
+def nvml_gpu_count() -> int:
+    """GPUs the NVIDIA driver reports, through NVML: unlike a CUDA call, this creates no CUDA context,
+    so worker processes started afterwards can still use CUDA. 0 where NVML is missing or fails."""
+    try:
+        import pynvml
+    except ImportError:
+        return 0
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        return 0
+    try:
+        return int(pynvml.nvmlDeviceGetCount())
+    finally:
+        pynvml.nvmlShutdown()
+
+
 @contextlib.contextmanager
 def _embedded_cluster(workers: int, device: str) -> Iterator[tuple[LocalCluster, str]]:
     _quiet_task_failures()
-    with dask.config.set({"distributed.worker.multiprocessing-method": "fork"}):
-        if device != "cpu" and gpu_available() and _has_dask_cuda():
+    choice = choose_embedded_cluster(device, nvml_gpu_count() if device != "cpu" else 0, _has_dask_cuda())
+    with dask.config.set({"distributed.worker.multiprocessing-method": choice.start_method}):
+        if choice is CUDA_CLUSTER:
             from dask_cuda import LocalCUDACluster
 
             with LocalCUDACluster(n_workers=workers or None, dashboard_address=":0") as cluster:
-                yield cluster, "LocalCUDACluster"
+                yield cluster, choice.kind
             return
         with LocalCluster(
             n_workers=workers or default_worker_count(),
@@ -95,7 +143,7 @@ def _embedded_cluster(workers: int, device: str) -> Iterator[tuple[LocalCluster,
             processes=True,
             dashboard_address=":0",
         ) as cluster:
-            yield cluster, "LocalCluster"
+            yield cluster, choice.kind
 
 
 def _has_dask_cuda() -> bool:
