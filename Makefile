@@ -48,9 +48,30 @@ lint: $(STAMP) $(NAMESPACE_TREE)
 test: lint $(EFFICIENTNET) $(FASHION_MNIST)
 	$(BIN)/python -m pytest -m "not gpu"
 
-# GPU machines bring their own CuPy and NumPy; the GPU tests need nothing else from the venv.
+# The GPU tests on a bare GPU machine, from source (no venv): the machine brings its own CuPy
+# (cupy-cuda12x or -13x, not installed here). Of what the tests import besides, each distribution
+# that is missing is installed (--no-deps, so the list names every need) into GPU_SITE, never over
+# the machine's own packages; present ones are left alone and nothing is fetched. WHEELS=dir
+# installs from the wheels in dir alone, for machines without network. Any skipped test, or none
+# collected, fails the run (INT8FLOW_REQUIRE_GPU, tests/conftest.py): a skip there is a GPU path
+# that went untested. PYTHONSAFEPATH: the working directory's int8flow/ (only __init__.py) must not
+# hide the NAMESPACE tree that holds int8flow.kernels, .schemas and .tasks.
+GPU_TESTS := tests/test_gpu_kernels.py tests/test_kernels_cuda.py tests/test_gpu_executor.py
+GPU_TEST_NEEDS := numpy onnx protobuf ml_dtypes typing_extensions fsspec pyarrow threadpoolctl \
+	pytest iniconfig packaging pluggy pygments
+GPU_SITE := build/gpu-site
+WHEELS ?=
+GPU_PYTHONPATH = $(NAMESPACE):$(GPU_SITE)$${PYTHONPATH:+:$$PYTHONPATH}
 test-gpu: $(NAMESPACE_TREE)
-	PYTHONPATH=$(NAMESPACE) $(PYTHON) -m pytest -m gpu -p no:cacheprovider tests/test_gpu_kernels.py tests/test_kernels_cuda.py tests/test_gpu_executor.py
+	@missing=$$(PYTHONPATH=$(GPU_PYTHONPATH) $(PYTHON) -c 'import sys, importlib.metadata as m; \
+		print(*[name for name in sys.argv[1:] if not list(m.distributions(name=name))])' $(GPU_TEST_NEEDS)) \
+		|| exit 1; \
+	if [ -n "$$missing" ]; then \
+		echo "test-gpu: installing what $(PYTHON) lacks into $(GPU_SITE): $$missing"; \
+		$(PYTHON) -m pip install --quiet --no-deps --target $(GPU_SITE) \
+			$(if $(WHEELS),--no-index --find-links $(WHEELS)) $$missing || exit 1; \
+	else echo "test-gpu: $(PYTHON) has every package the GPU tests import"; fi
+	INT8FLOW_REQUIRE_GPU=1 PYTHONSAFEPATH=1 PYTHONPATH=$(GPU_PYTHONPATH) $(PYTHON) -m pytest -m gpu -p no:cacheprovider $(GPU_TESTS)
 
 # The main job on the bundled demo: calibrate on 1024 training images, validate on the 10,000 test
 # images, gate at 0.5 points of top-1, register the INT8 model in the local MLflow (./mlflow.db).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -15,6 +16,10 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+REQUIRE_GPU_VARIABLE = "INT8FLOW_REQUIRE_GPU"
+"""Set to 1 (``make test-gpu`` does), a session that skips any test or collects none fails: on a GPU
+machine a skip means a GPU path went untested (CuPy not importable, no device visible, ...)."""
 
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "examples" / "models" / "fashion_mnist_resnet.onnx"
 """The committed Fashion-MNIST ResNet, the model of ``make demo``."""
@@ -91,3 +96,52 @@ def external_dask_scheduler() -> Iterator[str]:
             process.terminate()
         for process in processes:
             process.wait(30)
+
+
+def _require_gpu() -> bool:
+    return os.environ.get(REQUIRE_GPU_VARIABLE, "") not in ("", "0")
+
+
+_skipped: list[tuple[str, str]] = []
+"""(test id or collected file, reason) of every skip in this session, for the INT8FLOW_REQUIRE_GPU check."""
+_require_gpu_failures: list[str] = []
+"""The lines that say why INT8FLOW_REQUIRE_GPU failed the session, printed in the terminal summary."""
+
+
+def _skip_reason(report: pytest.CollectReport | pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:  # (path, line, "Skipped: reason")
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    return str(longrepr)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and not hasattr(report, "wasxfail"):  # an xfail is reported as skipped too
+        _skipped.append((report.nodeid, _skip_reason(report)))
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    if report.skipped:  # a whole module skipped (pytest.importorskip, skip(allow_module_level=True))
+        _skipped.append((report.nodeid or "<collection>", _skip_reason(report)))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """With INT8FLOW_REQUIRE_GPU=1 a skipped test, or a session that collected none, fails the run."""
+    if not _require_gpu():
+        return
+    if session.testscollected == 0:
+        _require_gpu_failures.append(
+            f"{REQUIRE_GPU_VARIABLE}=1: no test was collected; a GPU run that tests nothing fails"
+        )
+    if _skipped:
+        _require_gpu_failures.append(
+            f"{REQUIRE_GPU_VARIABLE}=1: {len(_skipped)} test(s) skipped; a GPU run that skips anything fails:"
+        )
+        _require_gpu_failures.extend(f"  SKIPPED {nodeid}: {reason}" for nodeid, reason in _skipped)
+    if _require_gpu_failures and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for line in _require_gpu_failures:
+        terminalreporter.write_line(line, red=True, bold=not line.startswith(" "))
