@@ -12,9 +12,9 @@ exact merge of the partial files and the table step. Sample, shards and table me
 data and settings (``compare --tensors`` against a CPU ``int8flow run`` checks it).
 
     python3 benchmarks/gpu_calibrate.py subset /usr/share/datasets/fashion-mnist .gpudata/fashion-mnist
-    python3 benchmarks/gpu_calibrate.py calibrate --device cpu --out /tmp/calib-cpu
-    python3 benchmarks/gpu_calibrate.py calibrate --device gpu --out /tmp/calib-gpu --expect-cluster LocalCUDACluster
-    python3 benchmarks/gpu_calibrate.py compare /tmp/calib-cpu /tmp/calib-gpu
+    python3 benchmarks/gpu_calibrate.py calibrate --device cpu --out build/calib-cpu
+    python3 benchmarks/gpu_calibrate.py calibrate --device gpu --out build/calib-gpu --expect-cluster LocalCUDACluster
+    python3 benchmarks/gpu_calibrate.py compare build/calib-cpu build/calib-gpu
 
 ``subset`` writes the 1024 training images ``make demo`` calibrates on (its seeded sample, in order) as
 a 0.3 MB idx folder: calibrating on all of it reads the same examples in the same order as the demo

@@ -34,9 +34,9 @@
 # checks (this script's syntax, wheels, data, model, imports) and exits 0; GPU_CHECK_STEPS (default
 # "tests e2e bench") picks steps; GPU_CHECK_WITHOUT_GPU=1 runs the steps without a GPU too (to test
 # this script on a CPU machine, where the GPU steps then fail); GPU_CHECK_SITE (default
-# /tmp/int8flow-gpu-site) is where the wheels go. The log (gpu_check.log), both calibration tables
+# build/gpu-check/site) is where the wheels go. The log (gpu_check.log), both calibration tables
 # and bench_gpu.json go to $OUT when it is set (the device tool returns them), else to
-# GPU_CHECK_WORK (default /tmp/int8flow-gpu-check). Without a usable GPU the script stops after the
+# GPU_CHECK_WORK (default build/gpu-check/work). Without a usable GPU the script stops after the
 # CPU-side checks with "no GPU" and exit status 3; exit status 1: a step failed (the summary at the
 # end names it).
 # shellcheck disable=SC2317  # the steps' functions run through `bash "$SELF" __step NAME`
@@ -52,8 +52,8 @@ DATA=.gpudata/fashion-mnist
 REFERENCE=.gpudata/demo-reference
 MODEL=models/efficientnet_lite0.onnx
 FASHION_MNIST=/usr/share/datasets/fashion-mnist
-SITE=${GPU_CHECK_SITE:-/tmp/int8flow-gpu-site}
-WORK=${GPU_CHECK_WORK:-/tmp/int8flow-gpu-check}
+SITE=${GPU_CHECK_SITE:-$PWD/build/gpu-check/site}
+WORK=${GPU_CHECK_WORK:-$PWD/build/gpu-check/work}
 LOGS=${OUT:-$WORK}
 STEPS=${GPU_CHECK_STEPS:-tests e2e bench}
 BUDGET_SECONDS=${GPU_CHECK_BUDGET_SECONDS:-470}
