@@ -245,14 +245,12 @@ def conv2d(
                 f"bias has shape {tuple(bias.shape)}; expected ({weight.shape[0]},), one per output channel"
             )
         bias = xp.asarray(bias, dtype=xp.float32)
-    if xp is np:
-        return convolve(x, weight, windows, groups, xp.matmul, xp.float32, xp.float32, bias)
+
+    def run(images: Any) -> Any:
+        return convolve(images, weight, windows, groups, xp.matmul, xp.float32, xp.float32, bias)
+
     # On a device, batched GEMMs of a varying image count could sum differently: fixed blocks.
-    return in_fixed_blocks(
-        lambda images: convolve(images, weight, windows, groups, xp.matmul, xp.float32, xp.float32, bias),
-        x,
-        DEVICE_IMAGES,
-    )
+    return run(x) if xp is np else in_fixed_blocks(run, x, DEVICE_IMAGES)
 
 
 def check_conv(x: Any, weight: Any, strides: Pair, pads: Pads, dilations: Pair, groups: int) -> Windows:

@@ -29,23 +29,23 @@ DEVICE_IMAGES = 32
 def row_stable_matmul(a: Any, b: Any) -> Any:
     """``a @ b`` for a 2-D ``a``, each row computed by one identical ``(ROWS, K) @ (K, N)`` call."""
     xp = array_module(a, b)
-    if xp is not np:
-        return in_fixed_blocks(lambda block: xp.matmul(block, b), a, ROWS)
-    count = a.shape[0]
-    padded = -(-count // ROWS) * ROWS
-    blocks = xp.zeros((padded, a.shape[1]), dtype=a.dtype)
-    blocks[:count] = a
-    result = xp.matmul(blocks.reshape(padded // ROWS, ROWS, a.shape[1]), b)
-    return result.reshape(padded, -1)[:count]
+    if xp is np:
+        # One stacked matmul: NumPy runs it as one identical (ROWS, K) @ (K, N) GEMM per block.
+        return in_fixed_blocks(lambda blocks: xp.matmul(blocks, b), a, ROWS, stacked=True)
+    return in_fixed_blocks(lambda block: xp.matmul(block, b), a, ROWS)
 
 
-def in_fixed_blocks(function: Callable[[Any], Any], x: Any, size: int) -> Any:
+def in_fixed_blocks(function: Callable[[Any], Any], x: Any, size: int, stacked: bool = False) -> Any:
     """``function`` of ``x`` computed in calls on exactly ``size`` leading entries each (the last
     block zero-padded), concatenated: each entry's result is a function of that entry alone,
-    whatever the kernels choose by shape, because every call has the same shape."""
+    whatever the kernels choose by shape, because every call has the same shape. ``stacked``: one
+    call on all blocks stacked as (blocks, size, ...), for a ``function`` that runs each block alike."""
     xp = array_module(x)
     count = x.shape[0]
     padded = xp.zeros((-(-count // size) * size, *x.shape[1:]), dtype=x.dtype)
     padded[:count] = x
+    if stacked:
+        result = function(padded.reshape(-1, size, *x.shape[1:]))
+        return result.reshape(padded.shape[0], *result.shape[2:])[:count]
     parts = [function(padded[start : start + size]) for start in range(0, padded.shape[0], size)]
     return xp.concatenate(parts)[:count]
