@@ -32,6 +32,7 @@ import numpy as np
 from bench_cli import model_parser
 
 from int8flow.kernels.backend import gpu_available
+from int8flow.kernels.int8_gemm import gemm_fallbacks
 from int8flow.kernels.thresholds import ThresholdSettings
 from int8flow.tasks.calibration.collector import collect_histograms
 from int8flow.tasks.calibration.table import build_calibration_table
@@ -240,6 +241,10 @@ def main() -> int:
     )
     if not results["int8_gpu_equals_cpu"]:
         failures.append("GPU INT8 logits differ from the CPU's")
+    results["gemm_fallbacks"] = gemm_fallbacks()
+    print(f"  int8 GEMMs cuBLAS refused (float64 fallback): {results['gemm_fallbacks']}")
+    if results["gemm_fallbacks"]:
+        failures.append("the INT8 timing includes float64 GEMM fallbacks: cuBLAS refused int8 GEMMs")
     if "median_ms" in results["torch_fp32"]:
         torch_check = results["torch_fp32"]
         print(

@@ -13,7 +13,7 @@ level and compiled on first use; CuPy compiles them with flush-to-zero (see ``hi
   over every image of a block, the layer's weights shared (batch stride 0). The call plans
   (``int8flow.kernels.gemm_plan``) are checked on the CPU. K and the output width are zero-padded to
   cuBLAS's multiple of 4, the weights once per layer (``conv.gemm_weights``); if cuBLAS still
-  refuses, an exact float64 matmul takes over, with a warning and a count (``gemm_fallbacks``).
+  refuses, an exact float64 matmul takes over, with a warning and a count (``int8_gemm.gemm_fallbacks``).
   The operand layout is the one im2col writes (no transposes): not measured against the
   K-contiguous "TN" layout, as no GPU has run it yet;
 - depthwise convolution: a RawKernel, one thread per output, int32 accumulation.
@@ -22,7 +22,6 @@ level and compiled on first use; CuPy compiles them with flush-to-zero (see ``hi
 from __future__ import annotations
 
 import functools
-import warnings
 from collections.abc import Callable
 
 import cupy
@@ -30,6 +29,7 @@ import numpy as np
 
 from int8flow.kernels.conv import Windows, convolve
 from int8flow.kernels.gemm_plan import INT8_GEMM_ALIGNMENT, StridedGemm, grouped_gemms, round_up
+from int8flow.kernels.int8_gemm import note_gemm_fallback
 
 # cudaDataType_t and cublasComputeType_t values (library_types.h, cublas_api.h).
 CUDA_R_8I = 3
@@ -236,7 +236,7 @@ def _strided_gemm(
 ) -> None:
     """Runs ``plan`` (left, right, out: device pointers of the row-major operands); if cuBLAS refuses
     it, ``exact_fallback()`` (``_exact_matmul``) fills ``out_view`` instead, with a warning the first
-    time (``gemm_fallbacks``)."""
+    time (``int8_gemm.gemm_fallbacks``)."""
     from cupy_backends.cuda.libs import cublas
 
     one, zero = np.array(1, dtype=np.int32), np.array(0, dtype=np.int32)
@@ -272,31 +272,10 @@ def _strided_gemm(
             CUBLAS_GEMM_DEFAULT,
         )
     except cublas.CUBLASError as error:
-        _note_fallback(plan, error)
+        note_gemm_fallback(f"{plan}: {error}")
         out_view[...] = exact_fallback()
     finally:
         cublas.setPointerMode(handle, mode)
-
-
-_fallbacks = 0
-
-
-def gemm_fallbacks() -> int:
-    """How many int8 GEMMs of this process cuBLAS refused and a float64 matmul computed instead:
-    exact, but far slower, so reports carry it and benchmarks never time it unknowingly."""
-    return _fallbacks
-
-
-def _note_fallback(plan: StridedGemm, error: Exception) -> None:
-    global _fallbacks
-    if _fallbacks == 0:
-        warnings.warn(
-            f"cuBLAS refused an int8 GEMM ({plan}: {error}); computing int8 GEMMs with an exact float64 "
-            "matmul instead, much slower (counted in gemm_fallbacks)",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-    _fallbacks += 1
 
 
 def _aligned(matrix: cupy.ndarray, rows: int, cols: int) -> cupy.ndarray:

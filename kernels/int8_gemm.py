@@ -17,6 +17,7 @@ results become int32 as the blocks are copied out. On CuPy arrays the work goes 
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Any
 
 from int8flow.kernels.backend import array_module, uses_cuda
@@ -59,6 +60,29 @@ def int8_conv2d(
 
         return cuda_kernels.int8_conv2d(x, weight, windows, groups)
     return convolve(x, weight, windows, groups, _exact_product_for(x), xp.float32, xp.int32)
+
+
+_fallbacks = 0
+
+
+def gemm_fallbacks() -> int:
+    """How many int8 GEMMs of this process cuBLAS refused and an exact float64 matmul computed
+    instead: right, but far slower, so validation reports the count (``ValidatedShard``) and a
+    benchmark never times the fallback unknowingly. Always 0 on NumPy."""
+    return _fallbacks
+
+
+def note_gemm_fallback(what: str) -> None:
+    """Counts one refused GEMM; the first in a process also warns, naming the call and cuBLAS's error."""
+    global _fallbacks
+    if _fallbacks == 0:
+        warnings.warn(
+            f"cuBLAS refused an int8 GEMM ({what}); computing int8 GEMMs with an exact float64 matmul "
+            "instead, much slower (counted in the report's validate stage as gemm_fallbacks)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    _fallbacks += 1
 
 
 def exact_product(a: Any, b: Any, chunk: int = EXACT_CHUNK) -> Any:

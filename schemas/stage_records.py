@@ -43,7 +43,10 @@ class StageRecord:
 
 @dataclass(frozen=True)
 class Accuracy:
-    """Top-k accuracies in percent over ``examples`` labelled examples (``skipped`` failed to decode)."""
+    """Top-k accuracies in percent over ``examples`` labelled examples (``skipped`` failed to decode).
+
+    ``gemm_fallbacks``: int8 GEMMs that cuBLAS refused while these figures were computed, done by an
+    exact float64 matmul instead: the figures hold, the speed does not (always 0 on a CPU)."""
 
     examples: int
     skipped: int
@@ -52,6 +55,7 @@ class Accuracy:
     int8_top1: float
     int8_top5: float
     agreement_top1: float
+    gemm_fallbacks: int
 
     @property
     def top1_drop(self) -> float:

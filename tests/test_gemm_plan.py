@@ -4,9 +4,12 @@ passes give the row-major products, before any GPU runs them."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
+from int8flow.kernels import int8_gemm
 from int8flow.kernels.gemm_plan import StridedGemm, grouped_gemms, round_up, row_major_gemm
 
 RNG = np.random.default_rng(41)
@@ -60,3 +63,13 @@ def test_padded_operands_keep_the_product() -> None:
 def test_a_row_stride_shorter_than_the_row_is_refused() -> None:
     with pytest.raises(ValueError, match="left row stride 3"):
         row_major_gemm(2, 4, 4, left=(3, 0), right=(4, 0), out=(4, 0), batch=1)
+
+
+def test_a_refused_gemm_warns_once_and_every_one_is_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(int8_gemm, "_fallbacks", 0)
+    with pytest.warns(RuntimeWarning, match=r"cuBLAS refused an int8 GEMM \(m=4: CUBLAS_STATUS_NOT_SUPPORTED\)"):
+        int8_gemm.note_gemm_fallback("m=4: CUBLAS_STATUS_NOT_SUPPORTED")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        int8_gemm.note_gemm_fallback("m=8: CUBLAS_STATUS_NOT_SUPPORTED")
+    assert int8_gemm.gemm_fallbacks() == 2

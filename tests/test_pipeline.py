@@ -125,7 +125,9 @@ def test_accuracy_is_exact_and_agrees_with_onnxruntime(demo_run: tuple[Path, sub
             "logits"
         ]
     )
-    accuracy = report_of(cwd)["accuracy"]
+    report = report_of(cwd)
+    accuracy = report["accuracy"]
+    assert report["stages"]["validate"]["gemm_fallbacks"] == 0  # NumPy: no cuBLAS to refuse
     assert accuracy["examples"] == VAL_EXAMPLES
     assert accuracy["fp32_top1"] == 100.0 * np.sum(fp32[:, 0] == labels) / VAL_EXAMPLES
     assert accuracy["int8_top1"] == 100.0 * np.sum(int8[:, 0] == labels) / VAL_EXAMPLES

@@ -22,7 +22,14 @@ from int8flow.schemas.stage_records import (
 )
 
 ACCURACY = Accuracy(
-    examples=2000, skipped=1, fp32_top1=92.05, fp32_top5=99.8, int8_top1=91.9, int8_top5=99.75, agreement_top1=99.1
+    examples=2000,
+    skipped=1,
+    fp32_top1=92.05,
+    fp32_top5=99.8,
+    int8_top1=91.9,
+    int8_top5=99.75,
+    agreement_top1=99.1,
+    gemm_fallbacks=0,
 )
 RECORDS = [
     ClusterRecord("tcp://127.0.0.1:8786", None, 2, "LocalCluster"),

@@ -20,6 +20,7 @@ import fsspec
 import numpy as np
 
 from int8flow.kernels.backend import select_backend, to_numpy
+from int8flow.kernels.int8_gemm import gemm_fallbacks
 from int8flow.schemas.calibration_table import CalibrationTable, CalibrationTableError
 from int8flow.tasks.calibration.collector import collect_histograms
 from int8flow.tasks.calibration.partial_files import write_partial_histograms
@@ -102,6 +103,7 @@ class ValidatedShard:
     int8_top1: int
     int8_top5: int
     agreement_top1: int
+    gemm_fallbacks: int
     seconds: float
 
 
@@ -136,6 +138,7 @@ def validate_shard(model: ModelRef, spec: ShardSpec, int8: Int8Ref) -> Validated
     quantized = _int8_executor(model, int8)
     classes = graph.outputs[0].shape[-1]
     counts = np.zeros(5, dtype=np.int64)
+    fallbacks_before = gemm_fallbacks()
     tally = _Tally()
     for batch in tally.usable(_batches(spec, graph)):
         check_labels(batch.labels, classes, spec.data_uri)
@@ -150,7 +153,14 @@ def validate_shard(model: ModelRef, spec: ShardSpec, int8: Int8Ref) -> Validated
             np.sum(np.any(int8_ranks == labels, axis=1)),
             np.sum(fp32_ranks[:, 0] == int8_ranks[:, 0]),
         ]
-    return ValidatedShard(spec.shard, tally.examples, tally.skipped, *map(int, counts), time.perf_counter() - started)
+    return ValidatedShard(
+        spec.shard,
+        tally.examples,
+        tally.skipped,
+        *map(int, counts),
+        gemm_fallbacks() - fallbacks_before,
+        time.perf_counter() - started,
+    )
 
 
 def top_k(logits: np.ndarray) -> np.ndarray:

@@ -119,6 +119,7 @@ def assemble_report(plan: RunPlan, started: str, finished: str) -> dict[str, Any
             "seconds": validate.seconds,
             "examples": validate.accuracy.examples,
             "examples_per_second": validate.examples_per_second,
+            "gemm_fallbacks": validate.accuracy.gemm_fallbacks,
         }
         stage_times["gate"] = {"seconds": gate.seconds}
         report["gate"] = {

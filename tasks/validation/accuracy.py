@@ -34,6 +34,7 @@ def accuracy_of(shards: list[ValidatedShard]) -> Accuracy:
         percent(sum(shard.int8_top1 for shard in shards)),
         percent(sum(shard.int8_top5 for shard in shards)),
         percent(sum(shard.agreement_top1 for shard in shards)),
+        sum(shard.gemm_fallbacks for shard in shards),
     )
 
 
