@@ -19,6 +19,7 @@ from int8flow.tasks.graph.fp32_ops import FP32_OPS, HOST_INPUTS, OpFunction, che
 from int8flow.tasks.graph.ir import Graph, TensorInfo
 
 Observer = Callable[[str, Any], None]
+HOST_ARRAYS = (np.ndarray, np.generic)
 
 
 class InputMismatchError(ValueError):
@@ -64,6 +65,8 @@ class GraphExecutor:
         opset = self.graph.opset
         for node in self.graph.nodes:
             arguments = [values[name] if name in values else self.constants.get(name) for name in node.inputs]
+            if self.xp is not np:
+                arguments = device_arguments(self.xp, node.op_type, arguments)
             results = self.ops[node.op_type](node, arguments, opset)
             for name, value in zip(node.outputs, results):
                 values[name] = value
@@ -74,6 +77,20 @@ class GraphExecutor:
                 if remaining[name] <= 0:
                     values.pop(name, None)
         return {info.name: values[info.name] for info in self.graph.outputs}
+
+
+def device_arguments(xp: ModuleType, op_type: str, arguments: list[Any]) -> list[Any]:
+    """Shape arithmetic (Shape, Gather on shapes, Range...) runs on the host in int64, so its results
+    are NumPy arrays; a node that reads them beside a device array gets them moved to the device,
+    except at the positions it reads on the host (``HOST_INPUTS``)."""
+    on_device = any(value is not None and not isinstance(value, HOST_ARRAYS) for value in arguments)
+    if not on_device:
+        return arguments
+    host = HOST_INPUTS.get(op_type, frozenset())
+    return [
+        xp.asarray(value) if isinstance(value, HOST_ARRAYS) and position not in host else value
+        for position, value in enumerate(arguments)
+    ]
 
 
 def host_read_constants(graph: Graph) -> set[str]:

@@ -16,13 +16,15 @@ from int8flow.kernels.backend import array_module, to_numpy
 from int8flow.kernels.conv import conv2d, pad_amounts
 from int8flow.kernels.pooling import average_pool2d, global_average_pool, max_pool2d
 from int8flow.kernels.row_stable_matmul import row_stable_matmul
+from int8flow.tasks.graph.fp32_elementwise import ELEMENTWISE_CHECKS, ELEMENTWISE_HOST_INPUTS, ELEMENTWISE_OPS
+from int8flow.tasks.graph.fp32_tensor_ops import TENSOR_CHECKS, TENSOR_HOST_INPUTS, TENSOR_OPS
 from int8flow.tasks.graph.ir import Graph, Node
+from int8flow.tasks.graph.op_types import NodeCheck, OpFunction, UnsupportedModelError
 
-OpFunction = Callable[[Node, list[Any], int], list[Any]]
-
-
-class UnsupportedModelError(ValueError):
-    """The graph holds an op, or an op setting, that int8flow cannot run."""
+__all__ = ["FP32_OPS", "HOST_INPUTS", "OpFunction", "SUPPORTED_OPS", "UnsupportedModelError", "check_supported"]
+OPSETS = range(13, 22)
+"""The default-domain opsets whose op definitions the executors follow; ops change meaning between
+opsets (Split, Resize, Reduce*), so a model outside the range is refused, not run by guesswork."""
 
 
 def window_geometry(node: Node, in_hw: tuple[int, int], kernel_hw: tuple[int, int]) -> tuple[tuple, tuple, tuple]:
@@ -188,7 +190,7 @@ def _sigmoid(node: Node, x: Any) -> Any:
     return (1.0 / (1.0 + xp.exp(-x))).astype(x.dtype)
 
 
-FP32_OPS: dict[str, OpFunction] = {
+CORE_OPS: dict[str, OpFunction] = {
     "Conv": _conv,
     "Gemm": _gemm,
     "MatMul": _binary(lambda a, b: row_stable_matmul(a, b) if a.ndim == 2 and b.ndim == 2 else a @ b),
@@ -213,6 +215,7 @@ FP32_OPS: dict[str, OpFunction] = {
     "Pad": _pad,
     "Softmax": _softmax,
 }
+FP32_OPS: dict[str, OpFunction] = {**CORE_OPS, **ELEMENTWISE_OPS, **TENSOR_OPS}
 SUPPORTED_OPS: tuple[str, ...] = tuple(sorted(FP32_OPS))
 
 HOST_INPUTS: dict[str, frozenset[int]] = {
@@ -220,6 +223,8 @@ HOST_INPUTS: dict[str, frozenset[int]] = {
     "Pad": frozenset({1, 2, 3}),
     "ReduceMean": frozenset({1}),
     "Clip": frozenset({1, 2}),
+    **ELEMENTWISE_HOST_INPUTS,
+    **TENSOR_HOST_INPUTS,
 }
 """Input positions an op reads on the host (a shape, pads, axes, bounds), by op type.
 
@@ -228,15 +233,38 @@ the host, and the ops read these inputs with ``to_numpy``: an explicit copy when
 on the device. Every op that turns an input into Python numbers must list it here."""
 
 
+def _conv_check(node: Node, opset: int) -> str | None:
+    if len(node.attribute("kernel_shape", [0, 0]) or [0, 0]) != 2:
+        return "only 2-D (NCHW) Conv is supported"
+    return None
+
+
+def _pad_check(node: Node, opset: int) -> str | None:
+    if node.attribute("mode", "constant") not in ("constant", "reflect", "edge", "wrap"):
+        return f"Pad mode {node.attribute('mode')!r} is not supported (constant, reflect, edge, wrap are)"
+    return None
+
+
+NODE_CHECKS: dict[str, NodeCheck] = {"Conv": _conv_check, "Pad": _pad_check, **ELEMENTWISE_CHECKS, **TENSOR_CHECKS}
+
+
 def check_supported(graph: Graph) -> None:
-    """Refuse, up front, any node the executors cannot run (naming it and listing what can)."""
+    """Refuse, up front, any node the executors cannot run: the op, the node, the opset, and what to do."""
+    if graph.opset not in OPSETS:
+        raise UnsupportedModelError(
+            f"{graph.source}: the model uses ONNX opset {graph.opset}; int8flow runs opsets {OPSETS.start} to "
+            f"{OPSETS.stop - 1}: re-export it with an opset in that range (torch.onnx.export(..., opset_version=17))"
+        )
     for node in graph.nodes:
         if node.op_type not in FP32_OPS:
             raise UnsupportedModelError(
-                f"{graph.source}: node {node.name!r} has op type {node.op_type!r}, which int8flow does not "
-                f"support; supported ops: {', '.join(SUPPORTED_OPS)}"
+                f"{graph.source}: node {node.name!r} has op type {node.op_type!r} (opset {graph.opset}), which "
+                f"int8flow does not run; re-export the model without it, or file an issue naming the op; "
+                f"supported ops: {', '.join(SUPPORTED_OPS)}"
             )
-        if node.op_type == "Conv" and len(node.attribute("kernel_shape", [0, 0]) or [0, 0]) != 2:
-            raise UnsupportedModelError(f"{graph.source}: node {node.name!r}: only 2-D (NCHW) Conv is supported")
-        if node.op_type == "Pad" and node.attribute("mode", "constant") not in ("constant", "reflect", "edge", "wrap"):
-            raise UnsupportedModelError(f"{graph.source}: node {node.name!r}: Pad mode {node.attribute('mode')!r}")
+        check = NODE_CHECKS.get(node.op_type)
+        problem = check(node, graph.opset) if check else None
+        if problem:
+            raise UnsupportedModelError(
+                f"{graph.source}: node {node.name!r} ({node.op_type}, opset {graph.opset}): {problem}"
+            )
