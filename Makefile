@@ -49,7 +49,7 @@ test: lint $(EFFICIENTNET) $(FASHION_MNIST)
 	$(BIN)/python -m pytest -m "not gpu"
 
 # The GPU tests on a bare GPU machine, from source (no venv): the machine brings its own CuPy
-# (cupy-cuda12x or -13x, not installed here). Of what the tests import besides, each distribution
+# (cupy-cuda12x or -13x, not installed by it). Of what the tests import besides, each distribution
 # that is missing is installed (--no-deps, so the list names every need) into GPU_SITE, never over
 # the machine's own packages; present ones are left alone and nothing is fetched. WHEELS=dir
 # installs from the wheels in dir alone, for machines without network. Any skipped test, or none

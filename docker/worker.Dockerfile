@@ -1,21 +1,21 @@
 # syntax=docker/dockerfile:1
 # Dask-CUDA GPU worker (and, in compose.yaml, the Dask scheduler: same image, so scheduler and
 # workers run identical dask/distributed/Python builds). int8flow is installed with the `gpu`
-# extra (cupy-cuda12x, cuda-toolkit[cublas,cudart,curand,nvrtc], dask-cuda[cu12]) by the same
+# extra (cupy-cuda13x, cuda-toolkit[cublas,cudart,curand,nvrtc], dask-cuda[cu13]) by the same
 # constraints-pinned pip step CI runs.
 # Build from the repository root:  docker build -f docker/worker.Dockerfile .
 #
-# Base: the CUDA 12.9 `base` image, the smallest one: the driver hook-up for the NVIDIA Container
+# Base: the CUDA 13.0 `base` image, the smallest one: the driver hook-up for the NVIDIA Container
 # Toolkit (NVIDIA_* variables, the CUDA-version check) and libcudart, no CUDA libraries or headers.
 # Everything CUDA that CuPy loads comes from pip wheels instead, found through cuda-pathfinder:
 # cuBLAS, cuRAND, NVRTC and the CUDA headers NVRTC compiles CuPy's kernels against (the `runtime`
-# image has the libraries but not the headers NVRTC needs). The wheels are CUDA 12.9
-# (cuda-toolkit==12.9.2.0, pinned in constraints.txt), matching the base's 12.9. The host needs the
-# NVIDIA Container Toolkit and a driver for CUDA 12.9 (>= 575; the image's NVIDIA_REQUIRE_CUDA check
+# image has the libraries but not the headers NVRTC needs). The wheels are CUDA 13.0
+# (cuda-toolkit==13.0.3, pinned in constraints.txt, the CUDA torch's wheels need too), matching the
+# base's 13.0. The host needs the NVIDIA Container Toolkit and a driver for CUDA 13.0 (>= 580; the image's NVIDIA_REQUIRE_CUDA check
 # refuses older ones except the data-center branches it lists). Ubuntu 22.04 has no current Python
 # 3.11 of its own: deadsnakes' python3.11 is used, the Python minor version the lock
 # (constraints.txt) was made with.
-FROM nvidia/cuda:12.9.1-base-ubuntu22.04
+FROM nvidia/cuda:13.0.1-base-ubuntu22.04
 
 ARG DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \

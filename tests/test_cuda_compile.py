@@ -26,7 +26,7 @@ import pytest
 
 pytestmark = pytest.mark.cuda_compile
 
-cupy = pytest.importorskip("cupy", reason="cupy-cuda12x is not installed (pip install -e '.[test]')")
+cupy = pytest.importorskip("cupy", reason="cupy-cuda13x is not installed (pip install -e '.[test]')")
 
 from cuda.pathfinder import DynamicLibNotFoundError, load_nvidia_dynamic_lib  # noqa: E402
 from cupy._core import _carray, _kernel, _scalar, core  # noqa: E402
@@ -36,7 +36,7 @@ try:  # the search CuPy itself makes for libnvrtc
     load_nvidia_dynamic_lib("nvrtc")
 except DynamicLibNotFoundError as error:
     pytest.skip(
-        f"NVRTC not found ({error}): install the nvidia-cuda-nvrtc-cu12 wheel (cuda-toolkit[nvrtc])",
+        f"NVRTC not found ({error}): install the nvidia-cuda-nvrtc wheel (cuda-toolkit[nvrtc])",
         allow_module_level=True,
     )
 
@@ -216,7 +216,7 @@ def _nvrtc_compile(job: CompileJob, arch: str, filename: str) -> tuple[bytes, di
 
 def _cubin_sm(cubin: bytes) -> int:
     """The SM a cubin holds code for, from its ELF header: the low byte of e_flags, or the next byte from CUDA's ELF
-    ABI version 8 (which NVRTC 12.9 writes for sm_100 and later)."""
+    ABI version 8 (which NVRTC 12.9 and newer write for sm_100 and later)."""
     assert cubin[:5] == b"\x7fELF\x02", f"NVRTC returned no 64-bit cubin: {cubin[:16]!r}"
     (flags,) = struct.unpack_from("<I", cubin, 48)
     return (flags >> 8) & 0xFF if cubin[8] >= 8 else flags & 0xFF
