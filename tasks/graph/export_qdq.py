@@ -105,9 +105,8 @@ class _QDQBuilder:
         handler = getattr(self, f"_{node.op_type}", None)
         if handler is not None:
             handler(node)
-        elif node.op_type in ("Flatten", "Reshape", "Transpose") or node.op_type == "Int8MaxPool":
-            op_type = "MaxPool" if node.op_type == "Int8MaxPool" else node.op_type
-            self.nodes.append(Node(node.name, op_type, list(node.inputs), list(node.outputs), dict(node.attributes)))
+        elif node.op_type == "Int8MaxPool":
+            self.nodes.append(Node(node.name, "MaxPool", list(node.inputs), list(node.outputs), dict(node.attributes)))
         elif node.op_type == "Pad" and node.inputs[0] in self.encodings:
             inputs = list(node.inputs)
             if len(inputs) > 2 and inputs[2]:

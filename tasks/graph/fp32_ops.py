@@ -62,8 +62,6 @@ def _gemm(node: Node, inputs: list[Any], opset: int) -> list[Any]:
 
 
 def _clip_bounds(node: Node, inputs: list[Any], opset: int) -> tuple[float | None, float | None]:
-    if opset < 11:
-        return node.attribute("min"), node.attribute("max")
     low = float(to_numpy(inputs[1])) if len(inputs) > 1 and inputs[1] is not None else None
     high = float(to_numpy(inputs[2])) if len(inputs) > 2 and inputs[2] is not None else None
     return low, high
@@ -141,7 +139,7 @@ def _transpose(node: Node, inputs: list[Any], opset: int) -> list[Any]:
 
 
 def pad_widths(node: Node, inputs: list[Any], opset: int, rank: int) -> list[tuple[int, int]]:
-    pads = node.attribute("pads") if opset < 11 else to_numpy(inputs[1]).tolist()
+    pads = to_numpy(inputs[1]).tolist()
     axes = list(range(rank))
     if opset >= 18 and len(inputs) > 3 and inputs[3] is not None:
         axes = [int(a) % rank for a in to_numpy(inputs[3]).tolist()]
@@ -159,11 +157,7 @@ def _pad(node: Node, inputs: list[Any], opset: int) -> list[Any]:
         raise UnsupportedModelError(f"node {node.name!r} (Pad): negative pads (cropping) are not supported")
     mode = node.attribute("mode", "constant")
     if mode == "constant":
-        value = (
-            node.attribute("value", 0.0)
-            if opset < 11
-            else (float(to_numpy(inputs[2])) if len(inputs) > 2 and inputs[2] is not None else 0.0)
-        )
+        value = float(to_numpy(inputs[2])) if len(inputs) > 2 and inputs[2] is not None else 0.0
         return [xp.pad(x, widths, mode="constant", constant_values=value)]
     return [xp.pad(x, widths, mode={"reflect": "reflect", "edge": "edge", "wrap": "wrap"}[mode])]
 
@@ -171,13 +165,9 @@ def _pad(node: Node, inputs: list[Any], opset: int) -> list[Any]:
 def _softmax(node: Node, inputs: list[Any], opset: int) -> list[Any]:
     x = inputs[0]
     xp = array_module(x)
-    axis = int(node.attribute("axis", -1 if opset >= 13 else 1)) % x.ndim
-    shape = x.shape
-    if opset < 13:
-        x = x.reshape(int(np.prod(shape[:axis])), -1)
-        axis = 1
+    axis = int(node.attribute("axis", -1)) % x.ndim
     shifted = xp.exp(x - x.max(axis=axis, keepdims=True))
-    return [(shifted / shifted.sum(axis=axis, keepdims=True)).reshape(shape)]
+    return [shifted / shifted.sum(axis=axis, keepdims=True)]
 
 
 def _concat(node: Node, inputs: list[Any], opset: int) -> list[Any]:

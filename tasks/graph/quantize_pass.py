@@ -4,8 +4,9 @@ Every tensor of the new graph is either float32 or 8-bit with a per-tensor scale
 symmetric int8 (threshold / 127), or, with ``unsigned_activations``, uint8 (threshold / 255) for
 tensors calibrated non-negative. Compute ops (Conv, Gemm, MatMul, Add, Concat, pools, spatial ReduceMean)
 become ``Int8*`` nodes that read and write int8; a ReLU/Clip right after Conv/Gemm/MatMul/Add is
-fused into its requantization bounds; Flatten/Reshape/Transpose/MaxPool/zero Pad pass int8 through
-unchanged (exact). Everything else, and every excluded node, runs in FP32: conversions are inserted
+fused into its requantization bounds; MaxPool and the ops that only move, copy or select elements
+(``PASS_THROUGH_OPS``: reshapes, slices, splits, gathers, nearest Resize, zero Pad) pass int8
+through unchanged (exact), and Shape reads the int8 tensor's shape. Everything else, and every excluded node, runs in FP32: conversions are inserted
 lazily, one Quantize or Dequantize per tensor, where a reader needs the other kind.
 
 Weights are int8 per output channel (per tensor as an option); biases int32 with scale
@@ -26,7 +27,10 @@ from int8flow.tasks.graph.ir import Graph, Node
 
 COMPUTE_OPS = ("Conv", "Gemm", "MatMul", "Add", "Concat", "MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean")
 ACTIVATION_OPS = ("Relu", "Clip")
-PASS_THROUGH_OPS = ("Flatten", "Reshape", "Transpose", "Pad")
+PASS_THROUGH_OPS = (
+    "Flatten", "Reshape", "Transpose", "Pad", "Squeeze", "Unsqueeze", "Slice", "Split", "Gather", "Expand", "Tile",
+    "Resize",
+)  # fmt: skip
 FUSABLE_PRODUCERS = ("Conv", "Gemm", "MatMul", "Add")
 INT32_MAX = 2**31 - 1
 UINT8_MAX = 255
@@ -216,8 +220,6 @@ class _Rewriter:
         if node.op_type == "Relu":
             return 0.0, None
         if node.op_type == "Clip":
-            if self.source.opset < 11:
-                return node.attribute("min"), node.attribute("max")
             bounds = []
             for position in (1, 2):
                 name = node.inputs[position] if len(node.inputs) > position else ""
@@ -245,8 +247,11 @@ class _Rewriter:
             self._average(node)
         elif op in ACTIVATION_OPS and self._activation_bounds(node) is not None and node.inputs[0] in self.int8:
             self._standalone_activation(node)
-        elif op in PASS_THROUGH_OPS and node.inputs[0] in self.int8 and self._zero_pad(node):
+        elif op in PASS_THROUGH_OPS and node.inputs[0] in self.int8 and self._moves_values(node):
             self._pass_through(node, op)
+        elif op == "Shape" and node.inputs[0] in self.int8:
+            self.nodes.append(Node(node.name, op, [self.int8[node.inputs[0]][0]], list(node.outputs), node.attributes))
+            self.float.update(node.outputs)
         else:
             return False
         return True
@@ -425,23 +430,22 @@ class _Rewriter:
             Node(node.name, "Int8Clip", [x_name], [self._produce_int8(node.outputs[0], encoding)], attributes)
         )
 
-    def _zero_pad(self, node: Node) -> bool:
-        if node.op_type != "Pad":
-            return True
-        if node.attribute("mode", "constant") != "constant":
+    def _moves_values(self, node: Node) -> bool:
+        """Whether every output element is a copy of an input element (or the zero point): a Pad of
+        zeros or of the edge, a nearest Resize; then the int8 tensor goes through unchanged."""
+        if node.op_type == "Resize":
+            return node.attribute("mode", "nearest") == "nearest"
+        if node.op_type != "Pad" or node.attribute("mode", "constant") != "constant":
             return True
         value_name = node.inputs[2] if len(node.inputs) > 2 else ""
-        value = (
-            self.source.initializers.get(value_name, 0.0) if self.source.opset >= 11 else node.attribute("value", 0.0)
-        )
+        value = self.source.initializers.get(value_name, 0.0)
         return float(np.asarray(value)) == 0.0
 
     def _pass_through(self, node: Node, op_type: str) -> None:
         x_name, encoding = self._int8_version(node.inputs[0])
         inputs = [x_name] + [self._float_version(name) for name in node.inputs[1:]]
-        self.nodes.append(
-            Node(node.name, op_type, inputs, [self._produce_int8(node.outputs[0], encoding)], dict(node.attributes))
-        )
+        outputs = [self._produce_int8(name, encoding) if name else name for name in node.outputs]
+        self.nodes.append(Node(node.name, op_type, inputs, outputs, dict(node.attributes)))
 
 
 def _int_bounds(bounds: tuple[float | None, float | None], encoding: Encoding) -> tuple[int, int]:
@@ -472,5 +476,5 @@ def quantized_tensors(graph: Graph) -> Mapping[str, Encoding]:
         elif "output_scale" in attributes:
             encodings[node.outputs[0]] = Encoding(attributes["output_scale"], attributes["output_unsigned"])
         elif node.op_type in ("Int8MaxPool", *PASS_THROUGH_OPS) and node.inputs[0] in encodings:
-            encodings[node.outputs[0]] = encodings[node.inputs[0]]
+            encodings.update((name, encodings[node.inputs[0]]) for name in node.outputs if name)
     return encodings
