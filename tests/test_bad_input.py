@@ -135,6 +135,31 @@ def test_an_op_int8flow_does_not_run_is_named_not_evaluated_even_on_constants(
     assert_nothing_written(tmp_path)
 
 
+@pytest.mark.parametrize("opset", [12, 22])
+def test_an_opset_outside_the_supported_range_is_named_with_the_range(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], opset: int
+) -> None:
+    model = onnx.load(classifier_with(tmp_path, [], {"shift": np.zeros((1, 10), dtype=np.float32)}))
+    model.opset_import[0].version = opset
+    path = tmp_path / f"opset{opset}.onnx"
+    onnx.save(model, path)
+    code, error = run(tmp_path, capsys, "--calib-data", CALIB, model=str(path))
+    assert code == EXIT_BAD_INPUT
+    assert_one_line(error, f"opset{opset}.onnx", f"ONNX opset {opset}", "opsets 13 to 21", "opset_version=17")
+    assert_nothing_written(tmp_path)
+
+
+def test_an_op_mode_int8flow_does_not_run_names_node_op_opset_and_remedy(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nodes = [helper.make_node("Pad", ["scores", "pads"], ["shift"], name="pad_scores", mode="mirror")]
+    model = classifier_with(tmp_path, nodes, {"pads": np.zeros(4, dtype=np.int64)})
+    code, error = run(tmp_path, capsys, "--calib-data", CALIB, model=model)
+    assert code == EXIT_BAD_INPUT
+    assert_one_line(error, "node 'pad_scores' (Pad, opset 17)", "Pad mode 'mirror'", "constant, reflect, edge, wrap")
+    assert_nothing_written(tmp_path)
+
+
 def test_a_constant_int8flow_cannot_read_is_bad_input_not_a_crash(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
