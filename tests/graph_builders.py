@@ -20,10 +20,12 @@ class _Builder:
         self.initializers: list[onnx.TensorProto] = []
         self.count = 0
 
-    def const(self, value: np.ndarray, name: str | None = None) -> str:
+    def const(self, value: np.ndarray | list[int], name: str | None = None) -> str:
+        """A constant; a list of ints is an int64 vector (axes, shapes), as exporters write them."""
         self.count += 1
         name = name or f"c{self.count}"
-        self.initializers.append(numpy_helper.from_array(np.asarray(value), name))
+        array = np.asarray(value, dtype=np.int64) if isinstance(value, list) else np.asarray(value)
+        self.initializers.append(numpy_helper.from_array(array, name))
         return name
 
     def weight(self, *shape: int, scale: float = 0.3) -> str:
@@ -130,5 +132,81 @@ def wide_mlp_model(seed: int = 3) -> onnx.ModelProto:
     return b.model((1, 1, 28, 28), x, 10, "wide_mlp")
 
 
-MODELS = {"cnn": cnn_model, "residual": residual_model, "layout": layout_model}
-INPUT_SHAPES = {"cnn": (3, 16, 16), "residual": (4, 8, 8), "layout": (2, 6, 6)}
+def _batch_dim(b: _Builder, x: str) -> str:
+    """The batch size as a 1-element int64 tensor, computed from the tensor the way torch exports
+    ``x.size(0)`` on a dynamic batch: shape arithmetic the executor must run, not fold."""
+    return b.op("Unsqueeze", [b.op("Gather", [b.op("Shape", [x]), b.const(np.int64(0))], axis=0), b.const([0])])
+
+
+def shuffle_model(seed: int = 4) -> onnx.ModelProto:
+    """ShuffleNet/HRNet patterns: BN after ReLU, Split, channel shuffle on a dynamic batch (Shape,
+    Gather, Div, Unsqueeze, Concat, Reshape), Slice, nearest Resize, GlobalMaxPool, Squeeze."""
+    b = _Builder(seed)
+    x = b.op("Relu", [b.op("Conv", ["input", b.weight(8, 4, 3, 3), b.weight(8)], pads=[1, 1, 1, 1])])
+    scale, mean = b.rng.uniform(0.5, 1.5, 8).astype(np.float32), b.rng.normal(0, 0.3, 8).astype(np.float32)
+    x = b.op("BatchNormalization", [x, b.const(scale), b.weight(8), b.const(mean), b.const(scale**2)])
+    left, right = b.op("Split", [x, b.const(np.array([4, 4], dtype=np.int64))], outputs=2, axis=1)
+    right = b.op("Relu", [b.op("Conv", [right, b.weight(4, 4, 1, 1), b.weight(4)])])
+    x = b.op("Concat", [left, right], axis=1)
+    batch = _batch_dim(b, x)
+    per_group = b.op(
+        "Unsqueeze",
+        [b.op("Div", [b.op("Gather", [b.op("Shape", [x]), b.const(np.int64(1))], axis=0), b.const(np.int64(2))]),
+         b.const([0])],
+    )  # fmt: skip
+    grouped = b.op("Concat", [batch, b.const([2]), per_group, b.const([8, 8])], axis=0)
+    x = b.op("Transpose", [b.op("Reshape", [x, grouped])], perm=[0, 2, 1, 3, 4])
+    x = b.op("Reshape", [x, b.op("Concat", [batch, b.const([-1, 8, 8])], axis=0)])
+    x = b.op("Slice", [x, b.const([1, 1]), b.const([7, 7]), b.const([2, 3])])
+    scales = b.const(np.array([1, 1, 2, 2], dtype=np.float32))
+    x = b.op(
+        "Resize", [x, "", scales], mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor"
+    )
+    x = b.op("Relu", [b.op("Conv", [x, b.weight(8, 8, 3, 3), b.weight(8)], strides=[2, 2], pads=[1, 1, 1, 1])])
+    x = b.op("Squeeze", [b.op("GlobalMaxPool", [x]), b.const([2, 3])])
+    x = b.op("Gemm", [x, b.weight(6, 8), b.weight(6)], transB=1)
+    return b.model((1, 4, 8, 8), x, 6, "shuffle")
+
+
+def hybrid_model(seed: int = 5) -> onnx.ModelProto:
+    """ConvNeXt/LeViT patterns: channels-last LayerNormalization, GELU as exported (Div, Erf, Add,
+    Mul), a norm spelled out (ReduceMean, Sub, Pow, Sqrt, Div), and attention over tokens reshaped
+    on a dynamic batch (batched MatMul of two activations, Softmax)."""
+    b = _Builder(seed)
+    x = b.op("Conv", ["input", b.weight(8, 3, 3, 3), b.weight(8)], pads=[1, 1, 1, 1])
+    x = b.op("Conv", [x, b.weight(8, 1, 7, 7), b.weight(8)], pads=[3, 3, 3, 3], group=8)
+    x = b.op("Transpose", [x], perm=[0, 2, 3, 1])
+    gamma = b.const(b.rng.uniform(0.5, 1.5, 8).astype(np.float32))
+    x = b.op("LayerNormalization", [x, gamma, b.weight(8)], axis=-1, epsilon=1e-6)
+    x = b.op("MatMul", [x, b.weight(8, 16)])
+    erf = b.op("Erf", [b.op("Div", [x, b.const(np.float32(np.sqrt(2.0)))])])
+    x = b.op("Mul", [b.op("Mul", [x, b.op("Add", [erf, b.const(np.float32(1.0))])]), b.const(np.float32(0.5))])
+    x = b.op("Transpose", [b.op("MatMul", [x, b.weight(16, 8)])], perm=[0, 3, 1, 2])
+    centred = b.op("Sub", [x, b.op("ReduceMean", [x], axes=[1], keepdims=1)])
+    variance = b.op("ReduceMean", [b.op("Pow", [centred, b.const(np.float32(2.0))])], axes=[1], keepdims=1)
+    x = b.op("Div", [centred, b.op("Sqrt", [b.op("Add", [variance, b.const(np.float32(1e-5))])])])
+    tokens = b.op("Concat", [_batch_dim(b, x), b.const([8, -1])], axis=0)
+    t = b.op("Transpose", [b.op("Reshape", [x, tokens])], perm=[0, 2, 1])
+    q, k, v = (b.op("MatMul", [t, b.weight(8, 8)]) for _ in range(3))
+    scores = b.op("MatMul", [q, b.op("Transpose", [k], perm=[0, 2, 1])])
+    attention = b.op("Softmax", [b.op("Mul", [scores, b.const(np.float32(8**-0.5))])], axis=-1)
+    x = b.op("Add", [t, b.op("MatMul", [attention, v])])
+    x = b.op("ReduceMean", [x], axes=[1], keepdims=0)
+    x = b.op("Gemm", [x, b.weight(8, 5), b.weight(5)])
+    return b.model((1, 3, 8, 8), x, 5, "hybrid")
+
+
+MODELS = {
+    "cnn": cnn_model,
+    "residual": residual_model,
+    "layout": layout_model,
+    "shuffle": shuffle_model,
+    "hybrid": hybrid_model,
+}
+INPUT_SHAPES = {
+    "cnn": (3, 16, 16),
+    "residual": (4, 8, 8),
+    "layout": (2, 6, 6),
+    "shuffle": (4, 8, 8),
+    "hybrid": (3, 8, 8),
+}
