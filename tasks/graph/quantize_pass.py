@@ -6,8 +6,9 @@ tensors calibrated non-negative. Compute ops (Conv, Gemm, MatMul, Add, Concat, p
 become ``Int8*`` nodes that read and write int8; a ReLU/Clip right after Conv/Gemm/MatMul/Add is
 fused into its requantization bounds; MaxPool and the ops that only move, copy or select elements
 (``PASS_THROUGH_OPS``: reshapes, slices, splits, gathers, nearest Resize, zero Pad) pass int8
-through unchanged (exact), and Shape reads the int8 tensor's shape. Everything else, and every excluded node, runs in FP32: conversions are inserted
-lazily, one Quantize or Dequantize per tensor, where a reader needs the other kind.
+through unchanged (exact), and Shape reads the int8 tensor's shape. Everything else, and every
+excluded node, runs in FP32: conversions are inserted lazily, one Quantize or Dequantize per tensor,
+where a reader needs the other kind.
 
 Weights are int8 per output channel (per tensor as an option); biases int32 with scale
 input_scale x weight_scale, so the int32 accumulator needs no rescaling before the bias.
