@@ -20,7 +20,7 @@ from onnx.defs import SchemaError, get_schema
 from strict_device import STRICT, on_strict_device
 
 from int8flow.tasks.graph.executor import GraphExecutor
-from int8flow.tasks.graph.fp32_elementwise import erf
+from int8flow.tasks.graph.fp32_elementwise import ELEMENTWISE_OPS, erf
 from int8flow.tasks.graph.fp32_ops import OPSETS, UnsupportedModelError, check_supported
 from int8flow.tasks.graph.load import import_model
 
@@ -259,6 +259,10 @@ def single_node_model(case: Case, opset: int) -> onnx.ModelProto:
 def onnxruntime_outputs(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return session.run(None, feeds)
+
+
+def test_cases_cover_every_elementwise_op() -> None:
+    assert {case.op for case in CASES} == set(ELEMENTWISE_OPS)
 
 
 @pytest.mark.parametrize(("case", "opset"), RUNS, ids=[f"{c.op}-{c.label}-opset{opset}" for c, opset in RUNS])

@@ -18,6 +18,10 @@ class NonFiniteActivationError(ValueError):
     """A tensor of the model produced NaN or Inf on calibration data."""
 
 
+class UntypedTensorError(ValueError):
+    """A tensor chosen for calibration holds integers: the model lacked the types to tell beforehand."""
+
+
 class HistogramCollector:
     """An executor observer that merges each batch of a tensor into that tensor's histogram."""
 
@@ -26,6 +30,11 @@ class HistogramCollector:
         self.histograms = {name: Histogram.empty(num_bins) for name in tensors}
 
     def __call__(self, name: str, values: Any) -> None:
+        if values.dtype.kind != "f":
+            raise UntypedTensorError(
+                f"tensor {name!r} holds {values.dtype} values, not floats, and shape inference could not type it "
+                "beforehand; run onnx.shape_inference.infer_shapes on the model (or re-export it) and try again"
+            )
         try:
             batch = Histogram.of(values, self.num_bins)
         except NonFiniteValuesError as error:

@@ -47,6 +47,12 @@ class Graph:
     opset: int
     source: str = "<memory>"
     shapes: dict[str, tuple[int | None, ...]] = field(default_factory=dict)
+    dtypes: dict[str, np.dtype] = field(default_factory=dict)
+    """Element types shape inference found; shape arithmetic (int64) must never get an int8 scale."""
+
+    def is_float(self, name: str) -> bool:
+        """False only for a tensor known to hold integers or booleans."""
+        return name not in self.dtypes or self.dtypes[name].kind == "f"
 
     def producers(self) -> dict[str, Node]:
         return {output: node for node in self.nodes for output in node.outputs}

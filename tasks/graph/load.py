@@ -295,12 +295,10 @@ def import_model(model: onnx.ModelProto, source: str = "<memory>") -> Graph:
         )
     inputs = [_tensor_info(value) for value in graph.input if value.name not in initializers]
     outputs = [_tensor_info(value) for value in graph.output]
-    shapes = {
-        value.name: _tensor_info(value).shape
-        for value in [*graph.input, *graph.value_info, *graph.output]
-        if value.type.HasField("tensor_type")
-    }
-    return Graph(nodes, initializers, inputs, outputs, opset, source, shapes)
+    typed = [value for value in [*graph.input, *graph.value_info, *graph.output] if value.type.HasField("tensor_type")]
+    shapes = {value.name: _tensor_info(value).shape for value in typed}
+    dtypes = {value.name: _tensor_info(value).dtype for value in typed if value.type.tensor_type.elem_type}
+    return Graph(nodes, initializers, inputs, outputs, opset, source, shapes, dtypes)
 
 
 def _attribute_value(attribute: onnx.AttributeProto) -> object:

@@ -69,7 +69,8 @@ class Encoding:
 
 
 def calibration_tensors(graph: Graph) -> list[str]:
-    """Tensors that may need an activation scale: inputs and outputs of the ops that run in int8.
+    """Tensors that may need an activation scale: the float inputs and outputs of the ops that run in
+    int8 (a Concat of int64 shape dimensions is not one).
 
     Independent of exclusions, so a fallback that excludes more nodes needs no new calibration.
     """
@@ -80,7 +81,7 @@ def calibration_tensors(graph: Graph) -> list[str]:
             wanted.update(name for name in first_inputs if name and name not in graph.initializers)
             wanted.update(node.outputs[:1])
     order = [info.name for info in graph.inputs] + [out for node in graph.nodes for out in node.outputs]
-    return [name for name in order if name in wanted]
+    return [name for name in order if name in wanted and graph.is_float(name)]
 
 
 def excluded_nodes(graph: Graph, exclude: Iterable[str]) -> set[str]:
@@ -144,6 +145,7 @@ class _Rewriter:
             self.source.opset,
             self.source.source,
             dict(self.source.shapes),
+            dict(self.source.dtypes),
         )
         result.remove_unused()
         return result
@@ -234,6 +236,8 @@ class _Rewriter:
 
     def _rewrite(self, node: Node) -> bool:
         op = node.op_type
+        if op != "Shape" and not all(self.source.is_float(name) for name in node.outputs if name):
+            return False  # shape arithmetic (a Concat of int64 dims) stays exact
         if op == "Conv" and self._is_constant(node.inputs[1]) and not self._is_constant(node.inputs[0]):
             self._conv(node)
         elif op in ("Gemm", "MatMul") and self._linear_weight(node) is not None:
