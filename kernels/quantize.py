@@ -41,6 +41,8 @@ def quantize(x: Any, scale: Any, unsigned: bool = False) -> Any:
     ``unsigned``: a tensor known to be non-negative goes to uint8, ``clip(..., 0, 255)``: twice the
     levels over its range. ``scale`` is a scalar or an array shaped to broadcast against ``x``."""
     xp = array_module(x, scale)
+    if x.ndim == 0:  # a scalar operand: NumPy's ufuncs would turn the 0-d arrays below into scalars
+        return quantize(x.reshape(1), scale, unsigned).reshape(())
     scale = _as_float32(xp, scale)
     low, high = (0, UINT8_MAX) if unsigned else (-INT8_MAX, INT8_MAX)
     if uses_cuda(xp):

@@ -9,7 +9,7 @@ import pytest
 from graph_builders import INPUT_SHAPES, MODELS
 
 from int8flow.kernels.thresholds import ThresholdSettings
-from int8flow.tasks.calibration.collector import NonFiniteActivationError, collect_histograms
+from int8flow.tasks.calibration.collector import NonFiniteActivationError, UntypedTensorError, collect_histograms
 from int8flow.tasks.calibration.table import build_calibration_table
 from int8flow.tasks.graph.executor import GraphExecutor
 from int8flow.tasks.graph.export_qdq import export_qdq
@@ -64,6 +64,46 @@ def test_cnn_quantizes_conv_chain_with_fused_activations() -> None:
     assert counts["LeakyRelu"] == 1 and counts["Softmax"] == 1  # FP32 islands
     assert counts["Int8MaxPool"] == 1 and counts["Int8AveragePool"] == 2
     assert counts["QuantizeTensor"] == 2 and counts["DequantizeTensor"] == 2
+
+
+def test_shape_arithmetic_gets_no_scale_and_follows_the_batch() -> None:
+    graph, table = calibrated("shuffle")
+    integral = {name for name, dtype in graph.dtypes.items() if dtype == np.int64}
+    shape_concats = [
+        node.outputs[0] for node in graph.nodes if node.op_type == "Concat" and node.outputs[0] in integral
+    ]
+    assert len(shape_concats) == 2 and not integral & set(calibration_tensors(graph))
+    quantized = quantize_graph(graph, table)
+    assert {node.op_type for node in quantized.nodes if node.outputs[0] in shape_concats} == {"Concat"}
+    assert quantized.op_counts()["Int8Concat"] == 1  # the channel concat of the two branches
+    for size in (1, 3, 5):
+        batch = batches("shuffle", 1, size)[0]["input"]
+        assert run(quantized, batch).shape == run(graph, batch).shape == (size, 6)
+
+
+def test_integers_watched_for_want_of_types_are_a_one_line_error() -> None:
+    graph = simplify(import_model(MODELS["shuffle"](), "shuffle"))
+    graph.dtypes.clear()  # a model shape inference could not type
+    with pytest.raises(UntypedTensorError, match=r"tensor '\w+' holds int64 values, not floats.*infer_shapes"):
+        collect_histograms(GraphExecutor(graph), batches("shuffle"), calibration_tensors(graph), 2048)
+
+
+def test_matmul_bias_add_becomes_the_int32_bias() -> None:
+    graph, table = calibrated("residual")
+    quantized = quantize_graph(graph, table)
+    last = quantized.nodes[-2]
+    assert last.op_type == "Int8MatMul" and last.inputs[3].endswith("bias_int32")
+    assert quantized.op_counts()["Add"] == 0 and quantized.nodes[-1].outputs == [graph.outputs[0].name]
+
+
+def test_add_of_a_constant_stays_fp32() -> None:
+    """GELU's +1 and a norm's epsilon: below one step of the sum's scale, they would round away."""
+    graph, table = calibrated("hybrid")
+    quantized = quantize_graph(graph, table)
+    constant_adds = [n.name for n in graph.nodes if n.op_type == "Add" and set(n.inputs) & set(graph.initializers)]
+    assert len(constant_adds) == 2
+    assert {node.op_type for node in quantized.nodes if node.name in constant_adds} == {"Add"}
+    assert quantized.op_counts()["Int8Add"] == 1  # the attention residual
 
 
 def test_exclusions_keep_nodes_in_fp32() -> None:

@@ -62,7 +62,7 @@ def bools(shape: tuple[int, ...]) -> np.ndarray:
 class Case:
     op: str
     label: str
-    inputs: tuple[np.ndarray, ...]
+    inputs: tuple[np.ndarray | None, ...]
     attributes: dict[str, Any] = field(default_factory=dict)
     outputs: int = 1
     opsets: tuple[int, ...] = ()
@@ -241,7 +241,8 @@ RUNS = [(case, opset) for case in CASES for opset in (case.opsets or signature_o
 
 
 def single_node_model(case: Case, opset: int) -> onnx.ModelProto:
-    names = [f"input{i}" for i in range(len(case.inputs))]
+    """One node whose every given input is a graph input; a None input is an omitted optional one."""
+    names = ["" if array is None else f"input{i}" for i, array in enumerate(case.inputs)]
     outputs = [f"output{i}" for i in range(case.outputs)]
     node = helper.make_node(case.op, names, outputs, name=f"{case.op.lower()}_node", **case.attributes)
     graph = helper.make_graph(
@@ -250,6 +251,7 @@ def single_node_model(case: Case, opset: int) -> onnx.ModelProto:
         [
             helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(array.dtype), array.shape)
             for name, array in zip(names, case.inputs)
+            if array is not None
         ],
         [helper.make_empty_tensor_value_info(name) for name in outputs],
     )

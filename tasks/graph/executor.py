@@ -94,13 +94,16 @@ def device_arguments(xp: ModuleType, op_type: str, arguments: list[Any]) -> list
 
 
 def host_read_constants(graph: Graph) -> set[str]:
-    """Initializers that every reader takes at a host input position (``HOST_INPUTS``)."""
+    """Initializers that every reader takes at a host input position (``HOST_INPUTS``), and every
+    int64 one: shape arithmetic (Gather, Concat, Mul of dimensions) then stays on the host with the
+    int64 results of Shape; an op that reads one beside a device array gets it moved there."""
     on_host: dict[str, bool] = {}
     for node in graph.nodes:
         slots = HOST_INPUTS.get(node.op_type, frozenset())
         for position, name in enumerate(node.inputs):
             on_host[name] = on_host.get(name, True) and position in slots
-    return {name for name, host in on_host.items() if host and name in graph.initializers}
+    host_read = {name for name, host in on_host.items() if host and name in graph.initializers}
+    return host_read | {name for name, value in graph.initializers.items() if value.dtype == np.int64}
 
 
 def check_input(info: TensorInfo, inputs: Mapping[str, Any], source: str) -> Any:

@@ -17,7 +17,7 @@ from int8flow.kernels.conv import conv2d, pad_amounts
 from int8flow.kernels.pooling import average_pool2d, global_average_pool, max_pool2d
 from int8flow.kernels.row_stable_matmul import row_stable_matmul
 from int8flow.tasks.graph.fp32_elementwise import ELEMENTWISE_CHECKS, ELEMENTWISE_HOST_INPUTS, ELEMENTWISE_OPS
-from int8flow.tasks.graph.fp32_tensor_ops import TENSOR_CHECKS, TENSOR_HOST_INPUTS, TENSOR_OPS
+from int8flow.tasks.graph.fp32_tensor_ops import TENSOR_CHECKS, TENSOR_HOST_INPUTS, TENSOR_OPS, reduce_axes
 from int8flow.tasks.graph.ir import Graph, Node
 from int8flow.tasks.graph.op_types import NodeCheck, OpFunction, UnsupportedModelError
 
@@ -99,13 +99,6 @@ def _average_pool(node: Node, inputs: list[Any], opset: int) -> list[Any]:
     strides, pads, _ = window_geometry(node, x.shape[2:], kernel)
     include = bool(node.attribute("count_include_pad", 0))
     return [average_pool2d(x, kernel, strides, pads, include, bool(node.attribute("ceil_mode", 0)))]
-
-
-def reduce_axes(node: Node, inputs: list[Any], opset: int, rank: int) -> tuple[int, ...]:
-    axes = inputs[1] if opset >= 18 and len(inputs) > 1 and inputs[1] is not None else node.attribute("axes")
-    if axes is None or len(axes) == 0:
-        return () if node.attribute("noop_with_empty_axes", 0) else tuple(range(rank))
-    return tuple(int(axis) % rank for axis in to_numpy(axes).tolist())
 
 
 def _reduce_mean(node: Node, inputs: list[Any], opset: int) -> list[Any]:

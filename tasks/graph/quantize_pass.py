@@ -2,8 +2,9 @@
 
 Every tensor of the new graph is either float32 or 8-bit with a per-tensor scale and zero point 0:
 symmetric int8 (threshold / 127), or, with ``unsigned_activations``, uint8 (threshold / 255) for
-tensors calibrated non-negative. Compute ops (Conv, Gemm, MatMul, Add, Concat, pools, spatial ReduceMean)
-become ``Int8*`` nodes that read and write int8; a ReLU/Clip right after Conv/Gemm/MatMul/Add is
+tensors calibrated non-negative. Compute ops (Conv, Gemm, MatMul, residual Add, Concat, pools,
+spatial ReduceMean) become ``Int8*`` nodes that read and write int8; a MatMul's bias Add becomes its
+int32 bias, and a ReLU/Clip right after Conv/Gemm/MatMul/Add is
 fused into its requantization bounds; MaxPool and the ops that only move, copy or select elements
 (``PASS_THROUGH_OPS``: reshapes, slices, splits, gathers, nearest Resize, zero Pad) pass int8
 through unchanged (exact), and Shape reads the int8 tensor's shape. Everything else, and every
@@ -242,7 +243,7 @@ class _Rewriter:
             self._conv(node)
         elif op in ("Gemm", "MatMul") and self._linear_weight(node) is not None:
             self._linear(node)
-        elif op == "Add" and not all(self._is_constant(name) for name in node.inputs):
+        elif op == "Add" and not any(self._is_constant(name) for name in node.inputs):
             self._add(node)
         elif op == "Concat" and not any(self._is_constant(name) for name in node.inputs):
             self._concat(node)
@@ -296,15 +297,36 @@ class _Rewriter:
         weight = self._linear_weight(node)
         x_name, x_encoding = self._int8_version(node.inputs[0])
         bias = None
+        producer = node
         if node.op_type == "Gemm" and len(node.inputs) > 2 and node.inputs[2]:
             bias_value = np.broadcast_to(self.source.initializers[node.inputs[2]], (weight.shape[1],))
             bias = (bias_value * np.float32(node.attribute("beta", 1.0))).astype(np.float32)
+        elif (bias_add := self._bias_add(node, weight.shape[1])) is not None:
+            constant = next(name for name in bias_add.inputs if self._is_constant(name))
+            bias = np.asarray(self.source.initializers[constant], dtype=np.float32).reshape(-1)
+            self.fused.add(bias_add.name)
+            producer = bias_add
         weight_q, weight_scales = self._quantize_weight(weight, 1, bias, x_encoding.scale)
-        output, encoding, requantization = self._fused_activation(node)
+        output, encoding, requantization = self._fused_activation(producer)
         attributes = {"input_scale": x_encoding.scale, **requantization}
         self._emit_layer(
             node, "Int8MatMul", x_name, x_encoding.scale, weight_q, weight_scales, bias, output, encoding, attributes
         )
+
+    def _bias_add(self, node: Node, channels: int) -> Node | None:
+        """The Add of a constant per-output-channel bias that is the only reader of a MatMul (how
+        exporters write a Linear on N-D tokens): it becomes the layer's int32 bias."""
+        readers = self.consumers.get(node.outputs[0], [])
+        if len(readers) != 1 or node.outputs[0] in self.graph_outputs:
+            return None
+        add = readers[0]
+        constants = [name for name in add.inputs if self._is_constant(name)]
+        if add.op_type != "Add" or add.name in self.excluded or len(constants) != 1 or len(add.inputs) != 2:
+            return None
+        shape = self.source.initializers[constants[0]].shape
+        if not shape or shape[-1] != channels or any(dim != 1 for dim in shape[:-1]):
+            return None
+        return add
 
     def _emit_layer(
         self,
@@ -361,14 +383,10 @@ class _Rewriter:
         return None
 
     def _add(self, node: Node) -> None:
-        operands = []
-        for name in node.inputs:
-            if self._is_constant(name):
-                value = np.asarray(self.source.initializers[name], dtype=np.float32)
-                weight_q, scale = quantize_weights_per_tensor(value)
-                operands.append((self._constant(f"{node.name}/{name}_int8", weight_q), Encoding(float(scale))))
-            else:
-                operands.append(self._int8_version(name))
+        """A sum of two activations (a residual). An Add of a constant stays FP32: a constant such as a
+        norm's epsilon or GELU's +1 falls below one step of the sum's scale, and ``variance + eps``
+        rounded to zero then divides by zero."""
+        operands = [self._int8_version(name) for name in node.inputs]
         output, encoding, requantization = self._fused_activation(node)
         attributes = {
             "a_scale": operands[0][1].scale,
