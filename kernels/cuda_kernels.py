@@ -42,7 +42,7 @@ MAX_BLOCKS = 65535 * 16
 _QUANTIZE = cupy.ElementwiseKernel(
     "float32 x, float32 scale",
     "int8 q",
-    "q = (signed char)fminf(fmaxf(rintf(x / scale), -127.0f), 127.0f)",
+    "q = (signed char)fminf(fmaxf(rintf(x / scale), -128.0f), 127.0f)",
     "int8flow_quantize",
 )
 
@@ -106,7 +106,7 @@ extern "C" __global__ void int8flow_depthwise(
 
 
 def quantize(x: cupy.ndarray, scale: cupy.ndarray, unsigned: bool = False) -> cupy.ndarray:
-    """``clip(rint(x / scale), -127, 127)`` as int8 (0..255 as uint8 when ``unsigned``)."""
+    """``clip(rint(x / scale), -128, 127)`` as int8 (0..255 as uint8 when ``unsigned``)."""
     return (_QUANTIZE_UNSIGNED if unsigned else _QUANTIZE)(x, scale)
 
 

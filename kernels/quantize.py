@@ -1,7 +1,9 @@
 """Symmetric INT8 arithmetic: quantize, dequantize, requantize, rescale, and weight/bias quantization.
 
-Symmetric means zero point 0 and the range -127..127 (-128 is never produced, so negation and the
-int8 x int8 products stay symmetric). Rounding is ``rint``, round half to even, everywhere.
+Symmetric means zero point 0 and a scale of threshold / 127. Weights use -127..127 (their scale is
+max|w| / 127, so -128 never occurs); activations saturate at -128..127, as ONNX QuantizeLinear does,
+so the exported QDQ model clips exactly where int8flow's executor does. Rounding is ``rint``, round
+half to even, everywhere.
 
 Which precision, and why:
 
@@ -24,6 +26,7 @@ import numpy as np
 from int8flow.kernels.backend import array_module, uses_cuda
 
 INT8_MAX = 127
+INT8_MIN = -128
 UINT8_MAX = 255
 INT32_MAX = 2**31 - 1
 
@@ -36,7 +39,7 @@ class BiasOverflowError(ValueError):
 
 
 def quantize(x: Any, scale: Any, unsigned: bool = False) -> Any:
-    """``clip(rint(x / scale), -127, 127)`` as int8, divided in float32 (ONNX QuantizeLinear).
+    """``clip(rint(x / scale), -128, 127)`` as int8, divided in float32 (ONNX QuantizeLinear).
 
     ``unsigned``: a tensor known to be non-negative goes to uint8, ``clip(..., 0, 255)``: twice the
     levels over its range. ``scale`` is a scalar or an array shaped to broadcast against ``x``."""
@@ -44,7 +47,7 @@ def quantize(x: Any, scale: Any, unsigned: bool = False) -> Any:
     if x.ndim == 0:  # a scalar operand: NumPy's ufuncs would turn the 0-d arrays below into scalars
         return quantize(x.reshape(1), scale, unsigned).reshape(())
     scale = _as_float32(xp, scale)
-    low, high = (0, UINT8_MAX) if unsigned else (-INT8_MAX, INT8_MAX)
+    low, high = (0, UINT8_MAX) if unsigned else (INT8_MIN, INT8_MAX)
     if uses_cuda(xp):
         from int8flow.kernels import cuda_kernels
 
@@ -69,7 +72,7 @@ def dequantize(q: Any, scale: Any) -> Any:
     return q.astype(xp.float32) * _as_float32(xp, scale)
 
 
-def requantize(acc: Any, multiplier: Any, low: int = -INT8_MAX, high: int = INT8_MAX) -> Any:
+def requantize(acc: Any, multiplier: Any, low: int = INT8_MIN, high: int = INT8_MAX) -> Any:
     """``clip(rint(acc * multiplier), low, high)`` as int8 (uint8 when ``high > 127``), in float64.
 
     ``multiplier`` is in_scale * w_scale / out_scale, a scalar or per channel (broadcastable).
@@ -90,7 +93,7 @@ def requantize(acc: Any, multiplier: Any, low: int = -INT8_MAX, high: int = INT8
     return _by_blocks(block, quantized_dtype(high), acc, multiplier)
 
 
-def rescale(q: Any, from_scale: float, to_scale: float, low: int = -INT8_MAX, high: int = INT8_MAX) -> Any:
+def rescale(q: Any, from_scale: float, to_scale: float, low: int = INT8_MIN, high: int = INT8_MAX) -> Any:
     """A quantized tensor moved to another scale (Concat inputs): ``clip(rint(q * from/to))``."""
     _check_bounds(low, high)
     xp = array_module(q)
@@ -103,7 +106,7 @@ def rescale(q: Any, from_scale: float, to_scale: float, low: int = -INT8_MAX, hi
 
 
 def add_int8(
-    a: Any, a_scale: float, b: Any, b_scale: float, out_scale: float, low: int = -INT8_MAX, high: int = INT8_MAX
+    a: Any, a_scale: float, b: Any, b_scale: float, out_scale: float, low: int = INT8_MIN, high: int = INT8_MAX
 ) -> Any:
     """Int8 Add: ``clip(rint(a * (a_scale/out_scale) + b * (b_scale/out_scale)), low, high)`` in float64."""
     _check_bounds(low, high)
@@ -201,7 +204,7 @@ def _as_float32(xp: Any, scale: Any) -> Any:
 
 def _check_bounds(low: int, high: int) -> None:
     """int8 bounds (-128..127), or uint8 bounds (0..255) for a non-negative tensor."""
-    if not (-128 <= low <= high <= INT8_MAX or 0 <= low <= high <= UINT8_MAX):
+    if not (INT8_MIN <= low <= high <= INT8_MAX or 0 <= low <= high <= UINT8_MAX):
         raise ValueError(
             f"clip bounds low={low}, high={high} must satisfy -128 <= low <= high <= 127 (int8) or "
             "0 <= low <= high <= 255 (uint8)"

@@ -134,8 +134,10 @@ def test_quantize_rounds_half_to_even() -> None:
     np.testing.assert_array_equal(quantize(x, 1.0), np.array([0, 2, 2, 0, -2, -2, 0, 126], dtype=np.int8))
 
 
-def test_quantize_clips_symmetrically_to_127() -> None:
-    np.testing.assert_array_equal(quantize(np.array([300.0, -300.0, -127.6], np.float32), 1.0), [127, -127, -127])
+def test_quantize_saturates_like_quantize_linear() -> None:
+    """-128..127, as ONNX QuantizeLinear: the exported QDQ model clips where the executor does."""
+    values = np.array([300.0, -300.0, -127.6, -128.4], np.float32)
+    np.testing.assert_array_equal(quantize(values, 1.0), [127, -128, -128, -128])
 
 
 def test_quantize_broadcasts_a_per_channel_scale() -> None:
@@ -161,8 +163,8 @@ def test_requantize_rounds_half_to_even() -> None:
     np.testing.assert_array_equal(requantize(acc, 0.5), np.array([0, 2, 2, 4, 0, -2, -2], dtype=np.int8))
 
 
-def test_requantize_clips_to_plus_minus_127() -> None:
-    np.testing.assert_array_equal(requantize(np.array([2**31 - 1, -(2**31)], np.int32), 1.0), [127, -127])
+def test_requantize_saturates_to_the_int8_range() -> None:
+    np.testing.assert_array_equal(requantize(np.array([2**31 - 1, -(2**31)], np.int32), 1.0), [127, -128])
 
 
 def test_requantize_with_fused_relu_and_relu6_bounds() -> None:
@@ -177,7 +179,7 @@ def test_requantize_equals_the_float64_formula_per_channel() -> None:
     acc = RNG.integers(-(2**30), 2**30, (3, 4, 160, 160), dtype=np.int32)
     assert acc.size > BLOCK_ELEMENTS
     multiplier = RNG.uniform(1e-9, 2e-7, (1, 4, 1, 1))
-    expected = np.clip(np.rint(acc.astype(np.float64) * multiplier), -127, 127).astype(np.int8)
+    expected = np.clip(np.rint(acc.astype(np.float64) * multiplier), -128, 127).astype(np.int8)
     np.testing.assert_array_equal(requantize(acc, multiplier), expected)
 
 
@@ -244,12 +246,12 @@ def test_quantize_bias_names_the_channel_that_overflows_int32() -> None:
 
 
 def test_add_int8_equals_the_float64_formula_on_every_pair() -> None:
-    values = np.arange(-127, 128, dtype=np.int8)
+    values = np.arange(-128, 128, dtype=np.int8)
     a, b = np.meshgrid(values, values, indexing="ij")
     a_scale, b_scale, out_scale = 0.037, 0.052, 0.061
     expected = np.rint(a * (a_scale / out_scale) + b.astype(np.float64) * (b_scale / out_scale))
     np.testing.assert_array_equal(
-        add_int8(a, a_scale, b, b_scale, out_scale), np.clip(expected, -127, 127).astype(np.int8)
+        add_int8(a, a_scale, b, b_scale, out_scale), np.clip(expected, -128, 127).astype(np.int8)
     )
     np.testing.assert_array_equal(
         add_int8(a, a_scale, b, b_scale, out_scale, low=0, high=90), np.clip(expected, 0, 90).astype(np.int8)
@@ -259,7 +261,7 @@ def test_add_int8_equals_the_float64_formula_on_every_pair() -> None:
 def test_add_int8_broadcasts_either_operand() -> None:
     a, b = photo_int8(4, 200, 200, batch=2), int8_values(1, 4, 1, 1)  # large enough for several blocks
     assert a.size > BLOCK_ELEMENTS
-    expected = np.clip(np.rint(a * (0.02 / 0.03) + b.astype(np.float64) * (0.05 / 0.03)), -127, 127).astype(np.int8)
+    expected = np.clip(np.rint(a * (0.02 / 0.03) + b.astype(np.float64) * (0.05 / 0.03)), -128, 127).astype(np.int8)
     np.testing.assert_array_equal(add_int8(a, 0.02, b, 0.05, 0.03), expected)
     np.testing.assert_array_equal(add_int8(b, 0.05, a, 0.02, 0.03), expected)
 
@@ -271,8 +273,8 @@ def test_add_int8_rounds_a_half_to_even() -> None:
 
 
 def test_rescale_equals_the_float64_formula() -> None:
-    q = np.arange(-127, 128, dtype=np.int8)
-    expected = np.clip(np.rint(q * (0.05 / 0.03)), -127, 127).astype(np.int8)
+    q = np.arange(-128, 128, dtype=np.int8)
+    expected = np.clip(np.rint(q * (0.05 / 0.03)), -128, 127).astype(np.int8)
     np.testing.assert_array_equal(rescale(q, 0.05, 0.03), expected)
     np.testing.assert_array_equal(rescale(np.array([1, 3, 5], np.int8), 1.0, 2.0), [0, 2, 2])
 

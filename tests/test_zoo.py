@@ -18,9 +18,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 FP32_TOLERANCE = 1e-4
-QDQ_TOLERANCE = 2e-2
-"""int8flow's exact int8 arithmetic against onnxruntime's float fake-quant of the same QDQ model: the
-two round a value that lands within float error of a half step differently now and then."""
+QDQ_TOLERANCE = 0.3
+"""int8flow's exact int8 arithmetic against onnxruntime's float fake-quant of the same QDQ model
+(relative to the largest logit). The two differ first by one step on a few elements in 10^5, where
+onnxruntime's float32 convolution lands within float error of a half step; on these seeded-weight
+networks, whose logits are close together, that grows layer by layer to 0 to 0.26 of the largest
+logit (measured on the CI subset, 2026-12-03). The bound is loose: it catches a gross export
+mismatch (activations clipped at -127 by the executor and -128 by QuantizeLinear gave 0.40 on
+ShuffleNet, where the two now agree to 8e-3); ``tests/test_graph_int8.py`` holds the exact check,
+at most two output steps, on graphs whose calibration clips nothing."""
 
 pytestmark = pytest.mark.slow
 

@@ -22,7 +22,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from int8flow.kernels.quantize import quantize, quantize_bias, quantize_weights_per_channel, quantize_weights_per_tensor
+from int8flow.kernels.quantize import (
+    INT8_MIN,
+    quantize,
+    quantize_bias,
+    quantize_weights_per_channel,
+    quantize_weights_per_tensor,
+)
 from int8flow.schemas.calibration_table import INT8_MAX, CalibrationTable
 from int8flow.tasks.graph.fp32_ops import reduce_axes
 from int8flow.tasks.graph.ir import Graph, Node
@@ -66,7 +72,7 @@ class Encoding:
 
     @property
     def limits(self) -> tuple[int, int]:
-        return (0, UINT8_MAX) if self.unsigned else (-INT8_MAX, INT8_MAX)
+        return (0, UINT8_MAX) if self.unsigned else (INT8_MIN, INT8_MAX)
 
 
 def calibration_tensors(graph: Graph) -> list[str]:
