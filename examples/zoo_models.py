@@ -64,52 +64,33 @@ def _timm(name: str) -> Callable[[], torch.nn.Module]:
     return lambda: timm.create_model(name, pretrained=False)
 
 
+CI_SIZE = 64
+ZOO = {
+    "torchvision": (
+        "alexnet", "convnext_tiny", "densenet121", "efficientnet_b0", "efficientnet_v2_s", "mnasnet1_0",
+        "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "regnet_x_400mf", "regnet_y_400mf", "resnet18",
+        "resnet50", "resnext50_32x4d", "wide_resnet50_2", "shufflenet_v2_x0_5", "shufflenet_v2_x1_0",
+        "squeezenet1_1", "vgg11_bn",
+    ),
+    "timm": (
+        "resnet18d", "efficientnet_b0", "tf_efficientnet_lite0", "mobilenetv3_large_100", "mixnet_s", "ghostnet_100",
+        "rexnet_100", "regnety_002", "repvgg_a0", "cspresnet50", "dpn68", "hrnet_w18_small", "convnext_atto",
+        "levit_128s",
+    ),
+}  # fmt: skip
+CI_SUBSET = {
+    "torchvision": ("mobilenet_v3_small", "resnet18", "shufflenet_v2_x0_5"),
+    "timm": ("mixnet_s", "ghostnet_100", "repvgg_a0", "hrnet_w18_small", "convnext_atto"),
+}
+BUILDERS = {"torchvision": _torchvision, "timm": _timm}
 ARCHITECTURES = [
     *(
-        Architecture("torchvision", name, _torchvision(name), ci_size=ci_size)
-        for name, ci_size in (
-            ("alexnet", None),
-            ("convnext_tiny", None),
-            ("densenet121", None),
-            ("efficientnet_b0", None),
-            ("efficientnet_v2_s", None),
-            ("mnasnet1_0", None),
-            ("mobilenet_v2", None),
-            ("mobilenet_v3_small", 64),
-            ("mobilenet_v3_large", None),
-            ("regnet_x_400mf", None),
-            ("regnet_y_400mf", None),
-            ("resnet18", 64),
-            ("resnet50", None),
-            ("resnext50_32x4d", None),
-            ("wide_resnet50_2", None),
-            ("shufflenet_v2_x0_5", 64),
-            ("shufflenet_v2_x1_0", None),
-            ("squeezenet1_1", None),
-            ("vgg11_bn", None),
-        )
+        Architecture(source, name, BUILDERS[source](name), ci_size=CI_SIZE if name in CI_SUBSET[source] else None)
+        for source, names in ZOO.items()
+        for name in names
     ),
     Architecture("torchvision", "googlenet", _torchvision("googlenet", aux_logits=False, init_weights=True)),
     Architecture("torchvision", "inception_v3", _torchvision("inception_v3", aux_logits=False, init_weights=True), 299),
-    *(
-        Architecture("timm", name, _timm(name), ci_size=ci_size)
-        for name, ci_size in (
-            ("resnet18d", None),
-            ("efficientnet_b0", None),
-            ("tf_efficientnet_lite0", None),
-            ("mobilenetv3_large_100", None),
-            ("mixnet_s", 64),
-            ("ghostnet_100", 64),
-            ("rexnet_100", None),
-            ("regnety_002", None),
-            ("repvgg_a0", 64),
-            ("cspresnet50", None),
-            ("dpn68", None),
-            ("hrnet_w18_small", 64),
-            ("convnext_atto", 64),
-            ("levit_128s", None),
-        )
-    ),
 ]
 """The zoo. The CI subset covers what the ops set must: standalone BatchNormalization (repvgg),
 channel shuffle on a dynamic batch (shufflenet), Split (mixnet), Slice (ghostnet), Resize (hrnet),

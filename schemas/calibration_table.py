@@ -16,7 +16,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-# Symmetric int8 quantization uses the levels -127..127, so a threshold maps to 127 steps.
+# Symmetric int8 quantization maps a threshold to 127 steps (zero point 0; activations beyond it
+# saturate at -128..127, as ONNX QuantizeLinear does).
 INT8_MAX = 127
 
 FORMAT_NAME = "int8flow.calibration-table"

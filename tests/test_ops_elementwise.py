@@ -269,21 +269,29 @@ def test_cases_cover_every_elementwise_op() -> None:
 
 @pytest.mark.parametrize(("case", "opset"), RUNS, ids=[f"{c.op}-{c.label}-opset{opset}" for c, opset in RUNS])
 def test_op_matches_onnxruntime_and_strict_device(case: Case, opset: int) -> None:
+    assert_matches_onnxruntime_and_strict_device(case, opset)
+
+
+def assert_matches_onnxruntime_and_strict_device(case: Case, opset: int, host_answer: bool = False) -> None:
+    """Our NumPy outputs equal onnxruntime's (dtype, shape, values within the case's tolerance), and
+    the strict device's the NumPy bits; ``host_answer``: the device run answers with NumPy arrays."""
     model = single_node_model(case, opset)
-    feeds = {graph_input.name: array for graph_input, array in zip(model.graph.input, case.inputs)}
+    given = [array for array in case.inputs if array is not None]
+    feeds = {graph_input.name: array for graph_input, array in zip(model.graph.input, given)}
     expected = onnxruntime_outputs(model, feeds)
     graph = import_model(model, f"{case.op}.onnx")
     ours = list(GraphExecutor(graph).run(feeds).values())
     assert len(ours) == len(expected)
     for got, want in zip(ours, expected):
-        assert got.dtype == want.dtype and got.shape == want.shape
+        assert isinstance(got, np.ndarray) and got.dtype == want.dtype and got.shape == want.shape
         if want.dtype.kind == "f":
             np.testing.assert_allclose(got, want, rtol=case.rtol, atol=case.atol)
         else:
             np.testing.assert_array_equal(got, want)
     on_device = GraphExecutor(graph, xp=STRICT).run({name: on_strict_device(array) for name, array in feeds.items()})
     for got, want in zip(on_device.values(), ours):
-        host = got.get()
+        assert isinstance(got, np.ndarray) == host_answer
+        host = STRICT.asnumpy(got)
         assert host.dtype == want.dtype and host.shape == want.shape and host.tobytes() == want.tobytes()
 
 
@@ -325,7 +333,11 @@ REFUSALS = {
 
 @pytest.mark.parametrize("label", sorted(REFUSALS))
 def test_unsupported_modes_are_refused_naming_node_and_problem(label: str) -> None:
-    op, attributes, outputs, opset, problem = REFUSALS[label]
+    assert_refused(label, *REFUSALS[label])
+
+
+def assert_refused(label: str, op: str, attributes: dict, outputs: int, opset: int, problem: str) -> None:
+    """A one-node model is refused before it runs, naming the node, op, opset and ``problem``."""
     node = helper.make_node(op, ["x"], [f"y{i}" for i in range(outputs)], name=f"{label}_node", **attributes)
     graph = helper.make_graph([node], label, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])], [])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])

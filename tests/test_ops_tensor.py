@@ -15,16 +15,17 @@ from strict_device import STRICT, StrictArray, on_strict_device
 from test_ops_elementwise import (
     SHAPE,
     Case,
+    assert_matches_onnxruntime_and_strict_device,
+    assert_refused,
     integers,
     normal,
-    onnxruntime_outputs,
     signature_opsets,
     single_node_model,
     ties,
 )
 
 from int8flow.tasks.graph.executor import GraphExecutor
-from int8flow.tasks.graph.fp32_ops import UnsupportedModelError, check_supported
+from int8flow.tasks.graph.fp32_ops import UnsupportedModelError
 from int8flow.tasks.graph.fp32_tensor_ops import AXES_INPUT_SINCE, TENSOR_OPS
 from int8flow.tasks.graph.load import import_model
 
@@ -180,24 +181,7 @@ def test_cases_cover_every_tensor_op() -> None:
 
 @pytest.mark.parametrize(("case", "opset"), RUNS, ids=[f"{c.op}-{c.label}-opset{opset}" for c, opset in RUNS])
 def test_op_matches_onnxruntime_and_strict_device(case: Case, opset: int) -> None:
-    model = single_node_model(case, opset)
-    given = [array for array in case.inputs if array is not None]
-    feeds = {graph_input.name: array for graph_input, array in zip(model.graph.input, given)}
-    expected = onnxruntime_outputs(model, feeds)
-    graph = import_model(model, f"{case.op}.onnx")
-    ours = list(GraphExecutor(graph).run(feeds).values())
-    assert len(ours) == len(expected)
-    for got, want in zip(ours, expected):
-        assert isinstance(got, np.ndarray) and got.dtype == want.dtype and got.shape == want.shape
-        if want.dtype.kind == "f":
-            np.testing.assert_allclose(got, want, rtol=case.rtol, atol=case.atol)
-        else:
-            np.testing.assert_array_equal(got, want)
-    on_device = GraphExecutor(graph, xp=STRICT).run({name: on_strict_device(array) for name, array in feeds.items()})
-    for got, want in zip(on_device.values(), ours):
-        assert isinstance(got, np.ndarray) == (case.op in HOST_ANSWERS)
-        host = STRICT.asnumpy(got)
-        assert host.dtype == want.dtype and host.shape == want.shape and host.tobytes() == want.tobytes()
+    assert_matches_onnxruntime_and_strict_device(case, opset, host_answer=case.op in HOST_ANSWERS)
 
 
 def test_shape_arithmetic_on_a_device_batch_stays_on_the_host() -> None:
@@ -255,13 +239,7 @@ REFUSALS = {
 @pytest.mark.parametrize("label", sorted(REFUSALS))
 def test_unsupported_resize_modes_are_refused_naming_node_and_problem(label: str) -> None:
     attributes, opset, problem = REFUSALS[label]
-    node = helper.make_node("Resize", ["x", "", "scales"], ["y"], name=f"{label}_node", **attributes)
-    graph = helper.make_graph([node], label, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 2, 2])], [])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    with pytest.raises(UnsupportedModelError) as error:
-        check_supported(import_model(model, f"{label}.onnx"))
-    message = str(error.value)
-    assert f"'{label}_node'" in message and f"(Resize, opset {opset})" in message and problem in message
+    assert_refused(label, "Resize", attributes, 1, opset, problem)
 
 
 def test_split_sizes_that_do_not_add_up_are_refused_when_run() -> None:
