@@ -122,6 +122,24 @@ def _gather_elements(node: Node, inputs: list[Any], opset: int) -> list[Any]:
     return [xp.take_along_axis(data, xp.where(indices < 0, indices + data.shape[axis], indices), axis=axis)]
 
 
+def _gather_nd(node: Node, inputs: list[Any], opset: int) -> list[Any]:
+    """GatherND: the leading ``batch_dims`` axes pair data with indices; each index row of length k
+    picks data[..., i_0, ..., i_k-1] (negative entries count from the end)."""
+    data, indices = inputs
+    xp = array_module(data, indices)
+    batch = int(node.attribute("batch_dims", 0))
+    depth = indices.shape[-1]
+    batch_shape = tuple(data.shape[:batch])
+    count = math.prod(batch_shape)
+    flat_data = data.reshape((count, *data.shape[batch:]))
+    flat_indices = indices.reshape((count, *indices.shape[batch:]))
+    dims = xp.asarray(np.array(data.shape[batch : batch + depth], dtype=np.int64))
+    flat_indices = xp.where(flat_indices < 0, flat_indices + dims, flat_indices)
+    rows = xp.arange(count).reshape((count,) + (1,) * (flat_indices.ndim - 2))
+    picked = flat_data[(rows, *(flat_indices[..., axis] for axis in range(depth)))]
+    return [picked.reshape(tuple(indices.shape[:-1]) + tuple(data.shape[batch + depth :]))]
+
+
 def slice_bounds(start: int, end: int, step: int, dim: int) -> slice:
     """ONNX Slice's clamping as a Python slice: negative positions count from the end, then starts and
     ends clamp to the axis ([0, dim] forwards, [-1, dim - 1] backwards, -1 meaning before the first)."""
@@ -314,6 +332,7 @@ TENSOR_OPS: dict[str, OpFunction] = {
     "Tile": _tile,
     "Gather": _gather,
     "GatherElements": _gather_elements,
+    "GatherND": _gather_nd,
     "Slice": _slice,
     "Split": _split,
     "ReduceMax": _reduction(lambda x, axes, keepdims: x.max(axis=axes, keepdims=keepdims)),
