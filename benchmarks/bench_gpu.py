@@ -37,7 +37,8 @@ from int8flow.kernels.thresholds import ThresholdSettings
 from int8flow.tasks.calibration.collector import collect_histograms
 from int8flow.tasks.calibration.table import build_calibration_table
 from int8flow.tasks.graph.executor import GraphExecutor, host_read_constants
-from int8flow.tasks.graph.fp32_ops import reduce_axes, reshape_target, window_geometry
+from int8flow.tasks.graph.fp32_ops import reshape_target, window_geometry
+from int8flow.tasks.graph.fp32_tensor_ops import reduce_axes
 from int8flow.tasks.graph.int8_ops import INT8_OPS
 from int8flow.tasks.graph.ir import Graph, Node
 from int8flow.tasks.graph.load import load_graph

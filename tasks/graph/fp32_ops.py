@@ -17,7 +17,7 @@ from int8flow.kernels.conv import conv2d, pad_amounts
 from int8flow.kernels.pooling import average_pool2d, global_average_pool, max_pool2d
 from int8flow.kernels.row_stable_matmul import row_stable_matmul
 from int8flow.tasks.graph.fp32_elementwise import ELEMENTWISE_CHECKS, ELEMENTWISE_HOST_INPUTS, ELEMENTWISE_OPS
-from int8flow.tasks.graph.fp32_tensor_ops import TENSOR_CHECKS, TENSOR_HOST_INPUTS, TENSOR_OPS, reduce_axes
+from int8flow.tasks.graph.fp32_tensor_ops import TENSOR_CHECKS, TENSOR_HOST_INPUTS, TENSOR_OPS, reduction
 from int8flow.tasks.graph.ir import Graph, Node
 from int8flow.tasks.graph.op_types import NodeCheck, OpFunction, UnsupportedModelError
 
@@ -99,14 +99,6 @@ def _average_pool(node: Node, inputs: list[Any], opset: int) -> list[Any]:
     strides, pads, _ = window_geometry(node, x.shape[2:], kernel)
     include = bool(node.attribute("count_include_pad", 0))
     return [average_pool2d(x, kernel, strides, pads, include, bool(node.attribute("ceil_mode", 0)))]
-
-
-def _reduce_mean(node: Node, inputs: list[Any], opset: int) -> list[Any]:
-    x = inputs[0]
-    axes = reduce_axes(node, inputs, opset, x.ndim)
-    if not axes:
-        return [x]
-    return [x.mean(axis=axes, keepdims=bool(node.attribute("keepdims", 1)), dtype=np.float32)]
 
 
 def _flatten(node: Node, inputs: list[Any], opset: int) -> list[Any]:
@@ -191,7 +183,7 @@ CORE_OPS: dict[str, OpFunction] = {
     "MaxPool": _max_pool,
     "AveragePool": _average_pool,
     "GlobalAveragePool": _unary(lambda node, x: global_average_pool(x)),
-    "ReduceMean": _reduce_mean,
+    "ReduceMean": reduction(lambda x, axes, keepdims: x.mean(axis=axes, keepdims=keepdims, dtype=np.float32)),
     "Flatten": _flatten,
     "Reshape": _reshape,
     "Transpose": _transpose,

@@ -45,7 +45,7 @@ def reduce_axes(node: Node, inputs: list[Any], opset: int, rank: int) -> tuple[i
     return tuple(int(axis) % rank for axis in axes)
 
 
-def _reduction(fn: Any) -> OpFunction:
+def reduction(fn: Any) -> OpFunction:
     """A Reduce* op from ``fn(x, axes, keepdims)``. Empty axes (``noop_with_empty_axes``) reduce over
     nothing, which is not quite the identity: onnxruntime's ReduceL2 then gives |x|, SumSquare x*x.
     A reduction to one value is a 0-d array, never a NumPy scalar."""
@@ -108,18 +108,23 @@ def _tile(node: Node, inputs: list[Any], opset: int) -> list[Any]:
     return [array_module(inputs[0]).tile(inputs[0], tuple(host_ints(inputs[1])))]
 
 
+def from_the_start(indices: Any, dims: Any) -> Any:
+    """Gather indices with the negative ones (counted from the end of their axis) made positive."""
+    return array_module(indices).where(indices < 0, indices + dims, indices)
+
+
 def _gather(node: Node, inputs: list[Any], opset: int) -> list[Any]:
     data, indices = inputs
     xp = array_module(data, indices)
     axis = int(node.attribute("axis", 0)) % data.ndim
-    return [xp.asarray(xp.take(data, xp.where(indices < 0, indices + data.shape[axis], indices), axis=axis))]
+    return [xp.asarray(xp.take(data, from_the_start(indices, data.shape[axis]), axis=axis))]
 
 
 def _gather_elements(node: Node, inputs: list[Any], opset: int) -> list[Any]:
     data, indices = inputs
     xp = array_module(data, indices)
     axis = int(node.attribute("axis", 0)) % data.ndim
-    return [xp.take_along_axis(data, xp.where(indices < 0, indices + data.shape[axis], indices), axis=axis)]
+    return [xp.take_along_axis(data, from_the_start(indices, data.shape[axis]), axis=axis)]
 
 
 def _gather_nd(node: Node, inputs: list[Any], opset: int) -> list[Any]:
@@ -133,8 +138,7 @@ def _gather_nd(node: Node, inputs: list[Any], opset: int) -> list[Any]:
     count = math.prod(batch_shape)
     flat_data = data.reshape((count, *data.shape[batch:]))
     flat_indices = indices.reshape((count, *indices.shape[batch:]))
-    dims = xp.asarray(np.array(data.shape[batch : batch + depth], dtype=np.int64))
-    flat_indices = xp.where(flat_indices < 0, flat_indices + dims, flat_indices)
+    flat_indices = from_the_start(flat_indices, xp.asarray(np.array(data.shape[batch : batch + depth], np.int64)))
     rows = xp.arange(count).reshape((count,) + (1,) * (flat_indices.ndim - 2))
     picked = flat_data[(rows, *(flat_indices[..., axis] for axis in range(depth)))]
     return [picked.reshape(tuple(indices.shape[:-1]) + tuple(data.shape[batch + depth :]))]
@@ -335,12 +339,12 @@ TENSOR_OPS: dict[str, OpFunction] = {
     "GatherND": _gather_nd,
     "Slice": _slice,
     "Split": _split,
-    "ReduceMax": _reduction(lambda x, axes, keepdims: x.max(axis=axes, keepdims=keepdims)),
-    "ReduceMin": _reduction(lambda x, axes, keepdims: x.min(axis=axes, keepdims=keepdims)),
-    "ReduceSum": _reduction(lambda x, axes, keepdims: x.sum(axis=axes, keepdims=keepdims, dtype=x.dtype)),
-    "ReduceProd": _reduction(lambda x, axes, keepdims: x.prod(axis=axes, keepdims=keepdims, dtype=x.dtype)),
-    "ReduceSumSquare": _reduction(_sum_squares),
-    "ReduceL2": _reduction(lambda x, axes, keepdims: array_module(x).sqrt(_sum_squares(x, axes, keepdims))),
+    "ReduceMax": reduction(lambda x, axes, keepdims: x.max(axis=axes, keepdims=keepdims)),
+    "ReduceMin": reduction(lambda x, axes, keepdims: x.min(axis=axes, keepdims=keepdims)),
+    "ReduceSum": reduction(lambda x, axes, keepdims: x.sum(axis=axes, keepdims=keepdims, dtype=x.dtype)),
+    "ReduceProd": reduction(lambda x, axes, keepdims: x.prod(axis=axes, keepdims=keepdims, dtype=x.dtype)),
+    "ReduceSumSquare": reduction(_sum_squares),
+    "ReduceL2": reduction(lambda x, axes, keepdims: array_module(x).sqrt(_sum_squares(x, axes, keepdims))),
     "ArgMax": _arg_extreme("argmax"),
     "ArgMin": _arg_extreme("argmin"),
     "GlobalMaxPool": lambda node, inputs, opset: [inputs[0].max(axis=tuple(range(2, inputs[0].ndim)), keepdims=True)],

@@ -4,8 +4,8 @@ Every tensor of the new graph is either float32 or 8-bit with a per-tensor scale
 symmetric int8 (threshold / 127), or, with ``unsigned_activations``, uint8 (threshold / 255) for
 tensors calibrated non-negative. Compute ops (Conv, Gemm, MatMul, residual Add, Concat, pools,
 spatial ReduceMean) become ``Int8*`` nodes that read and write int8; a MatMul's bias Add becomes its
-int32 bias, and a ReLU/Clip right after Conv/Gemm/MatMul/Add is
-fused into its requantization bounds; MaxPool and the ops that only move, copy or select elements
+int32 bias, and a ReLU/Clip right after Conv/Gemm/MatMul/Add is fused into its requantization
+bounds; MaxPool and the ops that only move, copy or select elements
 (``PASS_THROUGH_OPS``: reshapes, slices, splits, gathers, nearest Resize, zero Pad) pass int8
 through unchanged (exact), and Shape reads the int8 tensor's shape. Everything else, and every
 excluded node, runs in FP32: conversions are inserted lazily, one Quantize or Dequantize per tensor,
@@ -30,7 +30,7 @@ from int8flow.kernels.quantize import (
     quantize_weights_per_tensor,
 )
 from int8flow.schemas.calibration_table import INT8_MAX, CalibrationTable
-from int8flow.tasks.graph.fp32_ops import reduce_axes
+from int8flow.tasks.graph.fp32_tensor_ops import reduce_axes
 from int8flow.tasks.graph.ir import Graph, Node
 
 COMPUTE_OPS = ("Conv", "Gemm", "MatMul", "Add", "Concat", "MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean")
