@@ -46,6 +46,7 @@ from int8flow.tasks.calibration.table import build_calibration_table, write_cali
 from int8flow.tasks.data.mnist_idx import load_mnist_split
 from int8flow.tasks.data.preprocess import check_batch_fits, check_fits, parse_preprocess
 from int8flow.tasks.data.sources import open_dataset
+from int8flow.tasks.distributed.cluster import threads_per_task
 from int8flow.tasks.distributed.fanout import run_shards
 from int8flow.tasks.distributed.shard_jobs import ModelRef, ShardSpec, observe_shard, sample_indices
 from int8flow.tasks.graph.fp32_ops import check_supported
@@ -163,7 +164,7 @@ def calibrate(arguments: argparse.Namespace) -> int:
         )
         for shard in range(shards)
     ]
-    model = ModelRef(config.model, loaded.fingerprint, config.device)
+    model = ModelRef(config.model, loaded.fingerprint, config.device, config.engine)
     tensors = tuple(calibration_tensors(graph))
     run_key = hashlib.sha256(f"{loaded.fingerprint} {fingerprint} {config.as_dict()}".encode()).hexdigest()
     out = Path(config.out)
@@ -171,8 +172,9 @@ def calibrate(arguments: argparse.Namespace) -> int:
     paths = [str(out / HISTOGRAM_DIR / partial_file_name(shard.shard)) for shard in specs]
     for stale in (out / HISTOGRAM_DIR).glob("*.parquet"):
         stale.unlink()
-    jobs = [(model, shard, tensors, config.num_bins, path, run_key) for shard, path in zip(specs, paths)]
     with cluster_client(arguments.cluster, config.workers, config.device) as (client, kind):
+        threads = threads_per_task(client)
+        jobs = [(model, shard, tensors, config.num_bins, path, run_key, threads) for shard, path in zip(specs, paths)]
         cluster_seconds = time.perf_counter() - started
         backends = sorted(set(client.run(worker_backend, config.device).values()))
         observe_started = time.perf_counter()

@@ -191,11 +191,15 @@ def int8_requantize() -> None:
         else:
             accuracy = record.accuracy
             log.info(
-                "%d examples: FP32 top-1 %.2f%%, INT8 top-1 %.2f%%, agreement %.2f%%",
+                "%d examples: FP32 top-1 %.2f%%, INT8 top-1 %.2f%%, agreement %.2f%%; %s",
                 accuracy.examples,
                 accuracy.fp32_top1,
                 accuracy.int8_top1,
                 accuracy.agreement_top1,
+                "no deployment check"
+                if accuracy.deploy_int8_top1 is None
+                else f"deployed in {accuracy.deploy_runtime}: top-1 {accuracy.deploy_int8_top1:.2f}%, "
+                f"agreement with int8flow {accuracy.deploy_agreement_top1:.2f}%",
             )
         return out
 
@@ -211,10 +215,11 @@ def int8_requantize() -> None:
             record = stages.gate(out, client, ProgressLog(), run_config(out))
         for attempt in record.attempts:
             log.info(
-                "gate attempt: FP32 kept %s, INT8 top-1 %.2f%%, drop %.2f points: %s",
+                "gate attempt: FP32 kept %s, INT8 top-1 %.2f%%, drop %.2f points (%s): %s",
                 ", ".join(attempt.excluded) or "none",
                 attempt.accuracy.int8_top1,
-                attempt.accuracy.top1_drop,
+                attempt.accuracy.gate_top1_drop,
+                attempt.accuracy.gate_decided_by,
                 "passed" if attempt.passed else "failed",
             )
         try:

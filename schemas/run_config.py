@@ -240,6 +240,22 @@ SETTINGS: tuple[Setting, ...] = (
         metavar="N",
     ),
     Setting(
+        "deploy_runtime",
+        str,
+        "onnxruntime",
+        "runtime that also runs the exported model.int8.onnx on the validation data, as users deploy it; "
+        "the gate takes the worse of its and int8flow's top-1 drops (none: int8flow's executor alone)",
+        "gate",
+        choices=("onnxruntime", "none"),
+    ),
+    Setting(
+        "rank_sensitivity",
+        bool,
+        False,
+        "rank every node's sensitivity even when the gate passes, for the report's chart (a failing gate always ranks)",
+        "gate",
+    ),
+    Setting(
         "sensitivity_examples",
         int,
         256,
@@ -276,6 +292,15 @@ SETTINGS: tuple[Setting, ...] = (
         metavar="N",
     ),
     Setting("device", str, "auto", "where the kernels run", "cluster", choices=("auto", "cpu", "gpu")),
+    Setting(
+        "engine",
+        str,
+        "onnxruntime",
+        "CPU workers: what runs the FP32 model in observe and validate (onnxruntime, or int8flow, the NumPy "
+        "reference executor); GPU workers run int8flow's CuPy executor",
+        "cluster",
+        choices=("onnxruntime", "int8flow"),
+    ),
     Setting(
         "out",
         str,
@@ -335,11 +360,14 @@ class RunConfig:
     per_tensor_weights: bool
     max_top1_drop: float | None
     fallback_budget: int
+    deploy_runtime: str
+    rank_sensitivity: bool
     sensitivity_examples: int
     scheduler: str
     workers: int
     shards: int
     device: str
+    engine: str
     out: str
     overwrite: bool
     tracking_uri: str

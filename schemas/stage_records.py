@@ -10,6 +10,7 @@ cannot silently read as missing in another.
 from __future__ import annotations
 
 import json
+import math
 import types
 from dataclasses import asdict, dataclass, fields, is_dataclass
 from typing import Any, ClassVar, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -45,6 +46,10 @@ class StageRecord:
 class Accuracy:
     """Top-k accuracies in percent over ``examples`` labelled examples (``skipped`` failed to decode).
 
+    ``int8_*`` is int8flow's exact-integer executor; ``deploy_*`` the exported ``model.int8.onnx``
+    in ``deploy_runtime`` on the same examples (None when that is "none"), and
+    ``deploy_agreement_top1`` how often the two pick the same class. The two can differ: onnxruntime's
+    x86 int8 kernels are not exact on every CPU (u8*s8 pair sums saturate without VNNI).
     ``gemm_fallbacks``: int8 GEMMs that cuBLAS refused while these figures were computed, done by an
     exact float64 matmul instead: the figures hold, the speed does not (always 0 on a CPU)."""
 
@@ -56,6 +61,10 @@ class Accuracy:
     int8_top5: float
     agreement_top1: float
     gemm_fallbacks: int
+    deploy_runtime: str
+    deploy_int8_top1: float | None
+    deploy_int8_top5: float | None
+    deploy_agreement_top1: float | None
 
     @property
     def top1_drop(self) -> float:
@@ -65,9 +74,24 @@ class Accuracy:
     def top5_drop(self) -> float:
         return self.fp32_top5 - self.int8_top5
 
+    @property
+    def deploy_top1_drop(self) -> float | None:
+        return None if self.deploy_int8_top1 is None else self.fp32_top1 - self.deploy_int8_top1
+
+    @property
+    def gate_top1_drop(self) -> float:
+        """What the gate compares with its limit: the worse of int8flow's and the deployment's drops."""
+        return max(self.top1_drop, self.deploy_top1_drop if self.deploy_top1_drop is not None else -math.inf)
+
+    @property
+    def gate_decided_by(self) -> str:
+        """Whose drop ``gate_top1_drop`` is: "int8flow", or the deployment runtime when its drop is larger."""
+        deploy = self.deploy_top1_drop
+        return self.deploy_runtime if deploy is not None and deploy > self.top1_drop else "int8flow"
+
     def summary(self) -> dict[str, float | int]:
         """The report's accuracy section; ``int8flow run`` logs the same figures as MLflow metrics."""
-        return {
+        figures: dict[str, float | int] = {
             "examples": self.examples,
             "fp32_top1": self.fp32_top1,
             "int8_top1": self.int8_top1,
@@ -77,6 +101,13 @@ class Accuracy:
             "top5_drop": self.top5_drop,
             "agreement_top1": self.agreement_top1,
         }
+        top1, top5, agreement = self.deploy_int8_top1, self.deploy_int8_top5, self.deploy_agreement_top1
+        if top1 is not None and top5 is not None and agreement is not None:
+            figures["deploy_int8_top1"] = top1
+            figures["deploy_int8_top5"] = top5
+            figures["deploy_top1_drop"] = self.fp32_top1 - top1
+            figures["deploy_agreement_top1"] = agreement
+        return figures
 
 
 @dataclass(frozen=True)

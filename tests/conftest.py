@@ -22,12 +22,14 @@ REQUIRE_GPU_VARIABLE = "INT8FLOW_REQUIRE_GPU"
 machine a skip means a GPU path went untested (CuPy not importable, no device visible, ...)."""
 
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "examples" / "models" / "fashion_mnist_resnet.onnx"
+EFFICIENTNET_MODEL = Path(__file__).resolve().parents[1] / "models" / "efficientnet_lite0.onnx"  # make models
 """The committed Fashion-MNIST ResNet, the model of ``make demo``."""
 
 
 def flags(options: Mapping[str, object]) -> list[str]:
-    """Run settings as ``int8flow run`` flags: ``{"calib_examples": 128}`` -> ``["--calib-examples=128"]``."""
-    return [f"--{name.replace('_', '-')}={value}" for name, value in options.items()]
+    """Run settings as ``int8flow run`` flags: ``{"calib_examples": 128}`` -> ``["--calib-examples=128"]``,
+    ``{"rank_sensitivity": True}`` -> ``["--rank-sensitivity"]``."""
+    return [f"--{name.replace('_', '-')}" + ("" if value is True else f"={value}") for name, value in options.items()]
 
 
 def distributions(size: int, seed: int = 0) -> dict[str, np.ndarray]:

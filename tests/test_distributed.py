@@ -25,14 +25,22 @@ from int8flow.tasks.run.plan import plan_run
 
 MODEL = str(DEMO_MODEL)
 CALIB_EXAMPLES = 600
+VAL = f"{fashion_mnist_folder()}#t10k"
 
 
 def config(
-    out: Path, batch_size: int, shards: int, workers: int, model: str = MODEL, val_data: str | None = None
+    out: Path,
+    batch_size: int,
+    shards: int,
+    workers: int,
+    model: str = MODEL,
+    val_data: str | None = None,
+    engine: str = "onnxruntime",
 ) -> RunConfig:
     return RunConfig.from_mapping(
         {
             "model": model,
+            "engine": engine,
             "val_data": val_data,
             "val_examples": CALIB_EXAMPLES,
             "calib_data": f"{fashion_mnist_folder()}#train",
@@ -48,9 +56,16 @@ def config(
 
 
 def calibrate(
-    out: Path, client, batch_size: int, shards: int, workers: int, progress=stages.quiet, model: str = MODEL
+    out: Path,
+    client,
+    batch_size: int,
+    shards: int,
+    workers: int,
+    progress=stages.quiet,
+    model: str = MODEL,
+    engine: str = "onnxruntime",
 ) -> bytes:  # type: ignore[no-untyped-def]
-    plan_run(config(out, batch_size, shards, workers, model))
+    plan_run(config(out, batch_size, shards, workers, model, engine=engine))
     stages.observe(str(out), client, progress)
     stages.thresholds(str(out))
     return (out / "calibration.json").read_bytes()
@@ -96,8 +111,48 @@ def test_a_model_whose_products_blas_sums_by_thread_count_gives_one_table_for_on
     model = tmp_path / "wide_mlp.onnx"
     onnx.save(wide_mlp_model(), model)
     with threadpool_limits(1, user_api="blas"), dask_client(workers=1) as (one_worker, _):
-        alone = calibrate(tmp_path / "one", one_worker, 64, 1, 1, model=str(model))
-    assert calibrate(tmp_path / "two", two_workers, 16, 5, 2, model=str(model)) == alone
+        alone = calibrate(tmp_path / "one", one_worker, 64, 1, 1, model=str(model), engine="int8flow")
+    assert calibrate(tmp_path / "two", two_workers, 16, 5, 2, model=str(model), engine="int8flow") == alone
+
+
+@pytest.mark.parametrize(("shards", "batch_size"), [(1, 64), (5, 16)])
+def test_the_numpy_reference_engine_gives_one_table_for_any_sharding(
+    two_workers, tmp_path: Path, shards: int, batch_size: int
+) -> None:  # type: ignore[no-untyped-def]
+    """``--engine int8flow`` (the exact reference executor) keeps the contract too; its table differs
+    from onnxruntime's only by the last bits of the float32 activations."""
+    with dask_client(workers=1) as (one_worker, _):
+        alone = calibrate(tmp_path / "one", one_worker, 64, 1, 1, engine="int8flow")
+    assert calibrate(tmp_path / "two", two_workers, batch_size, shards, 2, engine="int8flow") == alone
+
+
+VALIDATION_SPLITS = [(1, 64, 1), (5, 16, 2), (12, 7, 2)]
+
+
+@pytest.fixture(scope="module")
+def validated(tmp_path_factory: pytest.TempPathFactory, two_workers) -> dict[tuple[int, int, int], object]:  # type: ignore[no-untyped-def]
+    """The accuracy (FP32 and INT8 by the engine and int8flow, and the deployed model in onnxruntime)
+    of one calibration, validated under each (shards, batch size, workers) split."""
+    out = tmp_path_factory.mktemp("validated") / "out"
+    accuracies = {}
+    with dask_client(workers=1) as (one_worker, _):
+        for shards, batch_size, workers in VALIDATION_SPLITS:
+            client = one_worker if workers == 1 else two_workers
+            plan_run(replace(config(out, batch_size, shards, workers, val_data=VAL), overwrite=True))
+            stages.observe(str(out), client)
+            stages.thresholds(str(out))
+            stages.build(str(out))
+            record = stages.validate(str(out), client)
+            assert record is not None
+            accuracies[(shards, batch_size, workers)] = record.accuracy
+    return accuracies
+
+
+def test_validation_and_the_deployment_check_do_not_depend_on_the_split(validated) -> None:  # type: ignore[no-untyped-def]
+    first, *others = validated.values()
+    assert first.deploy_runtime == "onnxruntime" and first.deploy_agreement_top1 is not None
+    assert first.deploy_agreement_top1 >= 99.0 and first.examples == CALIB_EXAMPLES
+    assert all(other == first for other in others)
 
 
 def test_rerun_with_fewer_shards_removes_the_stale_partials(reference: bytes, two_workers, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -140,7 +195,7 @@ def test_a_worker_killed_mid_validate_does_not_change_the_accuracy(tmp_path: Pat
     """SIGKILL one worker after the first validation shard: the accuracy equals an undisturbed validation."""
     out = tmp_path / "out"
     with dask_client(workers=2) as (client, _):
-        plan_run(config(out, 16, 12, 2, val_data=f"{fashion_mnist_folder()}#t10k"))
+        plan_run(config(out, 16, 12, 2, val_data=VAL))
         stages.observe(str(out), client)
         stages.thresholds(str(out))
         stages.build(str(out))

@@ -107,9 +107,9 @@ def test_the_fingerprint_covers_the_data_and_workers_refuse_data_changed_after_p
     assert changed != planned
     assert hashlib.sha256(path.read_bytes()).hexdigest() not in (planned, changed)
     with pytest.raises(ModelLoadError) as error:
-        fp32_graph(ModelRef(str(path), planned, "cpu"))
+        fp32_graph(ModelRef(str(path), planned, "cpu", "int8flow"))
     assert single_line(error).startswith(f"{path}: the model changed since the run was planned")
-    assert_matches_onnxruntime(fp32_graph(ModelRef(str(path), changed, "cpu")), path)
+    assert_matches_onnxruntime(fp32_graph(ModelRef(str(path), changed, "cpu", "int8flow")), path)
 
 
 def test_a_planned_run_fingerprints_the_data_and_its_workers_check_it(

@@ -22,8 +22,10 @@ from int8flow.tasks.calibration.table import build_calibration_table
 from int8flow.tasks.data import fashion_mnist_folder, load_mnist_split
 from int8flow.tasks.distributed.shard_jobs import sample_indices, top_k
 from int8flow.tasks.graph.executor import GraphExecutor
+from int8flow.tasks.graph.export_qdq import export_qdq
 from int8flow.tasks.graph.int8_ops import INT8_OPS
 from int8flow.tasks.graph.load import load_graph
+from int8flow.tasks.graph.onnxruntime_engine import OnnxRuntimeExecutor, deployment_session
 from int8flow.tasks.graph.quantize_pass import QuantizationOptions, calibration_tensors, quantize_graph
 from int8flow.tasks.graph.simplify import simplify
 from int8flow.tasks.run.pipeline import run_pipeline
@@ -61,6 +63,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess
         workers=2,
         shards=3,
         max_top1_drop=1,
+        rank_sensitivity=True,
         register="fmnist-int8",
         out="out",
     )
@@ -104,7 +107,7 @@ def test_the_distributed_table_equals_a_single_process_calibration(
     chosen = sample_indices(len(images[0]), CALIB_EXAMPLES, 0)
     graph = simplify(load_graph(MODEL)[0])
     histograms = collect_histograms(
-        GraphExecutor(graph), [{"input": mnist_inputs(images[0][chosen])}], calibration_tensors(graph)
+        OnnxRuntimeExecutor(graph, threads=2), [{"input": mnist_inputs(images[0][chosen])}], calibration_tensors(graph)
     )
     written = CalibrationTable.from_json((cwd / "out" / "calibration.json").read_text(), "calibration.json")
     expected = build_calibration_table(
@@ -119,7 +122,7 @@ def test_accuracy_is_exact_and_agrees_with_onnxruntime(demo_run: tuple[Path, sub
     inputs, labels = mnist_inputs(pixels[:VAL_EXAMPLES]), labels[:VAL_EXAMPLES]
     graph = simplify(load_graph(MODEL)[0])
     table = CalibrationTable.from_json((cwd / "out" / "calibration.json").read_text(), "calibration.json")
-    fp32 = top_k(GraphExecutor(graph).run({"input": inputs})["logits"])
+    fp32 = top_k(OnnxRuntimeExecutor(graph, threads=2).run({"input": inputs})["logits"])
     int8 = top_k(
         GraphExecutor(quantize_graph(graph, table, QuantizationOptions()), ops=INT8_OPS).run({"input": inputs})[
             "logits"
@@ -137,8 +140,12 @@ def test_accuracy_is_exact_and_agrees_with_onnxruntime(demo_run: tuple[Path, sub
     onnx_int8 = ort.InferenceSession(str(cwd / "out" / "model.int8.onnx"), providers=["CPUExecutionProvider"]).run(
         None, {"input": inputs}
     )[0]
+    deployed = top_k(onnx_int8)
+    assert accuracy["deploy_int8_top1"] == 100.0 * np.sum(deployed[:, 0] == labels) / VAL_EXAMPLES
+    assert accuracy["deploy_int8_top5"] == 100.0 * np.sum(np.any(deployed == labels[:, None], axis=1)) / VAL_EXAMPLES
+    assert accuracy["deploy_agreement_top1"] == 100.0 * np.sum(deployed[:, 0] == int8[:, 0]) / VAL_EXAMPLES
+    assert accuracy["deploy_agreement_top1"] >= 99.0 and report["gate"]["deploy_runtime"] == "onnxruntime"
     assert np.mean(onnx_fp32.argmax(1) == fp32[:, 0]) >= 0.999
-    assert np.mean(onnx_int8.argmax(1) == int8[:, 0]) >= 0.99
 
 
 def test_mlflow_holds_the_run_and_the_registered_version(
@@ -229,7 +236,8 @@ def test_the_fallback_moves_the_most_sensitive_nodes_to_fp32_until_the_gate_pass
     ranking = rank_sensitivity(graph, table, options, {"input": mnist_inputs(pixels[:128])})
     assert [node["node"] for node in outcome.report["sensitivity"]] == [node.node for node in ranking]
     inputs = mnist_inputs(pixels[:VAL_EXAMPLES])
-    fp32_top1 = np.sum(GraphExecutor(graph).run({"input": inputs})["logits"].argmax(1) == labels[:VAL_EXAMPLES])
+    fp32_logits = OnnxRuntimeExecutor(graph, threads=2).run({"input": inputs})["logits"]
+    fp32_top1 = np.sum(top_k(fp32_logits)[:, 0] == labels[:VAL_EXAMPLES])
     for index, attempt in enumerate(attempts):
         assert attempt["excluded"] == [node.node for node in ranking[:index]]
         quantized = quantize_graph(graph, table, QuantizationOptions(tuple(attempt["excluded"]), per_channel=False))
@@ -237,8 +245,13 @@ def test_the_fallback_moves_the_most_sensitive_nodes_to_fp32_until_the_gate_pass
             top_k(GraphExecutor(quantized, ops=INT8_OPS).run({"input": inputs})["logits"])[:, 0]
             == labels[:VAL_EXAMPLES]
         )
+        deployed = deployment_session(export_qdq(quantized), threads=2).run(None, {"input": inputs})[0]
+        deployed_hits = np.sum(top_k(deployed)[:, 0] == labels[:VAL_EXAMPLES])
         assert attempt["int8_top1"] == 100.0 * hits / VAL_EXAMPLES
-        assert attempt["passed"] == (100.0 * (fp32_top1 - hits) / VAL_EXAMPLES <= -0.05)
+        assert attempt["deploy_int8_top1"] == 100.0 * deployed_hits / VAL_EXAMPLES
+        worse = 100.0 * (fp32_top1 - min(hits, deployed_hits)) / VAL_EXAMPLES
+        assert attempt["top1_drop"] == pytest.approx(worse, abs=1e-9)
+        assert attempt["passed"] == (worse <= -0.05)
     assert [attempt["passed"] for attempt in attempts[:-1]] == [False] * (len(attempts) - 1)
     assert outcome.passed == attempts[-1]["passed"] and (outcome.passed or len(attempts) == 4)
     built = json.loads((tmp_path / "out" / "stages" / "build.json").read_text())

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from conftest import DEMO_MODEL
+from conftest import DEMO_MODEL, EFFICIENTNET_MODEL
 
 from int8flow.kernels.thresholds import ThresholdSettings
 from int8flow.tasks.calibration.collector import collect_histograms
@@ -28,7 +28,6 @@ from int8flow.tasks.graph.simplify import simplify
 
 ROOT = Path(__file__).resolve().parent.parent
 FASHION_MODEL = DEMO_MODEL
-EFFICIENTNET_MODEL = ROOT / "models" / "efficientnet_lite0.onnx"
 BATCH = 250
 
 

@@ -158,14 +158,37 @@ def test_markdown_accuracy_table_has_two_decimals() -> None:
     ) in markdown
 
 
+def deployed_report() -> dict:
+    report = full_report()
+    report["accuracy"].update(
+        {"deploy_int8_top1": 75.2, "deploy_int8_top5": 92.5, "deploy_top1_drop": 0.93, "deploy_agreement_top1": 99.5}
+    )
+    report["gate"].update({"deploy_runtime": "onnxruntime", "decided_by": "onnxruntime"})
+    report["gate"]["attempts"][1]["deploy_int8_top1"] = 75.2
+    return report
+
+
+def test_markdown_accuracy_shows_the_deployed_model_beside_int8flow() -> None:
+    markdown = render_markdown(deployed_report())
+    assert (
+        "|  | FP32 | INT8 | drop (points) | INT8 in onnxruntime | drop in onnxruntime |\n"
+        "| --- | ---: | ---: | ---: | ---: | ---: |\n"
+        "| top-1 | 76.13% | 75.70% | 0.42 | 75.20% | 0.93 |\n"
+    ) in markdown
+    assert "`model.int8.onnx` in onnxruntime is what users deploy. Their top-1 agreement: 99.50%." in markdown
+    assert "The drop compared is onnxruntime's, the worse of the two." in markdown
+    assert "| 2 | `conv1`, `fc\\|head` | 75.70% | 75.20% | 0.42 | passed |\n" in markdown
+    assert ("INT8 top-1 deployed", "75.20%") in summary_rows(deployed_report())
+
+
 def test_markdown_gate_lists_every_attempt() -> None:
     markdown = render_markdown(full_report())
     assert "**passed (2 attempts)**: maximum top-1 drop 0.50 points.\n" in markdown
     assert (
-        "| attempt | kept in FP32 | INT8 top-1 | top-1 drop | result |\n"
-        "| ---: | --- | ---: | ---: | --- |\n"
-        "| 1 | none | 75.10% | 1.03 | failed |\n"
-        "| 2 | `conv1`, `fc\\|head` | 75.70% | 0.42 | passed |\n"
+        "| attempt | kept in FP32 | INT8 top-1 | deployed top-1 | top-1 drop | result |\n"
+        "| ---: | --- | ---: | ---: | ---: | --- |\n"
+        "| 1 | none | 75.10% | — | 1.03 | failed |\n"
+        "| 2 | `conv1`, `fc\\|head` | 75.70% | — | 0.42 | passed |\n"
     ) in markdown
 
 

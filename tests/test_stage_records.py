@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -30,6 +31,10 @@ ACCURACY = Accuracy(
     int8_top5=99.75,
     agreement_top1=99.1,
     gemm_fallbacks=0,
+    deploy_runtime="onnxruntime",
+    deploy_int8_top1=91.5,
+    deploy_int8_top5=99.7,
+    deploy_agreement_top1=99.6,
 )
 RECORDS = [
     ClusterRecord("tcp://127.0.0.1:8786", None, 2, "LocalCluster"),
@@ -88,3 +93,16 @@ def test_every_stage_record_lives_in_a_folder_the_run_owns() -> None:
     assert len(stages) == 6
     assert {stage_record_name(stage).split("/")[0] for stage in stages} == {STAGE_DIR} and STAGE_DIR in RESULT_NAMES
     assert partial_file_name(3) == "shard=00003.parquet"
+
+
+def test_the_gate_takes_the_worse_drop_and_says_whose_it_is() -> None:
+    assert ACCURACY.gate_top1_drop == pytest.approx(92.05 - 91.5) and ACCURACY.gate_decided_by == "onnxruntime"
+    better_deployed = replace(ACCURACY, deploy_int8_top1=92.0)
+    assert better_deployed.gate_top1_drop == pytest.approx(92.05 - 91.9)
+    assert better_deployed.gate_decided_by == "int8flow"
+    unchecked = replace(
+        ACCURACY, deploy_runtime="none", deploy_int8_top1=None, deploy_int8_top5=None, deploy_agreement_top1=None
+    )
+    assert unchecked.gate_top1_drop == unchecked.top1_drop and unchecked.gate_decided_by == "int8flow"
+    assert "deploy_int8_top1" not in unchecked.summary()
+    assert ACCURACY.summary()["deploy_top1_drop"] == pytest.approx(92.05 - 91.5)

@@ -4,11 +4,9 @@ crash on the first GPU run (an int64 Reshape target moved to the device and read
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-from conftest import DEMO_MODEL, distributions
+from conftest import DEMO_MODEL, EFFICIENTNET_MODEL, distributions
 from graph_builders import INPUT_SHAPES, MODELS
 from strict_device import IMPLICIT_CONVERSION, STRICT, HostArrayOperandError, StrictArray, on_strict_device
 
@@ -49,7 +47,6 @@ def run_both(graph: Graph, batch: np.ndarray, ops=None) -> tuple[np.ndarray, np.
     return on_host, on_device.get()
 
 
-EFFICIENTNET_MODEL = Path(__file__).resolve().parent.parent / "models" / "efficientnet_lite0.onnx"
 GRAPHS = {
     **{name: (lambda name=name: simplify(import_model(MODELS[name](), name)), INPUT_SHAPES[name]) for name in MODELS},
     "fashion_mnist_resnet": (lambda: simplify(load_graph(str(DEMO_MODEL))[0]), (1, 28, 28)),

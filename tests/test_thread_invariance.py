@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import EFFICIENTNET_MODEL
 from graph_builders import wide_mlp_model
 from threadpoolctl import threadpool_info, threadpool_limits
 
@@ -23,7 +23,6 @@ from int8flow.tasks.graph.ir import Graph
 from int8flow.tasks.graph.load import import_model, load_graph
 from int8flow.tasks.graph.simplify import simplify
 
-EFFICIENTNET_MODEL = Path(__file__).resolve().parent.parent / "models" / "efficientnet_lite0.onnx"
 THREAD_COUNTS = (1, 2, 4)
 
 

@@ -15,6 +15,7 @@ from int8flow.schemas.calibration_table import CalibrationTable
 from int8flow.schemas.run_folder import HISTOGRAM_DIR
 from int8flow.tasks.calibration.partial_files import merge_partial_files
 from int8flow.tasks.calibration.table import build_calibration_table, write_calibration_table
+from int8flow.tasks.distributed.cluster import threads_per_task
 from int8flow.tasks.distributed.fanout import ProgressSink, quiet, run_shards
 from int8flow.tasks.distributed.shard_jobs import ObservedShard, observe_shard
 from int8flow.tasks.outputs.manifest import owned_outputs, record_outputs, remove_outputs
@@ -32,8 +33,9 @@ def observe_shards(plan: RunPlan, client: Client, progress: ProgressSink = quiet
     partials = {name for name in owned_outputs(plan.out) if name.startswith(f"{HISTOGRAM_DIR}/")}
     remove_outputs(plan.out, partials - {path.removeprefix(plan.out + "/") for path in wanted})
     record_outputs(plan.out, wanted)  # before the workers write them, so a crash leaves nothing unrecorded
+    threads = threads_per_task(client)
     jobs = [
-        (plan.model, spec, plan.tensors, plan.config.num_bins, plan.histogram_path(spec.shard), plan.run_key)
+        (plan.model, spec, plan.tensors, plan.config.num_bins, plan.histogram_path(spec.shard), plan.run_key, threads)
         for spec in specs
     ]
     return run_shards(client, "observe", observe_shard, jobs, progress)

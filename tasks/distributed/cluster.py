@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -30,6 +31,17 @@ class ClusterUnavailableError(RuntimeError):
 
 def default_worker_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def threads_per_task(client: Client) -> int:
+    """The intra-op threads each task may run: a host's cores shared among the Dask threads on it (the
+    tasks it runs at once), the smallest share of any host, so no host runs more threads than cores."""
+    cores = client.run(default_worker_count)
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    threads_on_host: Counter[str] = Counter()
+    for info in workers.values():
+        threads_on_host[info["host"]] += info["nthreads"]
+    return max(1, min(cores[address] // threads_on_host[info["host"]] for address, info in workers.items()))
 
 
 @contextlib.contextmanager

@@ -18,10 +18,12 @@ from dataclasses import dataclass, field
 
 import fsspec
 import numpy as np
+import onnxruntime
 
 from int8flow.kernels.backend import select_backend, to_numpy
 from int8flow.kernels.int8_gemm import gemm_fallbacks
 from int8flow.schemas.calibration_table import CalibrationTable, CalibrationTableError
+from int8flow.schemas.stage_records import NodeSensitivity
 from int8flow.tasks.calibration.collector import collect_histograms
 from int8flow.tasks.calibration.partial_files import write_partial_histograms
 from int8flow.tasks.data.mnist_idx import DatasetError
@@ -29,22 +31,28 @@ from int8flow.tasks.data.preprocess import parse_preprocess
 from int8flow.tasks.data.sharding import batch_ranges, shard_range
 from int8flow.tasks.data.sources import Batch, ImageDataset, load_batch, open_dataset
 from int8flow.tasks.graph.executor import GraphExecutor
+from int8flow.tasks.graph.export_qdq import export_qdq
 from int8flow.tasks.graph.int8_ops import INT8_OPS
 from int8flow.tasks.graph.ir import Graph
 from int8flow.tasks.graph.load import import_model, load_model
+from int8flow.tasks.graph.onnxruntime_engine import OnnxRuntimeExecutor, deployment_session
 from int8flow.tasks.graph.quantize_pass import QuantizationOptions, quantize_graph
 from int8flow.tasks.graph.simplify import simplify
+from int8flow.tasks.validation.sensitivity import rank_sensitivity
 
 TOP_K = 5
+FP32Executor = GraphExecutor | OnnxRuntimeExecutor
 
 
 @dataclass(frozen=True)
 class ModelRef:
-    """The FP32 model as every worker finds it: where to read it and the bytes it must hash to."""
+    """The FP32 model as every worker finds it: where to read it, the bytes it must hash to, and what
+    runs it (``device``; on CPU workers, ``engine``)."""
 
     path: str
     sha256: str
     device: str
+    engine: str
 
 
 @dataclass(frozen=True)
@@ -103,8 +111,21 @@ class ValidatedShard:
     int8_top1: int
     int8_top5: int
     agreement_top1: int
+    deploy_top1: int
+    deploy_top5: int
+    deploy_agreement_top1: int
     gemm_fallbacks: int
     seconds: float
+
+
+@dataclass(frozen=True)
+class RankedNodes:
+    """One share of the sensitivity ranking: each of its candidates' error, in candidate order.
+    ``examples``: INT8 passes over examples it ran (slice size times candidates), for progress."""
+
+    shard: int
+    examples: int
+    nodes: tuple[NodeSensitivity, ...]
 
 
 def sample_indices(total: int, sample: int, seed: int | None) -> np.ndarray:
@@ -117,11 +138,11 @@ def sample_indices(total: int, sample: int, seed: int | None) -> np.ndarray:
 
 
 def observe_shard(
-    model: ModelRef, spec: ShardSpec, tensors: tuple[str, ...], num_bins: int, path: str, run_key: str
+    model: ModelRef, spec: ShardSpec, tensors: tuple[str, ...], num_bins: int, path: str, run_key: str, threads: int
 ) -> ObservedShard:
     """Histograms of ``tensors`` over the shard, written atomically to ``path``."""
     started = time.perf_counter()
-    graph, executor = _fp32_executor(model)
+    graph, executor = _fp32_executor(model, threads)
     tally = _Tally()
     inputs = ({graph.inputs[0].name: batch.inputs} for batch in tally.usable(_batches(spec, graph)))
     histograms = collect_histograms(executor, inputs, tensors, num_bins)
@@ -131,13 +152,20 @@ def observe_shard(
     )
 
 
-def validate_shard(model: ModelRef, spec: ShardSpec, int8: Int8Ref) -> ValidatedShard:
-    """FP32 and INT8 top-1/top-5 hits and top-1 agreement over the shard's labelled examples."""
+def validate_shard(
+    model: ModelRef, spec: ShardSpec, int8: Int8Ref, deploy_runtime: str, threads: int
+) -> ValidatedShard:
+    """FP32, INT8 and deployed-INT8 top-1/top-5 hits and top-1 agreements over the shard's labelled examples.
+
+    ``deploy_runtime`` "onnxruntime" also runs the QDQ export of the same INT8 graph (the bytes of
+    ``model.int8.onnx``) as users deploy it; "none" leaves its counts at 0.
+    """
     started = time.perf_counter()
-    graph, fp32 = _fp32_executor(model)
+    graph, fp32 = _fp32_executor(model, threads)
     quantized = _int8_executor(model, int8)
+    deployed = _deployed_int8(model, int8, threads) if deploy_runtime == "onnxruntime" else None
     classes = graph.outputs[0].shape[-1]
-    counts = np.zeros(5, dtype=np.int64)
+    counts = np.zeros(8, dtype=np.int64)
     fallbacks_before = gemm_fallbacks()
     tally = _Tally()
     for batch in tally.usable(_batches(spec, graph)):
@@ -146,13 +174,14 @@ def validate_shard(model: ModelRef, spec: ShardSpec, int8: Int8Ref) -> Validated
         fp32_ranks = top_k(to_numpy(fp32.run(inputs)[graph.outputs[0].name]))
         int8_ranks = top_k(to_numpy(quantized.run(inputs)[graph.outputs[0].name]))
         labels = batch.labels[:, None]
-        counts += [
-            np.sum(fp32_ranks[:, :1] == labels),
-            np.sum(np.any(fp32_ranks == labels, axis=1)),
-            np.sum(int8_ranks[:, :1] == labels),
-            np.sum(np.any(int8_ranks == labels, axis=1)),
+        counts[:5] += [
+            *_hits(fp32_ranks, labels),
+            *_hits(int8_ranks, labels),
             np.sum(fp32_ranks[:, 0] == int8_ranks[:, 0]),
         ]
+        if deployed is not None:
+            deploy_ranks = top_k(deployed.run(None, inputs)[0])
+            counts[5:] += [*_hits(deploy_ranks, labels), np.sum(deploy_ranks[:, 0] == int8_ranks[:, 0])]
     return ValidatedShard(
         spec.shard,
         tally.examples,
@@ -161,6 +190,21 @@ def validate_shard(model: ModelRef, spec: ShardSpec, int8: Int8Ref) -> Validated
         gemm_fallbacks() - fallbacks_before,
         time.perf_counter() - started,
     )
+
+
+def _hits(ranks: np.ndarray, labels: np.ndarray) -> tuple[int, int]:
+    """Top-1 and top-5 hits of a batch's ranked classes against its labels (one column)."""
+    return int(np.sum(ranks[:, :1] == labels)), int(np.sum(np.any(ranks == labels, axis=1)))
+
+
+def rank_shard(model: ModelRef, int8: Int8Ref, spec: ShardSpec, candidates: tuple[str, ...], share: int) -> RankedNodes:
+    """The sensitivity of ``candidates`` (share ``share`` of the fallback's candidates) on the slice ``spec``."""
+    graph = fp32_graph(model)
+    batches = [batch.inputs for batch in _Tally().usable(_batches(spec, graph))]
+    inputs = {graph.inputs[0].name: np.concatenate(batches)}
+    backend = select_backend(model.device)
+    nodes = rank_sensitivity(graph, calibration_table(int8), int8.options, inputs, backend, candidates=candidates)
+    return RankedNodes(share, len(inputs[graph.inputs[0].name]) * len(candidates), tuple(nodes))
 
 
 def top_k(logits: np.ndarray) -> np.ndarray:
@@ -226,19 +270,37 @@ def fp32_graph(model: ModelRef) -> Graph:
 
 
 @functools.lru_cache(maxsize=2)
-def _fp32_executor(model: ModelRef) -> tuple[Graph, GraphExecutor]:
+def _fp32_executor(model: ModelRef, threads: int) -> tuple[Graph, FP32Executor]:
     graph = fp32_graph(model)
-    return graph, GraphExecutor(graph, select_backend(model.device))
+    backend = select_backend(model.device)
+    if backend is np and model.engine == "onnxruntime":
+        return graph, OnnxRuntimeExecutor(graph, threads)
+    return graph, GraphExecutor(graph, backend)
 
 
 @functools.lru_cache(maxsize=4)
-def _int8_executor(model: ModelRef, int8: Int8Ref) -> GraphExecutor:
+def calibration_table(int8: Int8Ref) -> CalibrationTable:
+    """The run's table file, which must still hash to what the run validated first."""
     with fsspec.open(int8.table_path, "rb") as file:
         data = file.read()
     if hashlib.sha256(data).hexdigest() != int8.table_sha256:
         raise CalibrationTableError(
             f"{int8.table_path}: the calibration table changed while the run validated; start the run again"
         )
-    table = CalibrationTable.from_json(data.decode("utf-8"), int8.table_path)
-    quantized = quantize_graph(fp32_graph(model), table, int8.options)
-    return GraphExecutor(quantized, select_backend(model.device), INT8_OPS)
+    return CalibrationTable.from_json(data.decode("utf-8"), int8.table_path)
+
+
+@functools.lru_cache(maxsize=4)
+def int8_graph(model: ModelRef, int8: Int8Ref) -> Graph:
+    return quantize_graph(fp32_graph(model), calibration_table(int8), int8.options)
+
+
+@functools.lru_cache(maxsize=4)
+def _int8_executor(model: ModelRef, int8: Int8Ref) -> GraphExecutor:
+    return GraphExecutor(int8_graph(model, int8), select_backend(model.device), INT8_OPS)
+
+
+@functools.lru_cache(maxsize=2)
+def _deployed_int8(model: ModelRef, int8: Int8Ref, threads: int) -> onnxruntime.InferenceSession:
+    """The QDQ export of the INT8 graph, the same bytes ``model.int8.onnx`` holds, in onnxruntime."""
+    return deployment_session(export_qdq(int8_graph(model, int8)), threads)

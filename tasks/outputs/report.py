@@ -49,7 +49,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         _run_line(report),
         _model_section(report.get("model")),
         _data_section(report.get("data")),
-        _accuracy_section(report.get("accuracy")),
+        _accuracy_section(report.get("accuracy"), report.get("gate")),
         _gate_section(report.get("gate")),
         _stages_section(report.get("stages")),
         _cluster_section(report.get("cluster")),
@@ -74,6 +74,8 @@ def summary_rows(report: Mapping[str, Any], out_dir: str | None = None) -> list[
         ("INT8 top-5", _percent(accuracy.get("int8_top5"))),
         ("top-5 drop (points)", _points(accuracy.get("top5_drop"))),
         ("top-1 agreement", _percent(accuracy.get("agreement_top1"))),
+        ("INT8 top-1 deployed", _percent(accuracy.get("deploy_int8_top1"))),
+        ("deployed top-1 agreement", _percent(accuracy.get("deploy_agreement_top1"))),
         ("gate", _gate_verdict(report.get("gate"))),
         ("calibration time (s)", _significant(_calibration_seconds(stages))),
         ("observe throughput (examples/s)", _significant(observe.get("examples_per_second"))),
@@ -153,23 +155,42 @@ def _data_section(data: Mapping[str, Any] | None) -> str:
     return _section("Data", _table(["", *splits], rows, "l" * (len(splits) + 1)))
 
 
-def _accuracy_section(accuracy: Mapping[str, Any] | None) -> str:
+def _accuracy_section(accuracy: Mapping[str, Any] | None, gate: Mapping[str, Any] | None) -> str:
     if not accuracy:
         return ""
+    runtime = (gate or {}).get("deploy_runtime")
+    deployed = accuracy.get("deploy_int8_top1") is not None
     rows = [
         [
             label,
             _cell(_percent(accuracy.get(f"fp32_{key}"))),
             _cell(_percent(accuracy.get(f"int8_{key}"))),
             _cell(_points(accuracy.get(f"{key}_drop"))),
+            *(
+                [
+                    _cell(_percent(accuracy.get(f"deploy_int8_{key}"))),
+                    _cell(_points(accuracy.get(f"deploy_{key}_drop"))),
+                ]
+                if deployed
+                else []
+            ),
         ]
         for label, key in (("top-1", "top1"), ("top-5", "top5"))
         if any(accuracy.get(field) is not None for field in (f"fp32_{key}", f"int8_{key}", f"{key}_drop"))
     ]
-    parts = [_table(["", "FP32", "INT8", "drop (points)"], rows, "lrrr")] if rows else []
+    headers = ["", "FP32", "INT8", "drop (points)"]
+    if deployed:
+        headers += [f"INT8 in {runtime}", f"drop in {runtime}"]
+    parts = [_table(headers, rows, "l" + "r" * (len(headers) - 1))] if rows else []
     agreement = _percent(accuracy.get("agreement_top1"))
     if agreement is not None:
         parts.append(f"Top-1 agreement of FP32 and INT8: {agreement}.")
+    deployed_agreement = _percent(accuracy.get("deploy_agreement_top1"))
+    if deployed_agreement is not None:
+        parts.append(
+            f"INT8 is int8flow's exact-integer executor; `model.int8.onnx` in {runtime} is what users deploy. "
+            f"Their top-1 agreement: {deployed_agreement}."
+        )
     if accuracy.get("examples") is not None:
         parts.append(f"Validation examples: {_count(accuracy['examples'])}.")
     return _section("Accuracy", "\n\n".join(parts))
@@ -182,7 +203,10 @@ def _gate_section(gate: Mapping[str, Any] | None) -> str:
     verdict = _gate_verdict(gate)
     if verdict is not None:
         limit = _points(gate.get("max_top1_drop"))
-        parts.append(f"**{verdict}**" + ("" if limit is None else f": maximum top-1 drop {limit} points."))
+        decided = (
+            f" The drop compared is {gate['decided_by']}'s, the worse of the two." if gate.get("decided_by") else ""
+        )
+        parts.append(f"**{verdict}**" + ("" if limit is None else f": maximum top-1 drop {limit} points.{decided}"))
     attempts = gate.get("attempts") or []
     if attempts:
         rows = [
@@ -190,12 +214,14 @@ def _gate_section(gate: Mapping[str, Any] | None) -> str:
                 str(number),
                 _excluded(attempt.get("excluded")),
                 _cell(_percent(attempt.get("int8_top1"))),
+                _cell(_percent(attempt.get("deploy_int8_top1"))),
                 _cell(_points(attempt.get("top1_drop"))),
                 _cell(_passed(attempt.get("passed"))),
             ]
             for number, attempt in enumerate(attempts, start=1)
         ]
-        parts.append(_table(["attempt", "kept in FP32", "INT8 top-1", "top-1 drop", "result"], rows, "rlrrl"))
+        headers = ["attempt", "kept in FP32", "INT8 top-1", "deployed top-1", "top-1 drop", "result"]
+        parts.append(_table(headers, rows, "rlrrrl"))
     return _section("Gate", "\n\n".join(parts))
 
 

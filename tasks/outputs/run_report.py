@@ -125,11 +125,15 @@ def assemble_report(plan: RunPlan, started: str, finished: str) -> dict[str, Any
         report["gate"] = {
             "max_top1_drop": gate.max_top1_drop,
             "passed": gate.passed,
+            "deploy_runtime": final.deploy_runtime,
+            "decided_by": final.gate_decided_by,
             "attempts": [
                 {
                     "excluded": list(attempt.excluded),
                     "int8_top1": attempt.accuracy.int8_top1,
-                    "top1_drop": attempt.accuracy.top1_drop,
+                    "deploy_int8_top1": attempt.accuracy.deploy_int8_top1,
+                    "top1_drop": attempt.accuracy.gate_top1_drop,
+                    "decided_by": attempt.accuracy.gate_decided_by,
                     "passed": attempt.passed,
                 }
                 for attempt in gate.attempts

@@ -21,6 +21,7 @@ from distributed import Client
 from int8flow.schemas.run_config import RunConfig
 from int8flow.schemas.run_folder import stage_record_name
 from int8flow.schemas.stage_records import (
+    Accuracy,
     BuildRecord,
     ClusterRecord,
     GateRecord,
@@ -150,8 +151,7 @@ def gate(out: str, client: Client, progress: ProgressSink = quiet, config: RunCo
         )
         save_record(plan, record)
         return record
-    table = read_calibration_table(plan.out)
-    result, seconds = _timed(lambda: apply_gate(plan, client, table, first.accuracy, progress))
+    result, seconds = _timed(lambda: apply_gate(plan, client, first.accuracy, progress))
     record = _gate_record(plan, result, seconds)
     record_outputs(plan.out, [plan.path(plot) for plot in record.plots])
     save_record(plan, record)
@@ -167,11 +167,18 @@ def check_gate(out: str) -> None:
         return
     final = record.final_accuracy
     raise GateFailedError(
-        f"accuracy gate failed: INT8 top-1 {final.int8_top1:.2f}% vs FP32 {final.fp32_top1:.2f}%, a drop of "
-        f"{final.top1_drop:.2f} points > --max-top1-drop {record.max_top1_drop:g} after "
+        f"accuracy gate failed: INT8 top-1 {final.int8_top1:.2f}% ({_deployed_text(final)}) vs FP32 "
+        f"{final.fp32_top1:.2f}%, a drop of {final.gate_top1_drop:.2f} points ({final.gate_decided_by}) > "
+        f"--max-top1-drop {record.max_top1_drop:g} after "
         f"{len(record.attempts)} attempt(s) (FP32 kept: {', '.join(record.final_excluded) or 'none'}); "
         "raise --fallback-budget, exclude layers with --exclude, or try another --method; nothing was registered"
     )
+
+
+def _deployed_text(accuracy: Accuracy) -> str:
+    if accuracy.deploy_int8_top1 is None:
+        return "no deployment check"
+    return f"{accuracy.deploy_int8_top1:.2f}% in {accuracy.deploy_runtime}"
 
 
 def _gate_record(plan: RunPlan, result: GateResult, seconds: float) -> GateRecord:

@@ -5,24 +5,30 @@ keeping one conv in FP32), and which one is a property of the model, not of the 
 are ranked once, by the output error each adds alone on a small validation slice; then they move to
 FP32 in that order, one per attempt, each attempt validated on the whole validation set, until the
 gate passes or the budget is spent. Every attempt is reported.
+
+The drop the gate compares is the worse of int8flow's executor and the deployment runtime's
+(``Accuracy.gate_top1_drop``): a model that is exact in int8flow but loses accuracy in the runtime
+users deploy it with must not pass.
+
+Ranking costs one INT8 pass over the slice per candidate node, more than the whole validation of a
+model with a hundred convs, so it runs only when the fallback needs it (the first attempt failed and
+the budget allows a fallback) or when asked (``--rank-sensitivity``, for the report's chart), and
+then on the workers, the candidates shared among them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-import numpy as np
 from distributed import Client
 
-from int8flow.schemas.calibration_table import CalibrationTable
 from int8flow.schemas.stage_records import Accuracy, GateAttempt, NodeSensitivity
-from int8flow.tasks.data.preprocess import parse_preprocess
-from int8flow.tasks.data.sources import load_batch, open_dataset
-from int8flow.tasks.distributed.fanout import ProgressSink, quiet
-from int8flow.tasks.distributed.shard_jobs import fp32_graph
+from int8flow.tasks.data.sharding import shard_range
+from int8flow.tasks.distributed.fanout import ProgressSink, quiet, run_shards
+from int8flow.tasks.distributed.shard_jobs import fp32_graph, rank_shard
 from int8flow.tasks.run.plan import RunPlan
-from int8flow.tasks.validation.accuracy import validate_int8
-from int8flow.tasks.validation.sensitivity import rank_sensitivity
+from int8flow.tasks.validation.accuracy import int8_ref, validate_int8
+from int8flow.tasks.validation.sensitivity import quantizable_nodes
 
 
 @dataclass(frozen=True)
@@ -42,42 +48,47 @@ class GateResult:
         """The attempt the run keeps: the passing one, or the best drop when none passed."""
         if self.passed:
             return self.attempts[-1]
-        return min(self.attempts, key=lambda attempt: (attempt.accuracy.top1_drop, len(attempt.excluded)))
+        return min(self.attempts, key=lambda attempt: (attempt.accuracy.gate_top1_drop, len(attempt.excluded)))
 
 
-def apply_gate(
-    plan: RunPlan, client: Client, table: CalibrationTable, first: Accuracy, progress: ProgressSink = quiet
-) -> GateResult:
-    """Rank the nodes, check ``first`` against the gate; on failure, fall back node by node within the budget.
-
-    The ranking is computed even when the gate passes (or none is set): the report's sensitivity
-    chart shows users which layers cost accuracy, the first thing they ask about an INT8 model.
-    """
+def apply_gate(plan: RunPlan, client: Client, first: Accuracy, progress: ProgressSink = quiet) -> GateResult:
+    """Check ``first`` against the gate; on failure, fall back node by node within the budget."""
     limit = plan.config.max_top1_drop
-    ranking = tuple(rank_sensitivity(fp32_graph(plan.model), table, plan.quantization_options(), _slice(plan)))
-    attempts = [GateAttempt((), first, limit is None or first.top1_drop <= limit)]
-    if attempts[0].passed or limit is None:
+    attempts = [GateAttempt((), first, limit is None or first.gate_top1_drop <= limit)]
+    fallback = limit is not None and not attempts[0].passed and plan.config.fallback_budget > 0
+    ranking = rank_nodes(plan, client, progress) if fallback or plan.config.rank_sensitivity else ()
+    if not fallback:
         return GateResult(limit, tuple(attempts), ranking)
+    assert limit is not None
     excluded: tuple[str, ...] = ()
     for node in ranking[: plan.config.fallback_budget]:
         excluded += (node.node,)
         accuracy = validate_int8(plan, client, excluded, progress)
-        attempts.append(GateAttempt(excluded, accuracy, accuracy.top1_drop <= limit))
+        attempts.append(GateAttempt(excluded, accuracy, accuracy.gate_top1_drop <= limit))
         if attempts[-1].passed:
             break
     return GateResult(limit, tuple(attempts), ranking)
 
 
-def _slice(plan: RunPlan) -> dict[str, np.ndarray]:
-    """The first validation examples, preprocessed: enough to rank nodes, cheap enough for one process."""
+def rank_nodes(plan: RunPlan, client: Client, progress: ProgressSink = quiet) -> tuple[NodeSensitivity, ...]:
+    """Every fallback candidate, most sensitive first (ties in graph order), ranked on the workers.
+
+    The slice is the first ``--sensitivity-examples`` validation examples (undecodable ones skipped);
+    the candidates are split into contiguous shares, one Dask task each, and the shares' errors are
+    the same numbers one process would compute, so the ranking does not depend on the split.
+    """
     assert plan.validation is not None
-    graph = fp32_graph(plan.model)
+    candidates = quantizable_nodes(fp32_graph(plan.model), plan.quantization_options())
+    if not candidates:
+        return ()
+    whole = plan.shard_specs(plan.validation)[0]
     count = min(plan.config.sensitivity_examples, plan.validation.sample)
-    batch = load_batch(
-        open_dataset(plan.validation.uri),
-        np.arange(count),
-        parse_preprocess(plan.config.preprocess),
-        graph.inputs[0].shape,
-        "skip",
-    )
-    return {graph.inputs[0].name: batch.inputs}
+    slice_spec = replace(whole, total=count, sample=count, seed=None, shard=0, shards=1, on_bad_image="skip")
+    int8 = int8_ref(plan)
+    shares = min(len(candidates), plan.shards)
+    jobs = []
+    for share in range(shares):
+        mine = shard_range(len(candidates), shares, share)
+        jobs.append((plan.model, int8, slice_spec, tuple(candidates[mine.start : mine.stop]), share))
+    ranked = [node for result in run_shards(client, "rank", rank_shard, jobs, progress) for node in result.nodes]
+    return tuple(sorted(ranked, key=lambda node: node.error, reverse=True))

@@ -8,7 +8,7 @@ covers every tensor whatever is excluded, see ``calibration_tensors``).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from types import ModuleType
 
@@ -57,6 +57,7 @@ def rank_sensitivity(
     inputs: Mapping[str, np.ndarray],
     xp: ModuleType = np,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    candidates: Sequence[str] | None = None,
 ) -> list[NodeSensitivity]:
     """Every candidate's error when it alone is INT8 (all other candidates and the user's
     exclusions FP32), most sensitive first; ties keep graph order.
@@ -72,8 +73,13 @@ def rank_sensitivity(
     time to bound memory; the FP32 reference is computed once and kept on the host. Per-example sums
     are added exactly (``math.fsum``), so the result does not depend on how the examples are batched
     as long as the backend's per-example outputs do not.
+
+    ``candidates``: rank only these (a worker's share of ``quantizable_nodes``); every other
+    candidate stays FP32 as before, and the normalisation is the same, so shares ranked on different
+    workers merge into the ranking of the whole.
     """
-    candidates = quantizable_nodes(graph, options)
+    everyone = quantizable_nodes(graph, options)
+    mine = everyone if candidates is None else list(candidates)
     batches = list(_batches(inputs, batch_size))
     fp32 = GraphExecutor(graph, xp)
     reference = [_host_outputs(fp32, batch) for batch in batches]
@@ -84,8 +90,8 @@ def rank_sensitivity(
         )
     op_types = {node.name: node.op_type for node in graph.nodes}
     ranking = []
-    for name in candidates:
-        alone = replace(options, exclude=options.exclude + tuple(other for other in candidates if other != name))
+    for name in mine:
+        alone = replace(options, exclude=options.exclude + tuple(other for other in everyone if other != name))
         executor = GraphExecutor(quantize_graph(graph, table, alone), xp, INT8_OPS)
         squared = math.fsum(
             value
