@@ -118,9 +118,9 @@ def main() -> None:
         peer = onnxruntime_throughput(model, preprocessed(root / "val.parquet", args.batch), default_worker_count())
         print(json.dumps({"onnxruntime_fp32_examples_per_second": round(peer, 2), "cores": default_worker_count()}))
         for engine in args.engines.split(","):
-            result = run_stages(
-                model, root / "calib.parquet", root / "val.parquet", root / engine / "out", engine, args.images, args.batch
-            )
+            out = root / engine / "out"
+            calib, val = root / "calib.parquet", root / "val.parquet"
+            result = run_stages(model, calib, val, out, engine, args.images, args.batch)
             result["observe_over_onnxruntime"] = round(result["observe_examples_per_second"] / peer, 3)
             result["validate_over_onnxruntime"] = round(result["validate_examples_per_second"] / peer, 3)
             print(json.dumps(result), flush=True)

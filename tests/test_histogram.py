@@ -10,9 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from int8flow.kernels.histogram import (
+    HOST_CHUNK,
     ZERO_EXPONENT,
     Histogram,
     NonFiniteValuesError,
+    bin_index,
     merge_all,
     range_exponent,
 )
@@ -109,6 +111,23 @@ def test_negative_values_too_small_to_scale_stay_below_zero() -> None:
     assert Histogram.of(values[:1], 16).merge(Histogram.of(values[1:], 16)).same_as(whole)
     tiny32 = Histogram.of(np.array([3.0e4, -1e-45], dtype=np.float32), 16)
     assert tiny32.counts[7] == 1
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("scale", [1e-42, 1e-30, 1.0, 3e3, 1e5, 1e30])
+@pytest.mark.parametrize("num_bins", [256, 8192])
+def test_the_chunked_host_path_bins_as_the_device_formula(dtype: type, scale: float, num_bins: int) -> None:
+    """NumPy bins HOST_CHUNK values at a time by multiplying; the device path (ldexp on the whole
+    tensor) is the definition. Sizes not a multiple of the chunk, subnormals, and the downscale of
+    large magnitudes, where negative values underflow to -0.0, all land in the same bins."""
+    rng = np.random.default_rng(3)
+    values = (rng.standard_normal(2 * HOST_CHUNK + 17) * scale).astype(dtype)
+    for tensor in (values, np.abs(values), np.concatenate([values, np.array([-1e-45, 0.0], dtype)])):
+        histogram = Histogram.of(tensor, num_bins)
+        shift = num_bins.bit_length() - 1 - histogram.exponent - int(histogram.signed)
+        offset = num_bins // 2 if histogram.signed else 0
+        expected = np.bincount(bin_index(tensor, shift, offset), minlength=num_bins)
+        assert np.array_equal(histogram.counts, expected) and histogram.count == tensor.size
 
 
 def test_merging_non_negative_into_signed_pairs_bins_exactly() -> None:
