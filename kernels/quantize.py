@@ -1,19 +1,25 @@
-"""Symmetric INT8 arithmetic: quantize, dequantize, requantize, rescale, and weight/bias quantization.
+"""INT8 arithmetic: quantize, dequantize, requantize, rescale, add, and weight/bias quantization.
 
 Symmetric means zero point 0 and a scale of threshold / 127. Weights use -127..127 (their scale is
 max|w| / 127, so -128 never occurs); activations saturate at -128..127, as ONNX QuantizeLinear does,
 so the exported QDQ model clips exactly where int8flow's executor does. Rounding is ``rint``, round
 half to even, everywhere.
 
-Which precision, and why:
+The arithmetic is the one onnxruntime's integer kernels use on x86 CPUs, so that the model users
+deploy there computes int8flow's tensors bit for bit (``export_qdq``; measured on every Conv, Gemm and
+Add of EfficientNet-Lite0):
 
-- ``quantize`` divides in float32, as ONNX QuantizeLinear does, so our int8 tensors equal those of
-  the exported QDQ model run by onnxruntime;
-- ``requantize``, ``rescale`` and ``add_int8`` compute in float64: an int32 accumulator times a
-  multiplier is exact to the last bit of float32 only in float64, and float64 IEEE multiplication,
-  addition and rint give the same bits in NumPy and in the CUDA kernels (``int8flow.kernels.cuda_kernels``).
+- ``quantize`` divides in float32, as ONNX QuantizeLinear does;
+- ``requantize`` converts the int32 sum to float32 and multiplies by a float32 multiplier
+  (``layer_multiplier``: input_scale x weight_scale / output_scale in float32), as MLAS's
+  requantization of QLinearConv and QGemm does;
+- ``add_int8`` is QLinearAdd on uint8 storage (a signed tensor at zero point 128): two float32 fused
+  multiply-adds, emulated exactly in NumPy (``_fused_multiply_add``) and ``fmaf`` in CUDA;
+- ``rescale`` (Concat inputs) computes in float64, exact for an int8 value times a ratio.
 
-Large element-wise passes are done in row blocks so that their float temporaries stay in cache.
+IEEE float32 multiplication, fused multiply-add and rint give the same bits in NumPy and in the CUDA
+kernels (``int8flow.kernels.cuda_kernels``). Large element-wise passes are done in row blocks so that
+their float temporaries stay in cache.
 """
 
 from __future__ import annotations
@@ -29,6 +35,10 @@ INT8_MAX = 127
 INT8_MIN = -128
 UINT8_MAX = 255
 INT32_MAX = 2**31 - 1
+
+SIGNED_ZERO_POINT = 128
+"""Where a signed tensor sits in uint8 storage (x + 128): how onnxruntime's x86 kernels, which take
+uint8 activations, hold it; ``add_int8`` rounds as they do at this offset."""
 
 # Elements per block of an element-wise pass: its float64 temporaries (2 MiB) stay in L2.
 BLOCK_ELEMENTS = 1 << 18
@@ -73,24 +83,34 @@ def dequantize(q: Any, scale: Any) -> Any:
 
 
 def requantize(acc: Any, multiplier: Any, low: int = INT8_MIN, high: int = INT8_MAX) -> Any:
-    """``clip(rint(acc * multiplier), low, high)`` as int8 (uint8 when ``high > 127``), in float64.
+    """``clip(rint(float32(acc) * multiplier), low, high)`` as int8 (uint8 when ``high > 127``), in float32.
 
-    ``multiplier`` is in_scale * w_scale / out_scale, a scalar or per channel (broadcastable).
-    A fused ReLU is ``low=0``; a fused ReLU6 is ``high=min(127, rint(6 / out_scale))``."""
+    ``multiplier`` is ``layer_multiplier(...)``, a scalar or per channel (broadcastable), float32: the
+    arithmetic of onnxruntime's requantization (MlasRequantizeOutput), so the deployed QLinearConv
+    gives the same int8 values. A fused ReLU is ``low=0``; a fused ReLU6 is
+    ``high=min(127, rint(6 / out_scale))``."""
     _check_bounds(low, high)
     xp = array_module(acc, multiplier)
-    multiplier = xp.asarray(multiplier, dtype=xp.float64)
+    multiplier = xp.asarray(multiplier, dtype=xp.float32)
     if uses_cuda(xp):
         from int8flow.kernels import cuda_kernels
 
         return cuda_kernels.requantize(acc, multiplier, low, high)
 
     def block(acc_part: np.ndarray, multiplier_part: np.ndarray) -> np.ndarray:
-        values = np.multiply(acc_part, multiplier_part, dtype=np.float64)
+        values = np.multiply(acc_part.astype(np.float32), multiplier_part, dtype=np.float32)
         np.rint(values, out=values)
         return np.clip(values, low, high, out=values)
 
     return _by_blocks(block, quantized_dtype(high), acc, multiplier)
+
+
+def layer_multiplier(input_scale: float, weight_scales: Any, output_scale: float) -> Any:
+    """``input_scale x weight_scale / output_scale`` per output channel, each step in float32, as
+    onnxruntime's QLinearConv computes its output scales."""
+    xp = array_module(weight_scales)
+    product = xp.float32(input_scale) * xp.asarray(weight_scales, dtype=xp.float32)
+    return product / xp.float32(output_scale)
 
 
 def rescale(q: Any, from_scale: float, to_scale: float, low: int = INT8_MIN, high: int = INT8_MAX) -> Any:
@@ -108,16 +128,54 @@ def rescale(q: Any, from_scale: float, to_scale: float, low: int = INT8_MIN, hig
 def add_int8(
     a: Any, a_scale: float, b: Any, b_scale: float, out_scale: float, low: int = INT8_MIN, high: int = INT8_MAX
 ) -> Any:
-    """Int8 Add: ``clip(rint(a * (a_scale/out_scale) + b * (b_scale/out_scale)), low, high)`` in float64."""
+    """Int8 Add as onnxruntime's x86 QLinearAdd computes it on uint8 storage, clipped to ``low..high``.
+
+    With ``a'`` = a + 128 for an int8 ``a`` (a itself for uint8), ``ra`` = float32(a_scale / out_scale),
+    likewise ``b'`` and ``rb``, and the output's zero point ``z`` (128 signed, 0 unsigned):
+    ``clip(rint(fma(a', ra, fma(b', rb, c))), 0, 255) - z`` with ``c = z - (ra * za + rb * zb)``, all in
+    float32. The uint8 offsets change only how ties round: the real sum is the same."""
     _check_bounds(low, high)
     xp = array_module(a, b)
-    ratio_a, ratio_b = float(a_scale) / float(out_scale), float(b_scale) / float(out_scale)
+    a_offset, b_offset = _storage_offset(a), _storage_offset(b)
+    out_offset = 0 if high > INT8_MAX else SIGNED_ZERO_POINT
+    out_scale32 = np.float32(out_scale)
+    ratio_a, ratio_b = np.float32(a_scale) / out_scale32, np.float32(b_scale) / out_scale32
+    constant = np.float32(out_offset) - (ratio_a * np.float32(a_offset) + ratio_b * np.float32(b_offset))
+    if uses_cuda(xp):
+        from int8flow.kernels import cuda_kernels
+
+        total = cuda_kernels.add_uint8_storage(a, b, a_offset, b_offset, ratio_a, ratio_b, constant)
+        shifted = xp.clip(total, 0, UINT8_MAX) - out_offset
+        return xp.clip(shifted, low, high).astype(quantized_dtype(high))
 
     def block(a_part: Any, b_part: Any) -> Any:
-        total = a_part.astype(xp.float64) * ratio_a + b_part.astype(xp.float64) * ratio_b
-        return xp.clip(xp.rint(total), low, high)
+        inner = _fused_multiply_add(xp, b_part.astype(xp.float64) + b_offset, ratio_b, constant)
+        total = xp.rint(_fused_multiply_add(xp, a_part.astype(xp.float64) + a_offset, ratio_a, inner))
+        return xp.clip(xp.clip(total, 0, UINT8_MAX) - out_offset, low, high)
 
     return _by_blocks(block, quantized_dtype(high), a, b)
+
+
+def _storage_offset(q: Any) -> int:
+    """What a tensor's values gain in uint8 storage: 128 for int8, 0 for uint8."""
+    return 0 if q.dtype == np.uint8 else SIGNED_ZERO_POINT
+
+
+def _fused_multiply_add(xp: Any, x: Any, ratio: np.float32, addend: Any) -> Any:
+    """float32 ``fma(x, ratio, addend)``, rounded once, for small integers ``x`` (float64 holding
+    |x| < 2**9), a float32 ``ratio`` and float32 ``addend``.
+
+    ``x * ratio`` is exact in float64. The sum is rounded to odd in float64 (TwoSum gives its exact
+    error; an inexact even result moves one step toward the true sum), and a float64 rounded to odd
+    rounds to float32 exactly as the true sum would: float64 carries more than 24 + 1 bits."""
+    product = x * np.float64(ratio)
+    addend = xp.asarray(addend, dtype=xp.float64)
+    total = product + addend
+    partial = total - product
+    error = (product - (total - partial)) + (addend - partial)
+    inexact_even = (error != 0) & ((total.view(xp.int64) & 1) == 0)
+    toward = xp.where(error > 0, xp.inf, -xp.inf)
+    return xp.where(inexact_even, xp.nextafter(total, toward), total).astype(xp.float32)
 
 
 def quantize_weights_per_channel(w: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -141,6 +199,12 @@ def quantize_weights_per_tensor(w: np.ndarray) -> tuple[np.ndarray, np.float32]:
     scale = np.float32(np.max(np.abs(w)) / np.float32(INT8_MAX)) if w.size else np.float32(0.0)
     scale = scale if scale > 0 else np.float32(1.0)
     return quantize(w, scale), scale
+
+
+def accumulator_bound(fan_in: int, unsigned: bool) -> int:
+    """The largest |int32 accumulator| a layer of ``fan_in`` inputs can reach: 128 (or 255 for uint8
+    inputs) x 127 (weights stay within -127..127) per product."""
+    return fan_in * (UINT8_MAX if unsigned else -INT8_MIN) * INT8_MAX
 
 
 def quantize_bias(bias: np.ndarray, input_scale: float, weight_scales: Any) -> np.ndarray:

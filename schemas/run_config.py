@@ -222,6 +222,16 @@ SETTINGS: tuple[Setting, ...] = (
         "per_tensor_weights", bool, False, "one weight scale per tensor instead of per output channel", "quantization"
     ),
     Setting(
+        "signed_storage",
+        str,
+        "uint8",
+        "how model.int8.onnx stores signed activations: uint8 at zero point 128, which onnxruntime's x86 integer "
+        "kernels run with int8flow's arithmetic bit for bit when non-negative tensors are unsigned too; or int8 at "
+        "zero point 0, the symmetric QDQ that TensorRT reads",
+        "quantization",
+        choices=("uint8", "int8"),
+    ),
+    Setting(
         "max_top1_drop",
         float,
         None,
@@ -358,6 +368,7 @@ class RunConfig:
     unsigned_activations: bool
     exclude: tuple[str, ...]
     per_tensor_weights: bool
+    signed_storage: str
     max_top1_drop: float | None
     fallback_budget: int
     deploy_runtime: str

@@ -8,6 +8,7 @@ import onnxruntime as ort
 import pytest
 from graph_builders import INPUT_SHAPES, MODELS
 
+from int8flow.kernels.quantize import accumulator_bound
 from int8flow.kernels.thresholds import ThresholdSettings
 from int8flow.tasks.calibration.collector import NonFiniteActivationError, UntypedTensorError, collect_histograms
 from int8flow.tasks.calibration.table import build_calibration_table
@@ -206,3 +207,24 @@ def test_unsigned_option_tracks_fp32_and_exports(name: str) -> None:
     session = ort.InferenceSession(export_qdq(quantized).SerializeToString(), providers=["CPUExecutionProvider"])
     theirs = session.run(None, {"input": batch})[0]
     assert np.abs(ours - theirs).max() <= 0.03 * np.abs(fp32).max()
+
+
+def test_a_dead_channel_keeps_its_bias_and_the_sum_inside_int32() -> None:
+    """A channel of ~zero weights and a real bias (EfficientNet-Lite0's first conv has one): its weight
+    scale widens until bias + the largest accumulator fit int32, else the int32 sum wraps around."""
+    graph, table = calibrated("cnn")
+    conv = next(node for node in graph.nodes if node.op_type == "Conv" and len(node.inputs) > 2)
+    weight, bias = graph.initializers[conv.inputs[1]].copy(), graph.initializers[conv.inputs[2]].copy()
+    weight[0], bias[0] = 1e-12, -5.0
+    graph.initializers[conv.inputs[1]], graph.initializers[conv.inputs[2]] = weight, bias
+    quantized = quantize_graph(graph, table)
+    layer = next(node for node in quantized.nodes if node.name == conv.name)
+    bias_int32 = quantized.initializers[layer.inputs[3]].astype(np.int64)
+    fan_in = weight[0].size
+    assert abs(bias_int32[0]) > 2**30, "the bias did not need the widened scale: the test proves nothing"
+    assert abs(bias_int32[0]) + accumulator_bound(fan_in, unsigned=False) <= 2**31 - 1
+    captured: dict[str, np.ndarray] = {}
+    GraphExecutor(quantized, ops=INT8_OPS).run(
+        {"input": batches("cnn")[0]["input"]}, lambda name, value: captured.__setitem__(name, value), {layer.outputs[0]}
+    )
+    assert (captured[layer.outputs[0]][:, 0] == 0).all()  # ReLU(-5 + ~0): no wrapped-around positive sum

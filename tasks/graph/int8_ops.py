@@ -11,7 +11,7 @@ from typing import Any
 from int8flow.kernels.backend import array_module
 from int8flow.kernels.int8_gemm import int8_conv2d, int8_matmul
 from int8flow.kernels.pooling import window_sums_int32
-from int8flow.kernels.quantize import add_int8, dequantize, quantize, requantize, rescale
+from int8flow.kernels.quantize import add_int8, dequantize, layer_multiplier, quantize, requantize, rescale
 from int8flow.tasks.graph.fp32_ops import FP32_OPS, OpFunction, window_geometry
 from int8flow.tasks.graph.ir import Node
 
@@ -25,10 +25,8 @@ def _dequantize(node: Node, inputs: list[Any], opset: int) -> list[Any]:
 
 
 def _multiplier(node: Node, weight_scales: Any) -> Any:
-    """input_scale x weight_scale / output_scale per output channel, in float64 on the backend."""
-    xp = array_module(weight_scales)
     attributes = node.attributes
-    return attributes["input_scale"] * weight_scales.astype(xp.float64) / attributes["output_scale"]
+    return layer_multiplier(attributes["input_scale"], weight_scales, attributes["output_scale"])
 
 
 def _int8_conv(node: Node, inputs: list[Any], opset: int) -> list[Any]:

@@ -24,6 +24,9 @@ import numpy as np
 
 from int8flow.kernels.quantize import (
     INT8_MIN,
+    INT32_MAX,
+    UINT8_MAX,
+    accumulator_bound,
     quantize,
     quantize_bias,
     quantize_weights_per_channel,
@@ -40,8 +43,6 @@ PASS_THROUGH_OPS = (
     "Resize",
 )  # fmt: skip
 FUSABLE_PRODUCERS = ("Conv", "Gemm", "MatMul", "Add")
-INT32_MAX = 2**31 - 1
-UINT8_MAX = 255
 FIRST_CONV = ":first-conv"
 LAST_LAYER = ":last-layer"
 
@@ -272,7 +273,7 @@ class _Rewriter:
         x_name, x_encoding = self._int8_version(node.inputs[0])
         weight = self.source.initializers[node.inputs[1]]
         bias = self._bias(node, 2)
-        weight_q, weight_scales = self._quantize_weight(weight, 0, bias, x_encoding.scale)
+        weight_q, weight_scales = self._quantize_weight(node, weight, 0, bias, x_encoding)
         output, encoding, requantization = self._fused_activation(node)
         attributes = {
             **node.attributes,
@@ -312,7 +313,7 @@ class _Rewriter:
             bias = np.asarray(self.source.initializers[constant], dtype=np.float32).reshape(-1)
             self.fused.add(bias_add.name)
             producer = bias_add
-        weight_q, weight_scales = self._quantize_weight(weight, 1, bias, x_encoding.scale)
+        weight_q, weight_scales = self._quantize_weight(node, weight, 1, bias, x_encoding)
         output, encoding, requantization = self._fused_activation(producer)
         attributes = {"input_scale": x_encoding.scale, **requantization}
         self._emit_layer(
@@ -357,13 +358,15 @@ class _Rewriter:
         self.nodes.append(Node(node.name, op_type, inputs, [self._produce_int8(output, encoding)], attributes))
 
     def _quantize_weight(
-        self, weight: np.ndarray, axis: int, bias: np.ndarray | None, x_scale: float
+        self, node: Node, weight: np.ndarray, axis: int, bias: np.ndarray | None, x_encoding: Encoding
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Int8 weights and their scales, widened where the bias would not fit int32.
+        """Int8 weights and their scales, widened where the bias would not fit int32 beside the sum.
 
         The bias is stored at input_scale x weight_scale; a channel with near-zero weights (a dead
         depthwise filter) and a real bias would need more than 32 bits, so its weight scale grows
-        until the bias fits, as onnxruntime's quantizer does. Such weights are ~0 anyway.
+        until the bias fits, as onnxruntime's quantizer does. Such weights are ~0 anyway. The bias
+        must fit with room for the largest accumulator (fan-in x 128 or 255 x 127): a bias that
+        merely fits int32 wraps the int32 sum around in our executor and in onnxruntime's kernels.
         """
         if self.options.per_channel:
             weight_q, scales = quantize_weights_per_channel(weight, axis=axis)
@@ -372,7 +375,13 @@ class _Rewriter:
             scales = np.full(weight.shape[axis], scale, dtype=np.float32)
         if bias is None:
             return weight_q, scales
-        needed = np.abs(bias.astype(np.float64)) / (x_scale * INT32_MAX) * (1.0 + 1e-6)
+        room = INT32_MAX - accumulator_bound(weight.size // weight.shape[axis], x_encoding.unsigned)
+        if room <= 0:
+            raise QuantizationError(
+                f"node {node.name!r} ({node.op_type}): a fan-in of {weight.size // weight.shape[axis]} can overflow "
+                "the int32 accumulator; keep this node in float (--exclude)"
+            )
+        needed = np.abs(bias.astype(np.float64)) / (x_encoding.scale * room) * (1.0 + 1e-6)
         widened = np.maximum(scales.astype(np.float64), needed)
         if not self.options.per_channel:
             widened = np.full_like(widened, widened.max())

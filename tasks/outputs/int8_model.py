@@ -15,5 +15,5 @@ def write_int8_model(plan: RunPlan, table: CalibrationTable, extra_exclude: tupl
     """``model.int8.onnx`` (QDQ) for the table and exclusions, written atomically; returns its path."""
     quantized = quantize_graph(fp32_graph(plan.model), table, plan.quantization_options(extra_exclude))
     path = plan.path(INT8_MODEL)
-    atomic_write_bytes(path, export_qdq(quantized).SerializeToString())
+    atomic_write_bytes(path, export_qdq(quantized, plan.config.signed_storage).SerializeToString())
     return path

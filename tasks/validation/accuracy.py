@@ -51,7 +51,7 @@ def int8_ref(plan: RunPlan, extra_exclude: tuple[str, ...] = ()) -> Int8Ref:
     table_path = plan.path(CALIBRATION_JSON)
     with fsspec.open(table_path, "rb") as file:
         table_sha256 = hashlib.sha256(file.read()).hexdigest()
-    return Int8Ref(table_path, table_sha256, plan.quantization_options(extra_exclude))
+    return Int8Ref(table_path, table_sha256, plan.quantization_options(extra_exclude), plan.config.signed_storage)
 
 
 def validate_int8(
