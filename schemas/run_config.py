@@ -207,7 +207,8 @@ SETTINGS: tuple[Setting, ...] = (
         "unsigned_activations",
         bool,
         _THRESHOLD_DEFAULTS.unsigned_activations,
-        "store non-negative activations (ReLU outputs) as uint8",
+        "store non-negative activations (ReLU/ReLU6 outputs) as uint8: twice the levels, and onnxruntime runs their "
+        "Conv and Add as integer ops (off: symmetric int8 everywhere, the published algorithms' contract)",
         "quantization",
     ),
     Setting(

@@ -23,8 +23,9 @@ class ThresholdSettings:
     percentile: float = DEFAULT_PERCENTILE
     spike_fix: bool = True
     # Non-negative tensors will be stored as uint8 (0..255, QuantizationOptions.unsigned_activations):
-    # choose their thresholds for 255 steps over [0, t] instead of 127.
-    unsigned_activations: bool = False
+    # choose their thresholds for 255 steps over [0, t] instead of 127. On by default: twice the levels,
+    # and only then does onnxruntime fuse a ReLU/ReLU6 into its integer Conv and Add (export_qdq).
+    unsigned_activations: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

@@ -71,23 +71,24 @@ def test_rethreshold_reproduces_a_method_from_the_partials(demo_out: Path, tmp_p
     assert ours["metadata"]["histogram_files"] == "1"
 
 
-def test_rethreshold_records_the_uint8_setting(demo_out: Path, tmp_path: Path) -> None:
+def test_rethreshold_records_the_symmetric_setting(demo_out: Path, tmp_path: Path) -> None:
     args = [
         "rethreshold",
         str(demo_out / "histograms"),
         "--method",
         "mse",
-        "--unsigned-activations",
+        "--no-unsigned-activations",
         "--out",
         str(tmp_path),
     ]
     assert main(args) == 0
     table = read_table(tmp_path / "calibration.json")
-    assert table.metadata["unsigned_activations"] == "true"
-    symmetric = read_table(demo_out / "methods" / "mse" / "calibration.json").by_name()
-    pooled = table.by_name()["head/pool_out"]  # a ReLU output: finer steps let MSE clip less
-    assert not pooled.signed and pooled.threshold > symmetric["head/pool_out"].threshold
-    assert table.by_name()["stem/conv_out"] == symmetric["stem/conv_out"]  # signed: unchanged
+    assert table.metadata["unsigned_activations"] == "false"
+    unsigned = read_table(demo_out / "methods" / "mse" / "calibration.json")
+    assert unsigned.metadata["unsigned_activations"] == "true"  # the default
+    pooled = unsigned.by_name()["head/pool_out"]  # a ReLU output: finer steps let MSE clip less
+    assert not pooled.signed and pooled.threshold > table.by_name()["head/pool_out"].threshold
+    assert table.by_name()["stem/conv_out"] == unsigned.by_name()["stem/conv_out"]  # signed: unchanged
 
 
 def test_rethreshold_of_a_missing_folder_names_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

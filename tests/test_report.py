@@ -176,6 +176,14 @@ def test_markdown_accuracy_shows_the_deployed_model_beside_int8flow() -> None:
         "| top-1 | 76.13% | 75.70% | 0.42 | 75.20% | 0.93 |\n"
     ) in markdown
     assert "`model.int8.onnx` in onnxruntime is what users deploy. Their top-1 agreement: 99.50%." in markdown
+    report = deployed_report()
+    report["settings"].update({"signed_storage": "uint8", "unsigned_activations": True})
+    assert (
+        "`model.int8.onnx` in onnxruntime is what users deploy (signed activations stored as uint8 at zero point "
+        "128, non-negative ones as uint8). Their top-1 agreement: 99.50%."
+    ) in render_markdown(report)
+    report["settings"].update({"signed_storage": "int8", "unsigned_activations": False})
+    assert "(signed activations stored as int8 at zero point 0, every tensor signed)" in render_markdown(report)
     assert "The drop compared is onnxruntime's, the worse of the two." in markdown
     assert "| 2 | `conv1`, `fc\\|head` | 75.70% | 75.20% | 0.42 | passed |\n" in markdown
     assert ("INT8 top-1 deployed", "75.20%") in summary_rows(deployed_report())

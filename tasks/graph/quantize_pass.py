@@ -33,6 +33,7 @@ from int8flow.kernels.quantize import (
     quantize_weights_per_tensor,
 )
 from int8flow.schemas.calibration_table import INT8_MAX, CalibrationTable
+from int8flow.schemas.threshold_settings import ThresholdSettings
 from int8flow.tasks.graph.fp32_tensor_ops import reduce_axes
 from int8flow.tasks.graph.ir import Graph, Node
 
@@ -61,7 +62,7 @@ class QuantizationOptions:
 
     exclude: tuple[str, ...] = ()
     per_channel: bool = True
-    unsigned_activations: bool = False
+    unsigned_activations: bool = ThresholdSettings.unsigned_activations
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         _run_line(report),
         _model_section(report.get("model")),
         _data_section(report.get("data")),
-        _accuracy_section(report.get("accuracy"), report.get("gate")),
+        _accuracy_section(report.get("accuracy"), report.get("gate"), report.get("settings") or {}),
         _gate_section(report.get("gate")),
         _stages_section(report.get("stages")),
         _cluster_section(report.get("cluster")),
@@ -155,7 +155,9 @@ def _data_section(data: Mapping[str, Any] | None) -> str:
     return _section("Data", _table(["", *splits], rows, "l" * (len(splits) + 1)))
 
 
-def _accuracy_section(accuracy: Mapping[str, Any] | None, gate: Mapping[str, Any] | None) -> str:
+def _accuracy_section(
+    accuracy: Mapping[str, Any] | None, gate: Mapping[str, Any] | None, settings: Mapping[str, Any]
+) -> str:
     if not accuracy:
         return ""
     runtime = (gate or {}).get("deploy_runtime")
@@ -188,12 +190,21 @@ def _accuracy_section(accuracy: Mapping[str, Any] | None, gate: Mapping[str, Any
     deployed_agreement = _percent(accuracy.get("deploy_agreement_top1"))
     if deployed_agreement is not None:
         parts.append(
-            f"INT8 is int8flow's exact-integer executor; `model.int8.onnx` in {runtime} is what users deploy. "
-            f"Their top-1 agreement: {deployed_agreement}."
+            f"INT8 is int8flow's exact-integer executor; `model.int8.onnx` in {runtime} is what users deploy"
+            f"{_storage_words(settings)}. Their top-1 agreement: {deployed_agreement}."
         )
     if accuracy.get("examples") is not None:
         parts.append(f"Validation examples: {_count(accuracy['examples'])}.")
     return _section("Accuracy", "\n\n".join(parts))
+
+
+def _storage_words(settings: Mapping[str, Any]) -> str:
+    """How the export stores activations, the choice that decides whether onnxruntime runs it in integers."""
+    if "signed_storage" not in settings:
+        return ""
+    signed = "uint8 at zero point 128" if settings["signed_storage"] == "uint8" else "int8 at zero point 0"
+    unsigned = "non-negative ones as uint8" if settings.get("unsigned_activations") else "every tensor signed"
+    return f" (signed activations stored as {signed}, {unsigned})"
 
 
 def _gate_section(gate: Mapping[str, Any] | None) -> str:
