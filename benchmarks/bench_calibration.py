@@ -173,15 +173,15 @@ def child_ours(job: dict[str, Any]) -> None:
         times["thresholds_wall"] = time.perf_counter() - started
         _say("PHASE", "close")
         workers = info.workers
-    times.update(observe=observed["seconds"], reduce=chosen["reduce_seconds"], search=chosen["thresholds_seconds"])
+    times.update(observe=observed.seconds, reduce=chosen.reduce_seconds, search=chosen.thresholds_seconds)
     times["plots"] = times["thresholds_wall"] - times["reduce"] - times["search"]
     _say(
         "RESULT",
         {
             "times": times,
-            "examples": observed["examples"],
-            "shards": observed["shards"],
-            "examples_per_second": observed["examples_per_second"],
+            "examples": observed.examples,
+            "shards": observed.shards,
+            "examples_per_second": observed.examples_per_second,
             "workers": workers,
         },
     )
