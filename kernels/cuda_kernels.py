@@ -5,9 +5,9 @@ see CuPy arrays, so the NumPy paths never import CuPy; cuBLAS is imported at the
 module (and ``tests/test_cuda_compile.py``) needs only CuPy and NVRTC. Kernels are defined at module
 level and compiled on first use; CuPy compiles them with flush-to-zero (see ``histogram``).
 
-- quantize / requantize / add: ElementwiseKernels with the NumPy path's arithmetic (float32 division,
-  multiplication and fused multiply-add, IEEE correctly rounded on the GPU as on the CPU) and ``rint``
-  (half to even) for rounding;
+- quantize / requantize: ElementwiseKernels with the NumPy path's arithmetic (float32 division and
+  multiplication, IEEE correctly rounded on the GPU as on the CPU) and ``rint`` (half to even) for
+  rounding (the residual Add is a table lookup, ``quantize.add_int8``, the same on every backend);
 - int8 GEMM: cuBLAS ``cublasGemmStridedBatchedEx`` with int8 inputs and int32 compute and output
   (exact integer arithmetic; tensor cores where the shapes allow): one call per convolution group
   over every image of a block, the layer's weights shared (batch stride 0). The call plans
@@ -67,12 +67,6 @@ _REQUANTIZE_UNSIGNED = cupy.ElementwiseKernel(
     "int8flow_requantize_unsigned",
 )
 
-_ADD_UINT8_STORAGE = cupy.ElementwiseKernel(
-    "float32 a, float32 b, float32 ratio_a, float32 ratio_b, float32 constant",
-    "float32 total",
-    "total = rintf(__fmaf_rn(a, ratio_a, __fmaf_rn(b, ratio_b, constant)))",
-    "int8flow_add_uint8_storage",
-)
 
 _DEPTHWISE = cupy.RawKernel(
     r"""
@@ -121,21 +115,6 @@ def requantize(acc: cupy.ndarray, multiplier: cupy.ndarray, low: int, high: int)
     """``clip(rint(float32(acc) * multiplier), low, high)`` as int8 (uint8 when ``high > 127``), in float32."""
     kernel = _REQUANTIZE_UNSIGNED if high > 127 else _REQUANTIZE
     return kernel(acc.astype(cupy.int32, copy=False), multiplier, np.float32(low), np.float32(high))
-
-
-def add_uint8_storage(
-    a: cupy.ndarray,
-    b: cupy.ndarray,
-    a_offset: int,
-    b_offset: int,
-    ratio_a: np.float32,
-    ratio_b: np.float32,
-    constant: np.float32,
-) -> cupy.ndarray:
-    """``rint(fma(a + a_offset, ratio_a, fma(b + b_offset, ratio_b, constant)))`` in float32: QLinearAdd's
-    sum before saturation (``int8flow.kernels.quantize.add_int8``); the offset values are exact floats."""
-    stored_a, stored_b = a.astype(cupy.float32) + a_offset, b.astype(cupy.float32) + b_offset
-    return _ADD_UINT8_STORAGE(stored_a, stored_b, ratio_a, ratio_b, constant)
 
 
 def int8_matmul(a: cupy.ndarray, b: cupy.ndarray) -> cupy.ndarray:

@@ -14,7 +14,7 @@ Add of EfficientNet-Lite0):
   (``layer_multiplier``: input_scale x weight_scale / output_scale in float32), as MLAS's
   requantization of QLinearConv and QGemm does;
 - ``add_int8`` is QLinearAdd on uint8 storage (a signed tensor at zero point 128): two float32 fused
-  multiply-adds, emulated exactly in NumPy (``_fused_multiply_add``) and ``fmaf`` in CUDA;
+  multiply-adds, emulated exactly (``_fused_multiply_add``) into a 256 x 256 table of results;
 - ``rescale`` (Concat inputs) computes in float64, exact for an int8 value times a ratio.
 
 IEEE float32 multiplication, fused multiply-add and rint give the same bits in NumPy and in the CUDA
@@ -24,6 +24,7 @@ their float temporaries stay in cache.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -133,49 +134,59 @@ def add_int8(
     With ``a'`` = a + 128 for an int8 ``a`` (a itself for uint8), ``ra`` = float32(a_scale / out_scale),
     likewise ``b'`` and ``rb``, and the output's zero point ``z`` (128 signed, 0 unsigned):
     ``clip(rint(fma(a', ra, fma(b', rb, c))), 0, 255) - z`` with ``c = z - (ra * za + rb * zb)``, all in
-    float32. The uint8 offsets change only how ties round: the real sum is the same."""
+    float32. The uint8 offsets change only how ties round: the real sum is the same.
+
+    The result depends on the two stored bytes alone, so it is a table of 256 x 256 entries, built
+    once per set of scales (``_add_table``) and read with one gather: the same bits on every backend."""
     _check_bounds(low, high)
     xp = array_module(a, b)
-    a_offset, b_offset = _storage_offset(a), _storage_offset(b)
+    table = _add_table(
+        float(a_scale), a.dtype == np.uint8, float(b_scale), b.dtype == np.uint8, float(out_scale), low, high
+    )
+    index = (_stored_byte(xp, a).astype(xp.uint16) << 8) | _stored_byte(xp, b)
+    return xp.asarray(table)[index]
+
+
+def _stored_byte(xp: Any, q: Any) -> Any:
+    """A tensor's uint8 storage: int8 values + 128 (the sign bit flipped), uint8 values as they are."""
+    if q.dtype == np.uint8:
+        return q
+    return q.view(xp.uint8) ^ xp.uint8(SIGNED_ZERO_POINT)
+
+
+@functools.lru_cache(maxsize=256)
+def _add_table(
+    a_scale: float, a_unsigned: bool, b_scale: float, b_unsigned: bool, out_scale: float, low: int, high: int
+) -> np.ndarray:
+    """``add_int8``'s result for every pair of stored bytes, indexed ``a' * 256 + b'``."""
+    a_offset, b_offset = (0 if a_unsigned else SIGNED_ZERO_POINT), (0 if b_unsigned else SIGNED_ZERO_POINT)
     out_offset = 0 if high > INT8_MAX else SIGNED_ZERO_POINT
     out_scale32 = np.float32(out_scale)
     ratio_a, ratio_b = np.float32(a_scale) / out_scale32, np.float32(b_scale) / out_scale32
     constant = np.float32(out_offset) - (ratio_a * np.float32(a_offset) + ratio_b * np.float32(b_offset))
-    if uses_cuda(xp):
-        from int8flow.kernels import cuda_kernels
-
-        total = cuda_kernels.add_uint8_storage(a, b, a_offset, b_offset, ratio_a, ratio_b, constant)
-        shifted = xp.clip(total, 0, UINT8_MAX) - out_offset
-        return xp.clip(shifted, low, high).astype(quantized_dtype(high))
-
-    def block(a_part: Any, b_part: Any) -> Any:
-        inner = _fused_multiply_add(xp, b_part.astype(xp.float64) + b_offset, ratio_b, constant)
-        total = xp.rint(_fused_multiply_add(xp, a_part.astype(xp.float64) + a_offset, ratio_a, inner))
-        return xp.clip(xp.clip(total, 0, UINT8_MAX) - out_offset, low, high)
-
-    return _by_blocks(block, quantized_dtype(high), a, b)
+    stored = np.arange(UINT8_MAX + 1, dtype=np.float64)
+    inner = _fused_multiply_add(stored, ratio_b, np.full_like(stored, constant))
+    total = _fused_multiply_add(stored[:, None], ratio_a, inner[None, :].astype(np.float64))
+    values = np.clip(np.clip(np.rint(total), 0, UINT8_MAX) - out_offset, low, high)
+    table = values.astype(quantized_dtype(high)).reshape(-1)
+    table.flags.writeable = False
+    return table
 
 
-def _storage_offset(q: Any) -> int:
-    """What a tensor's values gain in uint8 storage: 128 for int8, 0 for uint8."""
-    return 0 if q.dtype == np.uint8 else SIGNED_ZERO_POINT
-
-
-def _fused_multiply_add(xp: Any, x: Any, ratio: np.float32, addend: Any) -> Any:
+def _fused_multiply_add(x: np.ndarray, ratio: np.float32, addend: np.ndarray) -> np.ndarray:
     """float32 ``fma(x, ratio, addend)``, rounded once, for small integers ``x`` (float64 holding
-    |x| < 2**9), a float32 ``ratio`` and float32 ``addend``.
+    |x| < 2**9), a float32 ``ratio`` and float32 ``addend`` (held in float64).
 
     ``x * ratio`` is exact in float64. The sum is rounded to odd in float64 (TwoSum gives its exact
     error; an inexact even result moves one step toward the true sum), and a float64 rounded to odd
     rounds to float32 exactly as the true sum would: float64 carries more than 24 + 1 bits."""
     product = x * np.float64(ratio)
-    addend = xp.asarray(addend, dtype=xp.float64)
     total = product + addend
     partial = total - product
     error = (product - (total - partial)) + (addend - partial)
-    inexact_even = (error != 0) & ((total.view(xp.int64) & 1) == 0)
-    toward = xp.where(error > 0, xp.inf, -xp.inf)
-    return xp.where(inexact_even, xp.nextafter(total, toward), total).astype(xp.float32)
+    inexact_even = (error != 0) & ((total.view(np.int64) & 1) == 0)
+    toward = np.where(error > 0, np.inf, -np.inf)
+    return np.where(inexact_even, np.nextafter(total, toward), total).astype(np.float32)
 
 
 def quantize_weights_per_channel(w: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
