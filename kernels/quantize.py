@@ -159,13 +159,12 @@ def _add_table(
     a_scale: float, a_unsigned: bool, b_scale: float, b_unsigned: bool, out_scale: float, low: int, high: int
 ) -> np.ndarray:
     """``add_int8``'s result for every pair of stored bytes, indexed ``a' * 256 + b'``."""
-    a_offset, b_offset = (0 if a_unsigned else SIGNED_ZERO_POINT), (0 if b_unsigned else SIGNED_ZERO_POINT)
-    out_offset = 0 if high > INT8_MAX else SIGNED_ZERO_POINT
+    a_offset, b_offset, out_offset = _zero_point(a_unsigned), _zero_point(b_unsigned), _zero_point(high > INT8_MAX)
     out_scale32 = np.float32(out_scale)
     ratio_a, ratio_b = np.float32(a_scale) / out_scale32, np.float32(b_scale) / out_scale32
     constant = np.float32(out_offset) - (ratio_a * np.float32(a_offset) + ratio_b * np.float32(b_offset))
     stored = np.arange(UINT8_MAX + 1, dtype=np.float64)
-    inner = _fused_multiply_add(stored, ratio_b, np.full_like(stored, constant))
+    inner = _fused_multiply_add(stored, ratio_b, np.float64(constant))
     total = _fused_multiply_add(stored[:, None], ratio_a, inner[None, :].astype(np.float64))
     values = np.clip(np.clip(np.rint(total), 0, UINT8_MAX) - out_offset, low, high)
     table = values.astype(quantized_dtype(high)).reshape(-1)
@@ -173,7 +172,12 @@ def _add_table(
     return table
 
 
-def _fused_multiply_add(x: np.ndarray, ratio: np.float32, addend: np.ndarray) -> np.ndarray:
+def _zero_point(unsigned: bool) -> int:
+    """A tensor's zero point in uint8 storage: 0 for uint8 values, 128 for int8 ones."""
+    return 0 if unsigned else SIGNED_ZERO_POINT
+
+
+def _fused_multiply_add(x: np.ndarray, ratio: np.float32, addend: Any) -> np.ndarray:
     """float32 ``fma(x, ratio, addend)``, rounded once, for small integers ``x`` (float64 holding
     |x| < 2**9), a float32 ``ratio`` and float32 ``addend`` (held in float64).
 

@@ -76,8 +76,12 @@ class _QDQBuilder:
         self.initializers[name] = value
         return name
 
+    def zero_value(self, unsigned: bool) -> np.integer:
+        """The zero point of a tensor, whose type is its storage type."""
+        return np.uint8(0) if unsigned else self.signed_zero_point
+
     def zero_point(self, prefix: str, unsigned: bool) -> str:
-        return self.constant(f"{prefix}/zero_point", np.uint8(0) if unsigned else self.signed_zero_point)
+        return self.constant(f"{prefix}/zero_point", self.zero_value(unsigned))
 
     def dequantize(
         self, tensor: str, scale: float | str, prefix: str, axis: int | None = None, zero: str | None = None
@@ -204,7 +208,7 @@ class _QDQBuilder:
         self.quantize(output, node.outputs[0], f"{node.name}/output")
 
     def _Int8Clip(self, node: Node) -> None:
-        zero = np.uint8(0) if node.attributes["unsigned"] else self.signed_zero_point
+        zero = self.zero_value(node.attributes["unsigned"])
         dtype = zero.dtype.type
         low = self.constant(f"{node.name}/min", dtype(node.attributes["low"] + int(zero)))
         high = self.constant(f"{node.name}/max", dtype(node.attributes["high"] + int(zero)))

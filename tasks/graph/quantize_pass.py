@@ -376,10 +376,11 @@ class _Rewriter:
             scales = np.full(weight.shape[axis], scale, dtype=np.float32)
         if bias is None:
             return weight_q, scales
-        room = INT32_MAX - accumulator_bound(weight.size // weight.shape[axis], x_encoding.unsigned)
+        fan_in = weight.size // weight.shape[axis]
+        room = INT32_MAX - accumulator_bound(fan_in, x_encoding.unsigned)
         if room <= 0:
             raise QuantizationError(
-                f"node {node.name!r} ({node.op_type}): a fan-in of {weight.size // weight.shape[axis]} can overflow "
+                f"node {node.name!r} ({node.op_type}): a fan-in of {fan_in} can overflow "
                 "the int32 accumulator; keep this node in float (--exclude)"
             )
         needed = np.abs(bias.astype(np.float64)) / (x_encoding.scale * room) * (1.0 + 1e-6)
