@@ -170,6 +170,26 @@ def int8_requantize() -> None:
         )
         return out
 
+    @task(task_display_name="Bias correction on Dask")
+    @bad_input_fails_at_once
+    def correct(out: str) -> str:
+        from int8flow.tasks.run import stages
+
+        with run_cluster(out) as (client, _):
+            record = stages.correct(out, client, ProgressLog(), run_config(out))
+        if record is None:
+            log.info("bias correction is off")
+        else:
+            log.info(
+                "corrected the biases of %d layers over %d examples, %.1f s (largest shift %.3g, %s)",
+                record.layers,
+                record.examples,
+                record.seconds,
+                record.largest_shift,
+                record.largest_shift_layer,
+            )
+        return out
+
     @task(task_display_name="Build INT8 model")
     @bad_input_fails_at_once
     def build(out: str) -> str:
@@ -266,7 +286,7 @@ def int8_requantize() -> None:
             log.info("registered %s version %s, alias %s", config.register, version, config.alias or "none")
         return version
 
-    out = report(gate(validate(build(thresholds(observe(plan()))))))
+    out = report(gate(validate(build(correct(thresholds(observe(plan())))))))
     register(out, track(out))
 
 

@@ -1,9 +1,11 @@
 """The calibration table: one symmetric INT8 threshold per tensor, and its two file formats.
 
-The JSON form is ours and loses nothing (method, divergence, signedness, metadata), so a run can be
-audited and compared later. The TensorRT calibration cache (REFERENCE.md section 3) is what an
-engine builder reads: only a float32 scale per tensor. Both are parsed strictly, because a table
-that loads with a silently wrong threshold costs accuracy nobody can trace back.
+The JSON form is ours and loses nothing (method, divergence, signedness, metadata, and the bias
+corrections of the layers), so a run can be audited and compared later. The TensorRT calibration
+cache (REFERENCE.md section 3) is what an engine builder reads: only a float32 scale per tensor, so
+it cannot carry bias corrections: those live in the JSON table and in ``model.int8.onnx``. Both are
+parsed strictly, because a table that loads with a silently wrong threshold costs accuracy nobody
+can trace back.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ FORMAT_VERSION = 1
 DEFAULT_TENSORRT_VERSION_TAG = "TRT-8601-EntropyCalibration2"
 
 _TENSOR_KEYS = ("name", "method", "threshold", "signed", "divergence")
+_TABLE_KEYS = ("format", "format_version", "metadata", "tensors")
+_CORRECTIONS_KEY = "bias_corrections"
 _TENSORRT_HEADER = re.compile(r"TRT-(\d+)-([A-Za-z][A-Za-z0-9]*)")
 _TENSORRT_SCALE = re.compile(r"[0-9a-fA-F]{8}")
 
@@ -78,10 +82,15 @@ class TensorCalibration:
 
 @dataclass(frozen=True)
 class CalibrationTable:
-    """Thresholds of every calibrated tensor, in a fixed order, and the settings behind them."""
+    """Thresholds of every calibrated tensor, in a fixed order, and the settings behind them.
+
+    ``bias_corrections``: per layer node, what to add to each output channel's float bias (empty
+    when bias correction is off; such a table's JSON has no ``bias_corrections`` key at all).
+    """
 
     tensors: tuple[TensorCalibration, ...]
     metadata: dict[str, str] = field(default_factory=dict)
+    bias_corrections: dict[str, tuple[float, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tensors", tuple(self.tensors))
@@ -101,6 +110,7 @@ class CalibrationTable:
             if not isinstance(key, str) or not isinstance(value, str):
                 raise CalibrationTableError(f"metadata {key!r}: {value!r}: keys and values must be strings")
         object.__setattr__(self, "metadata", dict(self.metadata))
+        object.__setattr__(self, "bias_corrections", _checked_corrections(self.bias_corrections))
 
     def by_name(self) -> dict[str, TensorCalibration]:
         return {tensor.name: tensor for tensor in self.tensors}
@@ -122,6 +132,8 @@ class CalibrationTable:
                 for tensor in self.tensors
             ],
         }
+        if self.bias_corrections:
+            document[_CORRECTIONS_KEY] = {node: list(shift) for node, shift in sorted(self.bias_corrections.items())}
         return json.dumps(document, indent=2, allow_nan=False) + "\n"
 
     @classmethod
@@ -133,7 +145,8 @@ class CalibrationTable:
             raise CalibrationTableError(f"{source}: not valid JSON ({error})") from None
         if not isinstance(document, dict):
             raise CalibrationTableError(f"{source}: expected a JSON object at the top level")
-        _check_keys(document, ("format", "format_version", "metadata", "tensors"), source)
+        corrections = document.pop(_CORRECTIONS_KEY, {})
+        _check_keys(document, _TABLE_KEYS, source)
         if document["format"] != FORMAT_NAME:
             raise CalibrationTableError(
                 f"{source}: format {document['format']!r} is not {FORMAT_NAME!r}; pass an int8flow "
@@ -165,7 +178,9 @@ class CalibrationTable:
                 )
             except CalibrationTableError as error:
                 raise CalibrationTableError(f"{where}: {error}") from None
-        return _table(tensors, document["metadata"], source)
+        if not isinstance(corrections, dict):
+            raise CalibrationTableError(f"{source}: {_CORRECTIONS_KEY!r} must be an object of node: [shifts]")
+        return _table(tensors, document["metadata"], source, corrections)
 
     def to_tensorrt_cache(self, version_tag: str = DEFAULT_TENSORRT_VERSION_TAG) -> str:
         """The TensorRT calibration cache: a header, then ``name: <big-endian float32 scale>``."""
@@ -229,11 +244,29 @@ class CalibrationTable:
         return _table(tensors, {}, source)
 
 
-def _table(tensors: list[TensorCalibration], metadata: Any, source: str) -> CalibrationTable:
+def _table(tensors: list[TensorCalibration], metadata: Any, source: str, corrections: Any = None) -> CalibrationTable:
     try:
-        return CalibrationTable(tuple(tensors), metadata)
+        return CalibrationTable(tuple(tensors), metadata, corrections or {})
     except CalibrationTableError as error:
         raise CalibrationTableError(f"{source}: {error}") from None
+
+
+def _checked_corrections(corrections: Any) -> dict[str, tuple[float, ...]]:
+    """Node name -> finite float shifts, as plain floats so that equal tables give equal JSON."""
+    checked = {}
+    for node, shift in dict(corrections).items():
+        values = [_as_float(value) for value in shift] if isinstance(shift, list | tuple) else [None]
+        if (
+            not isinstance(node, str)
+            or not node
+            or not values
+            or any(value is None or not math.isfinite(value) for value in values)
+        ):
+            raise CalibrationTableError(
+                f"bias correction of node {node!r}: {shift!r} must be a non-empty list of finite numbers"
+            )
+        checked[node] = tuple(float(value) for value in values if value is not None)
+    return checked
 
 
 def _as_float(value: Any) -> float | None:

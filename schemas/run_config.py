@@ -212,6 +212,14 @@ SETTINGS: tuple[Setting, ...] = (
         "quantization",
     ),
     Setting(
+        "bias_correction",
+        bool,
+        True,
+        "shift each layer's bias so that the mean of its INT8 output per channel matches FP32's over the "
+        "calibration data (a second pass over it; off: the published algorithms' tables and biases unchanged)",
+        "quantization",
+    ),
+    Setting(
         "exclude",
         list,
         (),
@@ -367,6 +375,7 @@ class RunConfig:
     percentile: float
     spike_fix: bool
     unsigned_activations: bool
+    bias_correction: bool
     exclude: tuple[str, ...]
     per_tensor_weights: bool
     signed_storage: str

@@ -11,6 +11,8 @@ PLAN_FILE = "run.json"
 MANIFEST_FILE = "manifest.json"
 """Every file the run wrote, relative to the folder: the only files ``--overwrite`` removes and MLflow gets."""
 HISTOGRAM_DIR = "histograms"
+BIAS_SUMS_DIR = "bias_sums"
+"""The bias-correction pass's partial sums, one file per calibration shard, beside the histograms."""
 STAGE_DIR = "stages"
 CALIBRATION_JSON = "calibration.json"
 TENSORRT_CACHE = "calibration.cache"
@@ -26,6 +28,7 @@ RESULT_NAMES: tuple[str, ...] = (
     PLAN_FILE,
     MANIFEST_FILE,
     HISTOGRAM_DIR,
+    BIAS_SUMS_DIR,
     CALIBRATION_JSON,
     TENSORRT_CACHE,
     INT8_MODEL,
@@ -37,7 +40,7 @@ RESULT_NAMES: tuple[str, ...] = (
 )
 """Every top-level entry a run may write into its output folder (what it did write is in the manifest)."""
 
-RUN_SUBFOLDERS: tuple[str, ...] = (HISTOGRAM_DIR, PLOTS_DIR, STAGE_DIR)
+RUN_SUBFOLDERS: tuple[str, ...] = (HISTOGRAM_DIR, BIAS_SUMS_DIR, PLOTS_DIR, STAGE_DIR)
 """The folders a run writes into; each must be a real folder, never a link to somewhere else."""
 
 

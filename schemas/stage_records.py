@@ -165,6 +165,19 @@ class ThresholdsRecord(StageRecord):
 
 
 @dataclass(frozen=True)
+class CorrectRecord(StageRecord):
+    """The bias-correction pass: how long, over how many examples, and its largest shift (in the
+    units of the layer's output) to say at a glance how much quantization moved the means."""
+
+    STAGE: ClassVar[str] = "correct"
+    seconds: float
+    examples: int
+    layers: int
+    largest_shift: float
+    largest_shift_layer: str
+
+
+@dataclass(frozen=True)
 class BuildRecord(StageRecord):
     STAGE: ClassVar[str] = "build"
     seconds: float

@@ -31,7 +31,7 @@ AIRFLOW = Path(sys.executable).parent / "airflow"
 FASHION_MNIST = Path(FASHION_MNIST_FOLDER)
 DAG_ID = "int8_requantize"
 DAG_IDS = {DAG_ID, "int8_requantize_nightly"}
-TASK_IDS = ["plan", "observe", "thresholds", "build", "validate", "gate", "report", "track", "register"]
+TASK_IDS = ["plan", "observe", "thresholds", "correct", "build", "validate", "gate", "report", "track", "register"]
 SMALL_RUN = {"calib_examples": 256, "val_examples": 1000, "batch_size": 64, "workers": 2, "sensitivity_examples": 32}
 EXPECTED_METRICS = {
     "calib_seconds",
@@ -397,7 +397,7 @@ def test_a_failed_gate_fails_the_run_at_the_gate_task_and_registers_nothing(
 
     assert failed_gate_run.returncode != 0
     states = failed_gate_run.states()
-    assert {task: states[task] for task in TASK_IDS[:5]} == {task: ("success", 1) for task in TASK_IDS[:5]}
+    assert {task: states[task] for task in TASK_IDS[:6]} == {task: ("success", 1) for task in TASK_IDS[:6]}
     assert states["gate"] == ("failed", 1)  # AirflowFailException: no retry
     assert {states[task][0] for task in ("report", "track", "register")} == {"upstream_failed"}
     assert "AirflowFailException: accuracy gate failed: INT8 top-1" in failed_gate_run.output

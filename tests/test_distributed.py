@@ -1,8 +1,10 @@
-"""Calibration on real Dask clusters: the table does not depend on workers, shards, batch size, or a
-worker killed mid-stage. Model: the committed Fashion-MNIST ResNet; data: Debian's Fashion-MNIST."""
+"""Calibration on real Dask clusters: the table, bias corrections included, does not depend on
+workers, shards, batch size, or a worker killed mid-stage. Model: the committed Fashion-MNIST
+ResNet; data: Debian's Fashion-MNIST."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import struct
@@ -68,6 +70,7 @@ def calibrate(
     plan_run(config(out, batch_size, shards, workers, model, engine=engine))
     stages.observe(str(out), client, progress)
     stages.thresholds(str(out))
+    stages.correct(str(out), client, progress)
     return (out / "calibration.json").read_bytes()
 
 
@@ -96,9 +99,17 @@ def test_table_is_bit_identical_for_any_sharding(
 ) -> None:
     table = calibrate(tmp_path / "out", two_workers, batch_size, shards, 2)
     assert table == reference
-    assert sorted(path.name for path in (tmp_path / "out" / "histograms").iterdir()) == [
-        f"shard={index:05d}.parquet" for index in range(shards)
-    ]
+    for folder in ("histograms", "bias_sums"):
+        assert sorted(path.name for path in (tmp_path / "out" / folder).iterdir()) == [
+            f"shard={index:05d}.parquet" for index in range(shards)
+        ]
+
+
+def test_the_reference_table_holds_a_bias_correction_for_every_layer(reference: bytes) -> None:
+    corrections = json.loads(reference)["bias_corrections"]
+    layers = [node for node in onnx.load(MODEL).graph.node if node.op_type in ("Conv", "Gemm")]
+    assert sorted(corrections) == sorted(node.name for node in layers)
+    assert all(any(shift != 0.0 for shift in shifts) for shifts in corrections.values())
 
 
 def test_a_model_whose_products_blas_sums_by_thread_count_gives_one_table_for_one_or_two_workers(
@@ -141,6 +152,7 @@ def validated(tmp_path_factory: pytest.TempPathFactory, two_workers) -> dict[tup
             plan_run(replace(config(out, batch_size, shards, workers, val_data=VAL), overwrite=True))
             stages.observe(str(out), client)
             stages.thresholds(str(out))
+            stages.correct(str(out), client)
             stages.build(str(out))
             record = stages.validate(str(out), client)
             assert record is not None
@@ -181,11 +193,14 @@ def worker_killer(client, stage: str, killed: list[int]) -> ProgressSink:  # typ
     return kill_after_first_shard
 
 
-def test_a_worker_killed_mid_observe_does_not_change_the_table(reference: bytes, tmp_path: Path) -> None:
-    """SIGKILL one worker process after the first shard: its shards are recomputed elsewhere."""
+@pytest.mark.parametrize("stage", ["observe", "correct"])
+def test_a_worker_killed_mid_calibration_does_not_change_the_table(
+    reference: bytes, tmp_path: Path, stage: str
+) -> None:
+    """SIGKILL one worker process after the first shard of a pass: its shards are recomputed elsewhere."""
     with dask_client(workers=2) as (client, _):
         killed: list[int] = []
-        table = calibrate(tmp_path / "out", client, 16, 12, 2, worker_killer(client, "observe", killed))
+        table = calibrate(tmp_path / "out", client, 16, 12, 2, worker_killer(client, stage, killed))
         survivors = list(client.run(os.getpid).values())
     assert killed and killed[0] not in survivors
     assert table == reference

@@ -32,7 +32,8 @@ DETERMINISTIC = ("calibration.json", "calibration.cache", "model.int8.onnx")
 KILL_WHEN = {
     "observe": "histograms/shard=*.parquet",
     "thresholds": "stages/observe.json",
-    "build": "stages/thresholds.json",
+    "correct": "stages/thresholds.json",
+    "build": "stages/correct.json",
     "validate": "stages/build.json",
     "gate": "stages/validate.json",
     "report": "stages/gate.json",
@@ -54,7 +55,14 @@ def run(out: Path, tracking: Path) -> subprocess.CompletedProcess[str]:
 
 
 def digests(out: Path) -> dict[str, str]:
-    names = [*DETERMINISTIC, *(f"histograms/{path.name}" for path in sorted((out / "histograms").iterdir()))]
+    names = [
+        *DETERMINISTIC,
+        *(
+            f"{folder}/{path.name}"
+            for folder in ("histograms", "bias_sums")
+            for path in sorted((out / folder).iterdir())
+        ),
+    ]
     found = {name: hashlib.sha256((out / name).read_bytes()).hexdigest() for name in names}
     report = json.loads((out / "report.json").read_text())
     found["report.json accuracy"] = json.dumps(report["accuracy"], sort_keys=True)

@@ -10,6 +10,7 @@ has been rewritten since.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import time
@@ -24,8 +25,10 @@ from int8flow.kernels.backend import select_backend, to_numpy
 from int8flow.kernels.int8_gemm import gemm_fallbacks
 from int8flow.schemas.calibration_table import CalibrationTable, CalibrationTableError
 from int8flow.schemas.stage_records import NodeSensitivity
+from int8flow.tasks.calibration.bias_correction import InputSums, corrected_layers
 from int8flow.tasks.calibration.collector import collect_histograms
 from int8flow.tasks.calibration.partial_files import write_partial_histograms
+from int8flow.tasks.calibration.sums_files import write_partial_sums
 from int8flow.tasks.data.mnist_idx import DatasetError
 from int8flow.tasks.data.preprocess import parse_preprocess
 from int8flow.tasks.data.sharding import batch_ranges, shard_range
@@ -149,6 +152,23 @@ def observe_shard(
     inputs = ({graph.inputs[0].name: batch.inputs} for batch in tally.usable(_batches(spec, graph)))
     histograms = collect_histograms(executor, inputs, tensors, num_bins)
     write_partial_histograms(path, run_key, model.sha256, spec.shard, histograms)
+    return ObservedShard(
+        path, spec.shard, tally.examples, tally.skipped, tuple(tally.sources), time.perf_counter() - started
+    )
+
+
+def correct_shard(
+    model: ModelRef, spec: ShardSpec, int8: Int8Ref, path: str, run_key: str, threads: int
+) -> ObservedShard:
+    """The bias-correction sums of the shard's calibration examples, written atomically to ``path``."""
+    started = time.perf_counter()
+    graph, executor = _fp32_executor(model, threads)
+    layers = corrected_layers(graph, uncorrected_int8_graph(model, int8))
+    sums = InputSums(layers)
+    tally = _Tally()
+    for batch in tally.usable(_batches(spec, graph)):
+        executor.run({graph.inputs[0].name: batch.inputs}, sums, sums.tensors)
+    write_partial_sums(path, run_key, int8.table_sha256, spec.shard, sums.layer_sums(graph, layers, tally.examples))
     return ObservedShard(
         path, spec.shard, tally.examples, tally.skipped, tuple(tally.sources), time.perf_counter() - started
     )
@@ -295,6 +315,14 @@ def calibration_table(int8: Int8Ref) -> CalibrationTable:
 @functools.lru_cache(maxsize=4)
 def int8_graph(model: ModelRef, int8: Int8Ref) -> Graph:
     return quantize_graph(fp32_graph(model), calibration_table(int8), int8.options)
+
+
+@functools.lru_cache(maxsize=2)
+def uncorrected_int8_graph(model: ModelRef, int8: Int8Ref) -> Graph:
+    """The INT8 graph without the table's bias corrections: what the corrections are measured on, so
+    that a retried correction stage measures the same weights as the first attempt."""
+    table = dataclasses.replace(calibration_table(int8), bias_corrections={})
+    return quantize_graph(fp32_graph(model), table, int8.options)
 
 
 @functools.lru_cache(maxsize=4)

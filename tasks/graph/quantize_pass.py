@@ -12,7 +12,9 @@ excluded node, runs in FP32: conversions are inserted lazily, one Quantize or De
 where a reader needs the other kind.
 
 Weights are int8 per output channel (per tensor as an option); biases int32 with scale
-input_scale x weight_scale, so the int32 accumulator needs no rescaling before the bias.
+input_scale x weight_scale, so the int32 accumulator needs no rescaling before the bias. A table
+with bias corrections (``int8flow.tasks.calibration.bias_correction``) adds each layer's shift to
+its float bias before the bias is quantized.
 """
 
 from __future__ import annotations
@@ -127,6 +129,7 @@ class _Rewriter:
     def __init__(self, graph: Graph, table: CalibrationTable, options: QuantizationOptions) -> None:
         self.source = graph
         self.records = table.by_name()
+        self.bias_corrections = table.bias_corrections
         self.options = options
         self.excluded = excluded_nodes(graph, options.exclude)
         self.consumers = graph.consumers()
@@ -274,6 +277,7 @@ class _Rewriter:
         x_name, x_encoding = self._int8_version(node.inputs[0])
         weight = self.source.initializers[node.inputs[1]]
         bias = self._bias(node, 2)
+        bias = self._corrected(node, bias)
         weight_q, weight_scales = self._quantize_weight(node, weight, 0, bias, x_encoding)
         output, encoding, requantization = self._fused_activation(node)
         attributes = {
@@ -287,19 +291,7 @@ class _Rewriter:
         )
 
     def _linear_weight(self, node: Node) -> np.ndarray | None:
-        """The weight as (K, N) so that the layer is ``x @ weight``; None if not a constant 2-D weight."""
-        if len(node.inputs) < 2 or not self._is_constant(node.inputs[1]) or self._is_constant(node.inputs[0]):
-            return None
-        weight = self.source.initializers[node.inputs[1]]
-        if weight.ndim != 2:
-            return None
-        if node.op_type == "Gemm":
-            if node.attribute("transA", 0):
-                return None
-            if node.attribute("transB", 0):
-                weight = weight.T
-            weight = weight * np.float32(node.attribute("alpha", 1.0))
-        return np.ascontiguousarray(weight)
+        return linear_weight(self.source, node)
 
     def _linear(self, node: Node) -> None:
         weight = self._linear_weight(node)
@@ -314,6 +306,7 @@ class _Rewriter:
             bias = np.asarray(self.source.initializers[constant], dtype=np.float32).reshape(-1)
             self.fused.add(bias_add.name)
             producer = bias_add
+        bias = self._corrected(node, bias)
         weight_q, weight_scales = self._quantize_weight(node, weight, 1, bias, x_encoding)
         output, encoding, requantization = self._fused_activation(producer)
         attributes = {"input_scale": x_encoding.scale, **requantization}
@@ -393,6 +386,15 @@ class _Rewriter:
             shape[axis] = -1
             weight_q = quantize(np.asarray(weight, dtype=np.float32), scales.reshape(shape))
         return weight_q, scales
+
+    def _corrected(self, node: Node, bias: np.ndarray | None) -> np.ndarray | None:
+        """The bias plus the table's bias correction of this layer, if it has one (a layer without
+        a bias gets the correction as its bias)."""
+        shift = self.bias_corrections.get(node.name)
+        if shift is None:
+            return bias
+        shift_values = np.asarray(shift, dtype=np.float32)
+        return shift_values if bias is None else (bias + shift_values).astype(np.float32)
 
     def _bias(self, node: Node, position: int) -> np.ndarray | None:
         if len(node.inputs) > position and node.inputs[position]:
@@ -486,6 +488,23 @@ class _Rewriter:
         inputs = [x_name] + [self._float_version(name) for name in node.inputs[1:]]
         outputs = [self._produce_int8(name, encoding) if name else name for name in node.outputs]
         self.nodes.append(Node(node.name, op_type, inputs, outputs, dict(node.attributes)))
+
+
+def linear_weight(graph: Graph, node: Node) -> np.ndarray | None:
+    """A Gemm's or MatMul's weight as (K, N) so that the layer is ``x @ weight`` (alpha folded in);
+    None if it is not a constant 2-D weight."""
+    if len(node.inputs) < 2 or node.inputs[1] not in graph.initializers or node.inputs[0] in graph.initializers:
+        return None
+    weight = graph.initializers[node.inputs[1]]
+    if weight.ndim != 2:
+        return None
+    if node.op_type == "Gemm":
+        if node.attribute("transA", 0):
+            return None
+        if node.attribute("transB", 0):
+            weight = weight.T
+        weight = weight * np.float32(node.attribute("alpha", 1.0))
+    return np.ascontiguousarray(weight)
 
 
 def _int_bounds(bounds: tuple[float | None, float | None], encoding: Encoding) -> tuple[int, int]:

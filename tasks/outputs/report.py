@@ -22,7 +22,7 @@ from int8flow.tasks.outputs.atomic_files import atomic_write_text
 
 STAGE_ORDER = ("observe", "reduce", "thresholds", "build", "validate", "gate", "track")
 # The stages that turn images into a calibration table; their sum is the "calibration time".
-CALIBRATION_STAGES = ("observe", "reduce", "thresholds")
+CALIBRATION_STAGES = ("observe", "reduce", "thresholds", "correct")
 TOP_ROWS = 10
 MISSING = "—"
 

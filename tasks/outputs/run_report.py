@@ -18,6 +18,7 @@ from int8flow.schemas.run_folder import REPORT_JSON
 from int8flow.schemas.stage_records import (
     BuildRecord,
     ClusterRecord,
+    CorrectRecord,
     GateRecord,
     ObserveRecord,
     ThresholdsRecord,
@@ -58,6 +59,7 @@ def read_run_report(plan: RunPlan) -> dict[str, Any]:
 def assemble_report(plan: RunPlan, started: str, finished: str) -> dict[str, Any]:
     observe = load_record(plan, ObserveRecord)
     thresholds = load_record(plan, ThresholdsRecord)
+    correct = load_record(plan, CorrectRecord)
     build = load_record(plan, BuildRecord)
     validate = load_record(plan, ValidateRecord)
     gate = load_record(plan, GateRecord)
@@ -71,6 +73,12 @@ def assemble_report(plan: RunPlan, started: str, finished: str) -> dict[str, Any
         },
         "reduce": {"seconds": thresholds.reduce_seconds if thresholds else None},
         "thresholds": {"seconds": thresholds.thresholds_seconds if thresholds else None},
+        "correct": {
+            "seconds": correct.seconds if correct else None,
+            "layers": correct.layers if correct else 0,
+            "largest_shift": correct.largest_shift if correct else None,
+            "largest_shift_layer": correct.largest_shift_layer if correct else None,
+        },
         "build": {"seconds": build.seconds if build else None},
     }
     report: dict[str, Any] = {

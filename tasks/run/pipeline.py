@@ -48,6 +48,7 @@ def run_pipeline(
             stages.record_cluster(out, info)
             stages.observe(out, client, progress, config)
             stages.thresholds(out)
+            stages.correct(out, client, progress, config)
             stages.build(out, config)
             stages.validate(out, client, progress, config)
             gate = stages.gate(out, client, progress, config)

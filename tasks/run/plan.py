@@ -23,6 +23,7 @@ from fsspec.core import url_to_fs
 
 from int8flow.schemas.run_config import RunConfig
 from int8flow.schemas.run_folder import (
+    BIAS_SUMS_DIR,
     FP32_MODEL,
     HISTOGRAM_DIR,
     PLAN_FILE,
@@ -101,6 +102,9 @@ class RunPlan:
 
     def histogram_path(self, shard: int) -> str:
         return f"{self.out}/{HISTOGRAM_DIR}/{partial_file_name(shard)}"
+
+    def bias_sums_path(self, shard: int) -> str:
+        return f"{self.out}/{BIAS_SUMS_DIR}/{partial_file_name(shard)}"
 
     def quantization_options(self, extra_exclude: tuple[str, ...] = ()) -> QuantizationOptions:
         return QuantizationOptions(

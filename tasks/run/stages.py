@@ -24,6 +24,7 @@ from int8flow.schemas.stage_records import (
     Accuracy,
     BuildRecord,
     ClusterRecord,
+    CorrectRecord,
     GateRecord,
     ObserveRecord,
     StageRecord,
@@ -31,7 +32,7 @@ from int8flow.schemas.stage_records import (
     ValidateRecord,
 )
 from int8flow.schemas.uri_redaction import redact_text
-from int8flow.tasks.calibration.steps import merge_histograms, observe_shards, write_table
+from int8flow.tasks.calibration.steps import correct_biases, merge_histograms, observe_shards, write_table
 from int8flow.tasks.calibration.table import read_calibration_table
 from int8flow.tasks.distributed.fanout import ProgressSink, quiet
 from int8flow.tasks.outputs.atomic_files import atomic_write_text
@@ -99,6 +100,29 @@ def thresholds(out: str) -> ThresholdsRecord:
         plots=tuple(plot_tensor_histograms(plan.out, histograms, table)),
     )
     record_outputs(plan.out, [plan.path(plot) for plot in record.plots])
+    save_record(plan, record)
+    return record
+
+
+def correct(
+    out: str, client: Client, progress: ProgressSink = quiet, config: RunConfig | None = None
+) -> CorrectRecord | None:
+    """Bias correction: the second pass over the calibration shards, and the table rewritten with
+    each layer's shifts; None when the run has it off (the table keeps no corrections)."""
+    plan = working_plan(out, config)
+    if not plan.config.bias_correction:
+        return None
+    (shards, table), seconds = _timed(lambda: correct_biases(plan, client, progress))
+    largest = max(
+        ((abs(shift), node) for node, shifts in table.bias_corrections.items() for shift in shifts), default=(0.0, "")
+    )
+    record = CorrectRecord(
+        seconds=seconds,
+        examples=sum(shard.examples for shard in shards),
+        layers=len(table.bias_corrections),
+        largest_shift=largest[0],
+        largest_shift_layer=largest[1],
+    )
     save_record(plan, record)
     return record
 

@@ -1,0 +1,110 @@
+"""The INT8 models the accuracy benchmarks compare: int8flow's variants, onnxruntime's quantize_static
+and NNCF, all from the same calibration examples, in the same run.
+
+int8flow: one observe pass (8192-bin histograms, onnxruntime as the FP32 engine), then each method
+with the defaults' uint8 storage of non-negative tensors, bias correction off and on, and the
+published algorithms' contract (symmetric int8, no bias correction) for entropy; run by int8flow's
+INT8 executor, which onnxruntime's integer kernels match bit for bit on this CPU (RESULTS.md).
+onnxruntime.quantization.quantize_static: QDQ, per-channel, QInt8 weights and activations, methods
+MinMax, Entropy (its defaults: 128/128 bins) and Percentile (its default 99.999). NNCF: see
+``nncf_peer``. Both peers' QDQ models are run by onnxruntime.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from nncf_peer import nncf_quantize, nncf_variants
+from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+from int8flow.kernels.thresholds import METHODS, ThresholdSettings
+from int8flow.tasks.calibration.bias_correction import measure_bias_corrections
+from int8flow.tasks.calibration.collector import collect_histograms
+from int8flow.tasks.calibration.table import build_calibration_table
+from int8flow.tasks.graph.executor import GraphExecutor
+from int8flow.tasks.graph.int8_ops import INT8_OPS
+from int8flow.tasks.graph.ir import Graph
+from int8flow.tasks.graph.onnxruntime_engine import OnnxRuntimeExecutor
+from int8flow.tasks.graph.quantize_pass import QuantizationOptions, calibration_tensors, quantize_graph
+
+BATCH = 32
+Predict = Callable[[np.ndarray], np.ndarray]
+"""Logits of a batch of examples."""
+
+
+def batches(name: str, examples: np.ndarray) -> list[dict[str, np.ndarray]]:
+    return [{name: examples[i : i + BATCH]} for i in range(0, len(examples), BATCH)]
+
+
+def logits(predict: Predict, examples: np.ndarray) -> np.ndarray:
+    return np.concatenate([predict(examples[i : i + BATCH]) for i in range(0, len(examples), BATCH)])
+
+
+def int8flow_models(graph: Graph, calib: np.ndarray) -> Iterator[tuple[str, float, Predict]]:
+    """(label, calibration seconds, predict) of each int8flow variant."""
+    name, output = graph.inputs[0].name, graph.outputs[0].name
+    fp32 = OnnxRuntimeExecutor(graph, threads=2)
+    started = time.perf_counter()
+    histograms = collect_histograms(fp32, batches(name, calib), calibration_tensors(graph))
+    observe_seconds = time.perf_counter() - started
+    variants = [("entropy symmetric (published)", "entropy", False, False)] + [
+        (f"{method}{' + bias correction' if correct else ''}", method, True, correct)
+        for method in METHODS
+        for correct in (False, True)
+    ]
+    for label, method, unsigned, correct in variants:
+        started = time.perf_counter()
+        table = build_calibration_table(histograms, ThresholdSettings(method=method, unsigned_activations=unsigned), {})
+        options = QuantizationOptions(unsigned_activations=unsigned)
+        if correct:
+            shifts = measure_bias_corrections(graph, quantize_graph(graph, table, options), fp32, batches(name, calib))
+            table = dataclasses.replace(table, bias_corrections=shifts)
+        executor = GraphExecutor(quantize_graph(graph, table, options), ops=INT8_OPS)
+        seconds = observe_seconds + time.perf_counter() - started
+        yield f"int8flow {label}", seconds, lambda x, executor=executor: executor.run({name: x})[output]
+
+
+class _Reader(CalibrationDataReader):
+    def __init__(self, name: str, examples: np.ndarray) -> None:
+        self.batches = iter(batches(name, examples))
+
+    def get_next(self) -> dict | None:
+        return next(self.batches, None)
+
+
+def peer_models(model: str, name: str, calib: np.ndarray) -> Iterator[tuple[str, float, Predict]]:
+    """(label, calibration seconds, predict) of onnxruntime's quantize_static methods and NNCF's presets."""
+    with tempfile.TemporaryDirectory() as folder:
+        for label, method in (
+            ("MinMax", CalibrationMethod.MinMax),
+            ("Entropy", CalibrationMethod.Entropy),
+            ("Percentile", CalibrationMethod.Percentile),
+        ):
+            output = str(Path(folder) / f"{label}.onnx")
+            started = time.perf_counter()
+            quantize_static(
+                model,
+                output,
+                _Reader(name, calib),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=method,
+            )
+            yield f"onnxruntime {label}", time.perf_counter() - started, _session_predict(output, name)
+    for label, preset, subset in nncf_variants(len(calib)):
+        started = time.perf_counter()
+        quantized = nncf_quantize(model, name, calib, preset, subset)
+        yield label, time.perf_counter() - started, _session_predict(quantized, name)
+
+
+def _session_predict(model: str | bytes, name: str) -> Predict:
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    return lambda x: session.run(None, {name: x})[0]
