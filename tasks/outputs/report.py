@@ -20,7 +20,7 @@ from typing import Any
 from int8flow.schemas.run_folder import REPORT_JSON, REPORT_MD
 from int8flow.tasks.outputs.atomic_files import atomic_write_text
 
-STAGE_ORDER = ("observe", "reduce", "thresholds", "build", "validate", "gate", "track")
+STAGE_ORDER = ("observe", "reduce", "thresholds", "correct", "build", "validate", "gate", "track")
 # The stages that turn images into a calibration table; their sum is the "calibration time".
 CALIBRATION_STAGES = ("observe", "reduce", "thresholds", "correct")
 TOP_ROWS = 10
@@ -51,6 +51,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         _data_section(report.get("data")),
         _accuracy_section(report.get("accuracy"), report.get("gate"), report.get("settings") or {}),
         _gate_section(report.get("gate")),
+        _correction_section((report.get("stages") or {}).get("correct")),
         _stages_section(report.get("stages")),
         _cluster_section(report.get("cluster")),
         _sensitivity_section(report.get("sensitivity")),
@@ -234,6 +235,18 @@ def _gate_section(gate: Mapping[str, Any] | None) -> str:
         headers = ["attempt", "kept in FP32", "INT8 top-1", "deployed top-1", "top-1 drop", "result"]
         parts.append(_table(headers, rows, "rlrrrl"))
     return _section("Gate", "\n\n".join(parts))
+
+
+def _correction_section(correct: Mapping[str, Any] | None) -> str:
+    """How far quantization had moved the layers' means: what bias correction took back."""
+    if not correct or not correct.get("layers"):
+        return ""
+    return _section(
+        "Bias correction",
+        f"The biases of {_count(correct['layers'])} layers were shifted by FP32's mean output minus INT8's over "
+        f"{_count(correct.get('examples'))} calibration examples; the largest shift, "
+        f"{_significant(correct.get('largest_shift'))}, is in {_code(correct.get('largest_shift_layer'))}.",
+    )
 
 
 def _stages_section(stages: Mapping[str, Mapping[str, Any]] | None) -> str:

@@ -75,6 +75,7 @@ def assemble_report(plan: RunPlan, started: str, finished: str) -> dict[str, Any
         "thresholds": {"seconds": thresholds.thresholds_seconds if thresholds else None},
         "correct": {
             "seconds": correct.seconds if correct else None,
+            "examples": correct.examples if correct else None,
             "layers": correct.layers if correct else 0,
             "largest_shift": correct.largest_shift if correct else None,
             "largest_shift_layer": correct.largest_shift_layer if correct else None,
