@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import struct
@@ -74,6 +75,24 @@ def test_json_keeps_a_fixed_key_order_and_format_fields() -> None:
     assert document["format"] == "int8flow.calibration-table"
     assert document["format_version"] == 1
     assert list(document["tensors"][0]) == ["name", "method", "threshold", "signed", "divergence"]
+
+
+def test_bias_corrections_round_trip_exactly_and_sorted_by_node() -> None:
+    corrections = {"conv2": (0.1 + 0.2, -3.5e-7), "conv1": (1.0,)}
+    table = dataclasses.replace(_table(), bias_corrections=corrections)
+    document = json.loads(table.to_json())
+    assert list(document["bias_corrections"]) == ["conv1", "conv2"]
+    assert CalibrationTable.from_json(table.to_json(), JSON_SOURCE) == table
+    assert "bias_corrections" not in json.loads(_table().to_json())  # a table without them is as before
+
+
+@pytest.mark.parametrize("shifts", [[], [float("nan")], ["1.0"], 3.0])
+def test_malformed_bias_corrections_name_the_file_and_node(shifts: object) -> None:
+    document = json.loads(_table().to_json())
+    document["bias_corrections"] = {"conv7": shifts}
+    text = json.dumps(document).replace("NaN", "null")
+    message = _json_rejection(text)
+    assert message.startswith(f"{JSON_SOURCE}: bias correction of node 'conv7'")
 
 
 def test_json_sorts_metadata_so_equal_tables_give_equal_text() -> None:
