@@ -18,6 +18,7 @@ from mlflow import MlflowClient
 from int8flow.schemas.calibration_table import CalibrationTable
 from int8flow.schemas.run_config import RunConfig
 from int8flow.schemas.run_folder import FP32_MODEL, RESULT_NAMES
+from int8flow.tasks.calibration.bias_correction import measure_bias_corrections
 from int8flow.tasks.calibration.collector import collect_histograms
 from int8flow.tasks.calibration.table import build_calibration_table
 from int8flow.tasks.data import fashion_mnist_folder, load_mnist_split
@@ -104,17 +105,20 @@ def test_the_run_writes_every_output(demo_run: tuple[Path, subprocess.CompletedP
 def test_the_distributed_table_equals_a_single_process_calibration(
     demo_run: tuple[Path, subprocess.CompletedProcess[str]], images: tuple[np.ndarray, np.ndarray]
 ) -> None:
+    """Thresholds and bias corrections alike: one process, one batch, no files give the same table."""
     cwd, _ = demo_run
     chosen = sample_indices(len(images[0]), CALIB_EXAMPLES, 0)
     graph = simplify(load_graph(MODEL)[0])
-    histograms = collect_histograms(
-        OnnxRuntimeExecutor(graph, threads=2), [{"input": mnist_inputs(images[0][chosen])}], calibration_tensors(graph)
-    )
+    executor = OnnxRuntimeExecutor(graph, threads=2)
+    feeds = [{"input": mnist_inputs(images[0][chosen])}]
+    histograms = collect_histograms(executor, feeds, calibration_tensors(graph))
     written = CalibrationTable.from_json((cwd / "out" / "calibration.json").read_text(), "calibration.json")
-    expected = build_calibration_table(
-        histograms, RunConfig.from_mapping({"model": MODEL, "calib_data": CALIB}).threshold_settings(), written.metadata
-    )
-    assert written.to_json() == expected.to_json()
+    defaults = RunConfig.from_mapping({"model": MODEL, "calib_data": CALIB})
+    thresholds = build_calibration_table(histograms, defaults.threshold_settings(), written.metadata)
+    options = QuantizationOptions(unsigned_activations=defaults.unsigned_activations)
+    shifts = measure_bias_corrections(graph, quantize_graph(graph, thresholds, options), executor, feeds)
+    expected = dataclasses.replace(thresholds, bias_corrections=shifts)
+    assert written.bias_corrections and written.to_json() == expected.to_json()
 
 
 def test_accuracy_is_exact_and_agrees_with_onnxruntime(demo_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
@@ -221,7 +225,8 @@ def test_the_fallback_moves_the_most_sensitive_nodes_to_fp32_until_the_gate_pass
         "val_examples": VAL_EXAMPLES,
         "method": "naive",
         "per_tensor_weights": True,
-        "unsigned_activations": False,  # symmetric, naive and per tensor: coarse enough for the gate to fail
+        "unsigned_activations": False,  # symmetric, naive, per tensor, uncorrected: coarse enough for the gate to fail
+        "bias_correction": False,
         "max_top1_drop": -0.05,
         "fallback_budget": 3,
         "sensitivity_examples": 128,
