@@ -382,7 +382,7 @@ def test_the_registered_version_has_the_alias_and_the_fp32_source(passed_run: Da
     assert version.source.endswith("/model.int8.onnx")
     assert version.tags["fp32_model_uri"] == str(DEMO_MODEL)
     assert version.tags["fp32_sha256"] == report["model"]["sha256"]
-    assert version.tags["method"] == "entropy"
+    assert version.tags["method"] == "percentile"  # the default
     versions = client.search_model_versions("name = 'fashion-int8-dagtest'")
     assert [str(v.version) for v in versions] == [str(version.version)]
     assert run.data.tags["int8flow.registered_version"] == str(version.version)
