@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-FORMAT_KEY = b"int8flow.format"
+from int8flow.schemas.partial_histograms import FORMAT_KEY, FORMAT_VERSION_KEY
+
 FORMAT_NAME = b"partial-bias-sums"
-FORMAT_VERSION_KEY = b"int8flow.format_version"
 FORMAT_VERSION = b"1"
 
 PARTIAL_SUMS_SCHEMA = pa.schema(
