@@ -41,6 +41,7 @@ EXPECTED_METRICS = {
     "observe_seconds",
     "reduce_seconds",
     "thresholds_seconds",
+    "correct_seconds",
     "build_seconds",
     "validate_seconds",
     "gate_seconds",
