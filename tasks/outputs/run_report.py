@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -110,7 +111,12 @@ def assemble_report(plan: RunPlan, started: str, finished: str) -> dict[str, Any
             "device": plan.config.device,
         },
         "tensors": [
-            {"name": r.name, "threshold": r.threshold, "divergence": r.divergence, "signed": r.signed}
+            {
+                "name": r.name,
+                "threshold": r.threshold,
+                "divergence": None if math.isnan(r.divergence) else r.divergence,  # as report.json holds it
+                "signed": r.signed,
+            }
             for r in table.tensors
         ],
         "plots": list(thresholds.plots if thresholds else ()) + list(gate.plots if gate else ()),
