@@ -175,19 +175,20 @@ def int8_requantize() -> None:
     def correct(out: str) -> str:
         from int8flow.tasks.run import stages
 
-        with run_cluster(out) as (client, _):
-            record = stages.correct(out, client, ProgressLog(), run_config(out))
-        if record is None:
+        config = run_config(out)
+        if not config.bias_correction:  # no cluster to start for nothing
             log.info("bias correction is off")
-        else:
-            log.info(
-                "corrected the biases of %d layers over %d examples, %.1f s (largest shift %.3g, %s)",
-                record.layers,
-                record.examples,
-                record.seconds,
-                record.largest_shift,
-                record.largest_shift_layer,
-            )
+            return out
+        with run_cluster(out) as (client, _):
+            record = stages.correct(out, client, ProgressLog(), config)
+        log.info(
+            "corrected the biases of %d layers over %d examples, %.1f s (largest shift %.3g, %s)",
+            record.layers,
+            record.examples,
+            record.seconds,
+            record.largest_shift,
+            record.largest_shift_layer,
+        )
         return out
 
     @task(task_display_name="Build INT8 model")

@@ -40,7 +40,7 @@ def fixed_point_exponent(scale: float) -> int:
 def fixed_point_sum(values: Any, exponent: int) -> np.ndarray:
     """Sum over the batch axis of ``values`` on the grid ``2 ** exponent``, as int64 (per position)."""
     xp = array_module(values)
-    steps = values.astype(xp.float32) * xp.float32(math.ldexp(1.0, -exponent))  # exact: a power of two
+    steps = xp.multiply(values, xp.float32(math.ldexp(1.0, -exponent)), dtype=xp.float32)  # exact: a power of two
     xp.rint(steps, out=steps)
     return to_numpy(steps.sum(axis=0, dtype=xp.int64))
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 
@@ -27,15 +26,10 @@ from int8flow.kernels.bias_correction import (
 )
 from int8flow.tasks.graph.fp32_ops import window_geometry
 from int8flow.tasks.graph.ir import Graph, Node
+from int8flow.tasks.graph.onnxruntime_engine import FP32Executor
 from int8flow.tasks.graph.quantize_pass import linear_weight, quantized_tensors
 
 LAYER_OPS = {"Int8Conv": "Conv", "Int8MatMul": "Linear"}
-
-
-class FP32Executor(Protocol):
-    """GraphExecutor or OnnxRuntimeExecutor: runs a batch and shows the observer the watched tensors."""
-
-    def run(self, inputs: Mapping[str, np.ndarray], observer: InputSums, observed: frozenset[str]) -> object: ...
 
 
 @dataclass(frozen=True)
@@ -94,7 +88,6 @@ class InputSums:
         self.encodings = {layer.tensor: layer for layer in layers}
         self.fp32: dict[str, np.ndarray] = {}
         self.int8: dict[str, np.ndarray] = {}
-        self.examples = 0
 
     @property
     def tensors(self) -> frozenset[str]:

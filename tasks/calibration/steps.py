@@ -17,11 +17,12 @@ from int8flow.schemas.run_folder import BIAS_SUMS_DIR, HISTOGRAM_DIR
 from int8flow.tasks.calibration.bias_correction import bias_shifts
 from int8flow.tasks.calibration.partial_files import merge_partial_files
 from int8flow.tasks.calibration.sums_files import merge_partial_sums
-from int8flow.tasks.calibration.table import build_calibration_table, read_calibration_table, write_calibration_table
+from int8flow.tasks.calibration.table import build_calibration_table, write_calibration_table
 from int8flow.tasks.distributed.cluster import threads_per_task
 from int8flow.tasks.distributed.fanout import ProgressSink, quiet, run_shards
 from int8flow.tasks.distributed.shard_jobs import (
     ObservedShard,
+    calibration_table,
     correct_shard,
     fp32_graph,
     observe_shard,
@@ -62,7 +63,9 @@ def correct_biases(
     shards = run_shards(client, "correct", correct_shard, jobs, progress)
     sums = merge_partial_sums(wanted, plan.run_key, int8.table_sha256)
     shifts = bias_shifts(fp32_graph(plan.model), uncorrected_int8_graph(plan.model, int8), sums)
-    table = dataclasses.replace(read_calibration_table(plan.out), bias_corrections=shifts)
+    table = dataclasses.replace(
+        calibration_table(int8), bias_corrections=shifts
+    )  # the table the sums were measured with
     record_outputs(plan.out, write_calibration_table(table, plan.out))
     return shards, table
 

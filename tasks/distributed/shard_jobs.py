@@ -38,13 +38,12 @@ from int8flow.tasks.graph.export_qdq import export_qdq
 from int8flow.tasks.graph.int8_ops import INT8_OPS
 from int8flow.tasks.graph.ir import Graph
 from int8flow.tasks.graph.load import import_model, load_model
-from int8flow.tasks.graph.onnxruntime_engine import OnnxRuntimeExecutor, deployment_session
+from int8flow.tasks.graph.onnxruntime_engine import FP32Executor, OnnxRuntimeExecutor, deployment_session
 from int8flow.tasks.graph.quantize_pass import QuantizationOptions, quantize_graph
 from int8flow.tasks.graph.simplify import simplify
 from int8flow.tasks.validation.sensitivity import rank_sensitivity
 
 TOP_K = 5
-FP32Executor = GraphExecutor | OnnxRuntimeExecutor
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import onnx
 import onnxruntime
 from onnx import helper
 
-from int8flow.tasks.graph.executor import Observer, check_input
+from int8flow.tasks.graph.executor import GraphExecutor, Observer, check_input
 from int8flow.tasks.graph.ir import Graph
 from int8flow.tasks.graph.onnx_build import graph_to_model
 
@@ -77,6 +77,10 @@ class OnnxRuntimeExecutor:
 
     def _dtype(self, name: str) -> np.dtype:
         return self.graph.dtypes.get(name, np.dtype(np.float32))
+
+
+FP32Executor = GraphExecutor | OnnxRuntimeExecutor
+"""What runs the FP32 graph on a worker: int8flow's reference executor, or onnxruntime on CPU workers."""
 
 
 def deployment_session(model: onnx.ModelProto, threads: int) -> onnxruntime.InferenceSession:

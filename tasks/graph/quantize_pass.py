@@ -252,7 +252,7 @@ class _Rewriter:
             return False  # shape arithmetic (a Concat of int64 dims) stays exact
         if op == "Conv" and self._is_constant(node.inputs[1]) and not self._is_constant(node.inputs[0]):
             self._conv(node)
-        elif op in ("Gemm", "MatMul") and self._linear_weight(node) is not None:
+        elif op in ("Gemm", "MatMul") and linear_weight(self.source, node) is not None:
             self._linear(node)
         elif op == "Add" and not any(self._is_constant(name) for name in node.inputs):
             self._add(node)
@@ -276,8 +276,7 @@ class _Rewriter:
     def _conv(self, node: Node) -> None:
         x_name, x_encoding = self._int8_version(node.inputs[0])
         weight = self.source.initializers[node.inputs[1]]
-        bias = self._bias(node, 2)
-        bias = self._corrected(node, bias)
+        bias = self._corrected(node, self._bias(node, 2))
         weight_q, weight_scales = self._quantize_weight(node, weight, 0, bias, x_encoding)
         output, encoding, requantization = self._fused_activation(node)
         attributes = {
@@ -290,11 +289,8 @@ class _Rewriter:
             node, "Int8Conv", x_name, x_encoding.scale, weight_q, weight_scales, bias, output, encoding, attributes
         )
 
-    def _linear_weight(self, node: Node) -> np.ndarray | None:
-        return linear_weight(self.source, node)
-
     def _linear(self, node: Node) -> None:
-        weight = self._linear_weight(node)
+        weight = linear_weight(self.source, node)
         x_name, x_encoding = self._int8_version(node.inputs[0])
         bias = None
         producer = node
