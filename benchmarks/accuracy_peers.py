@@ -2,7 +2,8 @@
 and NNCF, all from the same calibration examples, in the same run.
 
 int8flow: one observe pass (8192-bin histograms, onnxruntime as the FP32 engine), then each method
-with the defaults' uint8 storage of non-negative tensors, bias correction off and on, and the
+with the defaults' uint8 storage of non-negative tensors (auto: the per-tensor choice measured on the
+first ``--auto-examples`` calibration examples), bias correction off and on, and the
 published algorithms' contract (symmetric int8, no bias correction) for entropy; run by int8flow's
 INT8 executor, which onnxruntime's integer kernels match bit for bit on this CPU (RESULTS.md).
 onnxruntime.quantization.quantize_static: QDQ, per-channel, QInt8 weights and activations, methods
@@ -23,9 +24,12 @@ import onnxruntime as ort
 from nncf_peer import nncf_quantize, nncf_variants
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-from int8flow.kernels.thresholds import METHODS, ThresholdSettings
+from int8flow.kernels.thresholds import ThresholdSettings
+from int8flow.schemas.run_config import SETTINGS_BY_NAME
+from int8flow.schemas.threshold_settings import AUTO_METHOD, METHOD_CHOICES
 from int8flow.tasks.calibration.bias_correction import measure_bias_corrections
 from int8flow.tasks.calibration.collector import collect_histograms
+from int8flow.tasks.calibration.method_choice import measure_auto_table
 from int8flow.tasks.calibration.table import build_calibration_table
 from int8flow.tasks.graph.executor import GraphExecutor
 from int8flow.tasks.graph.int8_ops import INT8_OPS
@@ -58,13 +62,18 @@ def int8flow_models(graph: Graph, calib: np.ndarray) -> Iterator[tuple[str, floa
     observe_seconds = time.perf_counter() - started
     variants = [("entropy symmetric (published)", "entropy", False, False)] + [
         (f"{method}{' + bias correction' if correct else ''}", method, True, correct)
-        for method in METHODS
+        for method in METHOD_CHOICES
         for correct in (False, True)
     ]
     for label, method, unsigned, correct in variants:
         started = time.perf_counter()
-        table = build_calibration_table(histograms, ThresholdSettings(method=method, unsigned_activations=unsigned), {})
+        settings = ThresholdSettings(method=method, unsigned_activations=unsigned)
         options = QuantizationOptions(unsigned_activations=unsigned)
+        if method == AUTO_METHOD:
+            auto_slice = batches(name, calib[: SETTINGS_BY_NAME["auto_examples"].default])
+            table = measure_auto_table(graph, histograms, settings, options, fp32, auto_slice, {}, correct)
+        else:
+            table = build_calibration_table(histograms, settings, {})
         if correct:
             shifts = measure_bias_corrections(graph, quantize_graph(graph, table, options), fp32, batches(name, calib))
             table = dataclasses.replace(table, bias_corrections=shifts)

@@ -10,7 +10,8 @@ tracks and registers exactly like one from the command line.
 |---|---|
 | `plan` | checks the model, the data and every setting; writes `run.json` |
 | `observe` | fans the calibration shards out over Dask: partial activation histograms |
-| `thresholds` | merges the partial histograms, chooses the thresholds, writes the calibration table |
+| `thresholds` | merges the histograms, chooses the thresholds (`auto`: measured on Dask), writes the table |
+| `correct` | bias correction: a second pass over the calibration shards on Dask; the table gets the shifts |
 | `build` | writes `model.int8.onnx` |
 | `validate` | fans the validation shards out over Dask: FP32 vs INT8 top-1 / top-5 |
 | `gate` | accuracy gate with fallback (the most sensitive nodes back to FP32, within the budget) |
@@ -159,9 +160,15 @@ def int8_requantize() -> None:
     @task(task_display_name="Thresholds")
     @bad_input_fails_at_once
     def thresholds(out: str) -> str:
+        from int8flow.schemas.threshold_settings import AUTO_METHOD
         from int8flow.tasks.run import stages
 
-        record = stages.thresholds(out)
+        config = run_config(out)
+        if config.method == AUTO_METHOD:  # the per-tensor choice is measured on the workers
+            with run_cluster(out) as (client, _):
+                record = stages.thresholds(out, client, ProgressLog(), config)
+        else:
+            record = stages.thresholds(out)
         log.info(
             "thresholds of %d tensors: merge %.1f s, search %.1f s",
             record.tensors,

@@ -23,7 +23,7 @@ import numpy as np
 from int8flow.kernels.backend import array_module, to_numpy
 from int8flow.kernels.histogram import Histogram
 from int8flow.kernels.kl_search import kl_divergence_curve
-from int8flow.schemas.threshold_settings import METHODS, ThresholdSettings
+from int8flow.schemas.threshold_settings import AUTO_METHOD, METHODS, ThresholdSettings
 
 INT8_LEVELS = 127
 UINT8_LEVELS = 255
@@ -76,6 +76,12 @@ def method_function(method: str) -> MethodFunction:
     try:
         return METHOD_FUNCTIONS[method]
     except KeyError:
+        if method == AUTO_METHOD:
+            raise ValueError(
+                f"method {AUTO_METHOD!r} chooses per tensor by the error it measures on calibration data, "
+                "which histograms alone cannot give: calibrate with `int8flow run --method auto`, or choose "
+                f"one of {', '.join(METHODS)}"
+            ) from None
         raise ValueError(f"unknown threshold method {method!r}: choose one of {', '.join(METHODS)}") from None
 
 

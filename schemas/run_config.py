@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
 from int8flow.schemas.histogram_bins import DEFAULT_NUM_BINS, NUM_BINS_CHOICES
-from int8flow.schemas.threshold_settings import METHODS, ThresholdSettings
+from int8flow.schemas.threshold_settings import METHOD_CHOICES, ThresholdSettings
 from int8flow.schemas.uri_redaction import has_secrets, redact_uri
 
 _THRESHOLD_DEFAULTS = ThresholdSettings()
@@ -165,7 +165,24 @@ SETTINGS: tuple[Setting, ...] = (
         minimum=1,
         metavar="B",
     ),
-    Setting("method", str, _THRESHOLD_DEFAULTS.method, "threshold method", "calibration", choices=METHODS),
+    Setting(
+        "method",
+        str,
+        _THRESHOLD_DEFAULTS.method,
+        "threshold method (auto: per tensor, whichever of percentile, entropy and mse gives the least error in "
+        "the layers reading the tensor, measured on a calibration slice)",
+        "calibration",
+        choices=METHOD_CHOICES,
+    ),
+    Setting(
+        "auto_examples",
+        int,
+        64,
+        "auto method only: calibration examples the per-tensor choice is measured on",
+        "calibration",
+        minimum=1,
+        metavar="N",
+    ),
     Setting(
         "num_bins",
         int,
@@ -370,6 +387,7 @@ class RunConfig:
     seed: int
     batch_size: int
     method: str
+    auto_examples: int
     num_bins: int
     num_quantized_bins: int
     percentile: float

@@ -10,6 +10,11 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 METHODS: tuple[str, ...] = ("entropy", "naive", "percentile", "mse")
+"""The methods that need nothing but the merged histograms (and so the choices of ``rethreshold``)."""
+AUTO_METHOD = "auto"
+AUTO_CANDIDATES: tuple[str, ...] = ("percentile", "entropy", "mse")
+"""What ``auto`` chooses among per tensor; on equal measured errors the first listed wins."""
+METHOD_CHOICES: tuple[str, ...] = (*METHODS, AUTO_METHOD)
 DEFAULT_NUM_QUANTIZED_BINS = 255
 DEFAULT_PERCENTILE = 99.99
 
@@ -30,8 +35,8 @@ class ThresholdSettings:
     unsigned_activations: bool = True
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
+        if self.method not in METHOD_CHOICES:
+            raise ValueError(f"unknown method {self.method!r}: choose one of {', '.join(METHOD_CHOICES)}")
         if self.num_quantized_bins < 2:
             raise ValueError(f"num_quantized_bins={self.num_quantized_bins} must be at least 2")
         if not 0.0 < self.percentile <= 100.0:

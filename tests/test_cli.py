@@ -99,6 +99,16 @@ def test_rethreshold_of_a_missing_folder_names_it(tmp_path: Path, capsys: pytest
     assert not (tmp_path / "out").exists()
 
 
+def test_rethreshold_refuses_the_auto_method_naming_what_it_needs(
+    demo_out: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["rethreshold", str(demo_out / "histograms"), "--method", "auto", "--out", str(tmp_path / "out")]
+    assert main(args) == EXIT_BAD_INPUT
+    error = capsys.readouterr().err
+    assert "int8flow run --method auto" in error and "percentile" in error and error.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
 def test_bin_count_that_cannot_merge_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["shard-demo", "--out", str(tmp_path), "--num-bins", "8001"]) == EXIT_BAD_INPUT
     assert "power of two" in capsys.readouterr().err

@@ -1,10 +1,11 @@
-"""Calibration on real Dask clusters: the table, bias corrections included, does not depend on
-workers, shards, batch size, or a worker killed mid-stage. Model: the committed Fashion-MNIST
-ResNet; data: Debian's Fashion-MNIST."""
+"""Calibration on real Dask clusters: the table, bias corrections and the auto method's choice
+included, does not depend on workers, shards, batch size, or a worker killed mid-stage. Model: the
+committed Fashion-MNIST ResNet; data: Debian's Fashion-MNIST."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import struct
@@ -19,6 +20,8 @@ from graph_builders import wide_mlp_model
 from threadpoolctl import threadpool_limits
 
 from int8flow.schemas.run_config import RunConfig
+from int8flow.schemas.threshold_settings import ThresholdSettings
+from int8flow.tasks.calibration.table import rethreshold
 from int8flow.tasks.data import fashion_mnist_folder, load_mnist_split
 from int8flow.tasks.distributed.cluster import ClusterUnavailableError, dask_client
 from int8flow.tasks.distributed.fanout import ProgressSink
@@ -38,11 +41,13 @@ def config(
     model: str = MODEL,
     val_data: str | None = None,
     engine: str = "onnxruntime",
+    method: str = "percentile",
 ) -> RunConfig:
     return RunConfig.from_mapping(
         {
             "model": model,
             "engine": engine,
+            "method": method,
             "val_data": val_data,
             "val_examples": CALIB_EXAMPLES,
             "calib_data": f"{fashion_mnist_folder()}#train",
@@ -66,10 +71,11 @@ def calibrate(
     progress=stages.quiet,
     model: str = MODEL,
     engine: str = "onnxruntime",
+    method: str = "percentile",
 ) -> bytes:  # type: ignore[no-untyped-def]
-    plan_run(config(out, batch_size, shards, workers, model, engine=engine))
+    plan_run(config(out, batch_size, shards, workers, model, engine=engine, method=method))
     stages.observe(str(out), client, progress)
-    stages.thresholds(str(out))
+    stages.thresholds(str(out), client, progress)
     stages.correct(str(out), client, progress)
     return (out / "calibration.json").read_bytes()
 
@@ -80,6 +86,15 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     with dask_client(workers=1) as (client, info):
         assert info.workers == 1
         return calibrate(tmp_path_factory.mktemp("one") / "out", client, 64, 1, 1)
+
+
+@pytest.fixture(scope="module")
+def auto_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``--method auto``: one worker, one shard, batches of 64; the output folder."""
+    out = tmp_path_factory.mktemp("auto") / "out"
+    with dask_client(workers=1) as (client, _):
+        calibrate(out, client, 64, 1, 1, method="auto")
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +118,35 @@ def test_table_is_bit_identical_for_any_sharding(
         assert sorted(path.name for path in (tmp_path / "out" / folder).iterdir()) == [
             f"shard={index:05d}.parquet" for index in range(shards)
         ]
+
+
+@pytest.mark.parametrize(("shards", "batch_size"), [(4, 16), (7, 64)])
+def test_the_auto_method_gives_one_table_for_any_sharding(
+    auto_reference: Path, two_workers, tmp_path: Path, shards: int, batch_size: int
+) -> None:  # type: ignore[no-untyped-def]
+    table = calibrate(tmp_path / "out", two_workers, batch_size, shards, 2, method="auto")
+    assert table == (auto_reference / "calibration.json").read_bytes()
+
+
+def test_the_auto_table_takes_each_threshold_from_the_method_it_names(auto_reference: Path, tmp_path: Path) -> None:
+    """Every tensor's threshold and divergence are those its method's own table holds, from the same
+    histograms; the demo's tensors do not all pick one method; the slice size is recorded."""
+    auto = json.loads((auto_reference / "calibration.json").read_text())
+    assert auto["metadata"]["method"] == "auto" and auto["metadata"]["auto_examples"] == "64"
+    methods = {tensor["method"] for tensor in auto["tensors"]}
+    assert len(methods) > 1 and methods <= {"percentile", "entropy", "mse"}
+    own = {
+        method: rethreshold(
+            str(auto_reference / "histograms"), ThresholdSettings(method=method), str(tmp_path)
+        ).by_name()
+        for method in methods
+    }
+    for tensor in auto["tensors"]:
+        record = own[tensor["method"]][tensor["name"]]
+        assert (tensor["threshold"], tensor["divergence"]) == (
+            record.threshold,
+            None if math.isnan(record.divergence) else record.divergence,
+        )
 
 
 def test_the_reference_table_holds_a_bias_correction_for_every_layer(reference: bytes) -> None:
@@ -204,6 +248,15 @@ def test_a_worker_killed_mid_calibration_does_not_change_the_table(
         survivors = list(client.run(os.getpid).values())
     assert killed and killed[0] not in survivors
     assert table == reference
+
+
+def test_a_worker_killed_mid_choice_does_not_change_the_auto_table(auto_reference: Path, tmp_path: Path) -> None:
+    with dask_client(workers=2) as (client, _):
+        killed: list[int] = []
+        table = calibrate(tmp_path / "out", client, 16, 12, 2, worker_killer(client, "choose", killed), method="auto")
+        survivors = list(client.run(os.getpid).values())
+    assert killed and killed[0] not in survivors
+    assert table == (auto_reference / "calibration.json").read_bytes()
 
 
 def test_a_worker_killed_mid_validate_does_not_change_the_accuracy(tmp_path: Path) -> None:

@@ -14,10 +14,18 @@ from distributed import Client
 from int8flow.kernels.histogram import Histogram
 from int8flow.schemas.calibration_table import CalibrationTable
 from int8flow.schemas.run_folder import BIAS_SUMS_DIR, HISTOGRAM_DIR
+from int8flow.schemas.threshold_settings import AUTO_METHOD
 from int8flow.tasks.calibration.bias_correction import bias_shifts
+from int8flow.tasks.calibration.method_choice import (
+    auto_table,
+    candidate_choices,
+    tensor_candidates,
+    threshold_readers,
+)
 from int8flow.tasks.calibration.partial_files import merge_partial_files
 from int8flow.tasks.calibration.sums_files import merge_partial_sums
-from int8flow.tasks.calibration.table import build_calibration_table, write_calibration_table
+from int8flow.tasks.calibration.table import build_calibration_table, table_metadata, write_calibration_table
+from int8flow.tasks.data.sharding import shard_range
 from int8flow.tasks.distributed.cluster import threads_per_task
 from int8flow.tasks.distributed.fanout import ProgressSink, quiet, run_shards
 from int8flow.tasks.distributed.shard_jobs import (
@@ -25,6 +33,7 @@ from int8flow.tasks.distributed.shard_jobs import (
     calibration_table,
     correct_shard,
     fp32_graph,
+    measure_share,
     observe_shard,
     uncorrected_int8_graph,
 )
@@ -87,14 +96,53 @@ def merge_histograms(plan: RunPlan) -> dict[str, Histogram]:
     return merge_partial_files(paths, plan.model.sha256, plan.config.num_bins)
 
 
-def write_table(plan: RunPlan, histograms: Mapping[str, Histogram]) -> CalibrationTable:
-    """The calibration table, written as JSON and TensorRT cache; bit-identical for any sharding."""
+def write_table(
+    plan: RunPlan, histograms: Mapping[str, Histogram], client: Client | None = None, progress: ProgressSink = quiet
+) -> CalibrationTable:
+    """The calibration table, written as JSON and TensorRT cache; bit-identical for any sharding.
+
+    ``--method auto`` measures its choice on the workers (``client``); the other methods need only
+    the histograms."""
     metadata = {
         "model_sha256": plan.model.sha256,
         "calibration_data": plan.calibration.fingerprint,
         "calibration_examples": str(plan.calibration.sample),
         "num_bins": str(plan.config.num_bins),
     }
-    table = build_calibration_table(histograms, plan.config.threshold_settings(), metadata)
+    settings = plan.config.threshold_settings()
+    if settings.method != AUTO_METHOD:
+        table = build_calibration_table(histograms, settings, metadata)
+    elif client is None:
+        raise ValueError(f"method {AUTO_METHOD!r} measures its choice on Dask workers: pass the run's client")
+    else:
+        table = _auto_table(plan, histograms, client, progress, metadata)
     record_outputs(plan.out, write_calibration_table(table, plan.out))
     return table
+
+
+def _auto_table(
+    plan: RunPlan, histograms: Mapping[str, Histogram], client: Client, progress: ProgressSink, metadata: dict
+) -> CalibrationTable:
+    """Each tensor's threshold from the candidate method of least measured error (``method_choice``).
+
+    The slice is a sample of ``--auto-examples`` calibration examples (the first ones when the run
+    takes the first examples), measured whole by every task; the tensors are split into contiguous
+    shares, one task each, so the choice does not depend on the split."""
+    settings = plan.config.threshold_settings()
+    choices = candidate_choices(histograms, settings)
+    readers = threshold_readers(fp32_graph(plan.model), plan.quantization_options())
+    measured = tensor_candidates(choices, histograms, readers, settings.unsigned_activations)
+    whole = plan.shard_specs(plan.calibration)[0]
+    count = min(plan.config.auto_examples, plan.calibration.sample)
+    slice_spec = dataclasses.replace(whole, sample=count, shard=0, shards=1)
+    shares = min(len(measured), plan.shards)
+    debiased = plan.config.bias_correction
+    threads = threads_per_task(client)
+    jobs = []
+    for share in range(shares):
+        mine = shard_range(len(measured), shares, share)
+        jobs.append((plan.model, slice_spec, tuple(measured[mine.start : mine.stop]), debiased, share, threads))
+    results = run_shards(client, "choose", measure_share, jobs, progress) if jobs else []
+    errors = [tensor for result in results for tensor in result.tensors]
+    recorded = table_metadata(settings, {**metadata, "auto_examples": str(count)})
+    return auto_table(choices, histograms, errors, recorded)

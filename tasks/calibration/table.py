@@ -29,7 +29,12 @@ def build_calibration_table(
         )
         for name in sorted(histograms)
     )
-    recorded = {
+    return CalibrationTable(records, table_metadata(settings, metadata))
+
+
+def table_metadata(settings: ThresholdSettings, metadata: Mapping[str, str]) -> dict[str, str]:
+    """The settings behind a table's thresholds, recorded beside them, and the caller's ``metadata``."""
+    return {
         "method": settings.method,
         "num_quantized_bins": str(settings.num_quantized_bins),
         "percentile": repr(settings.percentile),
@@ -37,7 +42,6 @@ def build_calibration_table(
         "unsigned_activations": str(settings.unsigned_activations).lower(),
         **metadata,
     }
-    return CalibrationTable(records, recorded)
 
 
 def write_calibration_table(table: CalibrationTable, out_dir: str) -> tuple[str, str]:

@@ -27,6 +27,7 @@ from int8flow.schemas.calibration_table import CalibrationTable, CalibrationTabl
 from int8flow.schemas.stage_records import NodeSensitivity
 from int8flow.tasks.calibration.bias_correction import InputSums, corrected_layers
 from int8flow.tasks.calibration.collector import collect_histograms
+from int8flow.tasks.calibration.method_choice import TensorCandidates, TensorErrors, measure_errors
 from int8flow.tasks.calibration.partial_files import write_partial_histograms
 from int8flow.tasks.calibration.sums_files import write_partial_sums
 from int8flow.tasks.data.mnist_idx import DatasetError
@@ -123,6 +124,16 @@ class ValidatedShard:
 
 
 @dataclass(frozen=True)
+class MeasuredShare:
+    """One share of the per-tensor method choice: each of its tensors' candidate errors, in order.
+    ``examples``: slice examples run, for progress."""
+
+    shard: int
+    examples: int
+    tensors: tuple[TensorErrors, ...]
+
+
+@dataclass(frozen=True)
 class RankedNodes:
     """One share of the sensitivity ranking: each of its candidates' error, in candidate order.
     ``examples``: INT8 passes over examples it ran (slice size times candidates), for progress."""
@@ -171,6 +182,17 @@ def correct_shard(
     return ObservedShard(
         path, spec.shard, tally.examples, tally.skipped, tuple(tally.sources), time.perf_counter() - started
     )
+
+
+def measure_share(
+    model: ModelRef, spec: ShardSpec, tensors: tuple[TensorCandidates, ...], debiased: bool, share: int, threads: int
+) -> MeasuredShare:
+    """The candidate errors of ``tensors`` (share ``share`` of the measured tensors) on the slice ``spec``."""
+    graph, executor = _fp32_executor(model, threads)
+    tally = _Tally()
+    inputs = ({graph.inputs[0].name: batch.inputs} for batch in tally.usable(_batches(spec, graph)))
+    errors = measure_errors(graph, executor, tensors, inputs, debiased)
+    return MeasuredShare(share, tally.examples, tuple(errors))
 
 
 def validate_shard(

@@ -47,7 +47,7 @@ def run_pipeline(
             on_cluster(info)
             stages.record_cluster(out, info)
             stages.observe(out, client, progress, config)
-            stages.thresholds(out)
+            stages.thresholds(out, client, progress, config)
             stages.correct(out, client, progress, config)
             stages.build(out, config)
             stages.validate(out, client, progress, config)

@@ -88,11 +88,16 @@ def observe(out: str, client: Client, progress: ProgressSink = quiet, config: Ru
     return record
 
 
-def thresholds(out: str) -> ThresholdsRecord:
-    """Merge the partials, choose thresholds, write the table, and plot the worst-fitting tensors."""
-    plan = load_plan(out)
+def thresholds(
+    out: str, client: Client | None = None, progress: ProgressSink = quiet, config: RunConfig | None = None
+) -> ThresholdsRecord:
+    """Merge the partials, choose thresholds, write the table, and plot the worst-fitting tensors.
+
+    Only ``--method auto`` reads the model and data (on the workers of ``client``); the other
+    methods need neither."""
+    plan = load_plan(out) if client is None else working_plan(out, config)
     histograms, merge_seconds = _timed(lambda: merge_histograms(plan))
-    table, threshold_seconds = _timed(lambda: write_table(plan, histograms))
+    table, threshold_seconds = _timed(lambda: write_table(plan, histograms, client, progress))
     record = ThresholdsRecord(
         reduce_seconds=merge_seconds,
         thresholds_seconds=threshold_seconds,

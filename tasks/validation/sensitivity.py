@@ -83,7 +83,7 @@ def rank_sensitivity(
     batches = list(_batches(inputs, batch_size))
     fp32 = GraphExecutor(graph, xp)
     reference = [_host_outputs(fp32, batch) for batch in batches]
-    energy = math.fsum(value for outputs in reference for y in outputs.values() for value in _example_squares(y))
+    energy = math.fsum(value for outputs in reference for y in outputs.values() for value in example_squares(y))
     if energy == 0.0:
         raise ValueError(
             f"{graph.source}: the FP32 outputs are all zero on these inputs; the normalised error is undefined"
@@ -97,7 +97,7 @@ def rank_sensitivity(
             value
             for batch, expected in zip(batches, reference)
             for output, y in _host_outputs(executor, batch).items()
-            for value in _example_squares(y.astype(np.float64) - expected[output])
+            for value in example_squares(y.astype(np.float64) - expected[output])
         )
         ranking.append(NodeSensitivity(name, op_types[name], squared / energy))
     return sorted(ranking, key=lambda item: item.error, reverse=True)
@@ -116,7 +116,7 @@ def _host_outputs(executor: GraphExecutor, batch: Mapping[str, np.ndarray]) -> d
     return {name: to_numpy(value) for name, value in executor.run(batch).items()}
 
 
-def _example_squares(values: np.ndarray) -> np.ndarray:
+def example_squares(values: np.ndarray) -> np.ndarray:
     """Sum of squares per example in float64; each row is reduced on its own, so the sums do not
     depend on the batch the example came in."""
     flat = np.asarray(values, dtype=np.float64).reshape(len(values), -1)
