@@ -13,10 +13,12 @@ MinMax, Entropy (its defaults: 128/128 bins) and Percentile (its default 99.999)
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import itertools
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -53,16 +55,35 @@ def logits(predict: Predict, examples: np.ndarray) -> np.ndarray:
     return np.concatenate([predict(examples[i : i + BATCH]) for i in range(0, len(examples), BATCH)])
 
 
-def int8flow_models(graph: Graph, calib: np.ndarray) -> Iterator[tuple[str, float, Predict]]:
-    """(label, calibration seconds, predict) of each int8flow variant."""
+def add_selection_options(parser: argparse.ArgumentParser) -> None:
+    """``--methods``, ``--peers-only`` and ``--no-peers``: which of the compared models a run builds."""
+    parser.add_argument(
+        "--methods", nargs="+", choices=METHOD_CHOICES, default=list(METHOD_CHOICES), help="int8flow's methods"
+    )
+    parser.add_argument("--peers-only", action="store_true", help="skip int8flow's variants")
+    parser.add_argument("--no-peers", action="store_true", help="skip onnxruntime's and NNCF's")
+
+
+def compared_models(
+    args: argparse.Namespace, model: str, graph: Graph, calib: np.ndarray
+) -> Iterator[tuple[str, float, Predict]]:
+    """(label, calibration seconds, predict) of the models the options select, int8flow's first."""
+    ours = () if args.peers_only else int8flow_models(graph, calib, args.methods)
+    peers = () if args.no_peers else peer_models(model, graph.inputs[0].name, calib)
+    return itertools.chain(ours, peers)
+
+
+def int8flow_models(graph: Graph, calib: np.ndarray, methods: Sequence[str]) -> Iterator[tuple[str, float, Predict]]:
+    """(label, calibration seconds, predict) of each int8flow variant of ``methods``."""
     name, output = graph.inputs[0].name, graph.outputs[0].name
     fp32 = OnnxRuntimeExecutor(graph, threads=2)
     started = time.perf_counter()
     histograms = collect_histograms(fp32, batches(name, calib), calibration_tensors(graph))
     observe_seconds = time.perf_counter() - started
-    variants = [("entropy symmetric (published)", "entropy", False, False)] + [
+    published = [("entropy symmetric (published)", "entropy", False, False)] if "entropy" in methods else []
+    variants = published + [
         (f"{method}{' + bias correction' if correct else ''}", method, True, correct)
-        for method in METHOD_CHOICES
+        for method in methods
         for correct in (False, True)
     ]
     for label, method, unsigned, correct in variants:

@@ -5,16 +5,15 @@ agrees with FP32's, on real photo crops (bundled with scikit-image / scikit-lear
 confident crops (FP32 top-1 probability >= 0.5). Same calibration crops and validation crops for
 everyone, same run; the models compared are ``accuracy_peers``'.
 
-    .venv/bin/python benchmarks/bench_accuracy_efficientnet.py [--calib 512] [--val 1024] [--peers-only]
+    .venv/bin/python benchmarks/bench_accuracy_efficientnet.py [--calib 512] [--val 1024]
+        [--methods M ...] [--peers-only | --no-peers]
 """
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import onnxruntime as ort
-from accuracy_peers import int8flow_models, logits, peer_models
+from accuracy_peers import add_selection_options, compared_models, logits
 from bench_cli import model_parser
 
 from int8flow.tasks.data.photos import photo_crops
@@ -31,7 +30,7 @@ def main() -> None:
     parser = model_parser(__doc__)
     parser.add_argument("--calib", type=int, default=512)
     parser.add_argument("--val", type=int, default=1024)
-    parser.add_argument("--peers-only", action="store_true", help="skip int8flow's variants")
+    add_selection_options(parser)
     args = parser.parse_args()
 
     calib = photo_crops(args.calib, seed=11)
@@ -44,8 +43,7 @@ def main() -> None:
     confident = softmax(fp32_logits).max(axis=1) >= 0.5
     print(f"{args.calib} calibration crops, {args.val} validation crops ({confident.sum()} confident)")
     print(f"{'method':<44}{'calibration s':>14}{'agreement':>11}{'confident':>11}", flush=True)
-    ours = () if args.peers_only else int8flow_models(graph, calib)
-    for label, seconds, predict in itertools.chain(ours, peer_models(args.model, name, calib)):
+    for label, seconds, predict in compared_models(args, args.model, graph, calib):
         agree = logits(predict, val).argmax(axis=1) == fp32_top1
         print(f"{label:<44}{seconds:>14.1f}{agree.mean():>11.2%}{agree[confident].mean():>11.2%}", flush=True)
 

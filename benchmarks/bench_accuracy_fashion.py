@@ -4,17 +4,16 @@ The demo's ResNet (examples/models), calibrated on a seeded sample of the traini
 ``int8flow run`` samples them), scored on all 10,000 test images: top-1 against the labels, its drop
 from FP32, and agreement with FP32's top-1. The models compared are ``accuracy_peers``'.
 
-    .venv/bin/python benchmarks/bench_accuracy_fashion.py [--calib 1000]
+    .venv/bin/python benchmarks/bench_accuracy_fashion.py [--calib 1000] [--methods M ...] [--peers-only | --no-peers]
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 
 import numpy as np
 import onnxruntime as ort
-from accuracy_peers import int8flow_models, logits, peer_models
+from accuracy_peers import add_selection_options, compared_models, logits
 from bench_cli import FASHION_RESNET
 
 from int8flow.tasks.data.mnist_idx import fashion_mnist_folder, load_mnist_split
@@ -32,6 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--calib", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
+    add_selection_options(parser)
     args = parser.parse_args()
 
     folder = fashion_mnist_folder()
@@ -46,9 +46,7 @@ def main() -> None:
     fp32_accuracy = (fp32_top1 == labels).mean() * 100
     print(f"{args.calib} calibration images, {len(test)} test images; FP32 top-1 {fp32_accuracy:.2f}%")
     print(f"{'method':<44}{'calibration s':>14}{'top-1':>8}{'drop':>7}{'agreement':>11}", flush=True)
-    for label, seconds, predict in itertools.chain(
-        int8flow_models(graph, calib), peer_models(str(FASHION_RESNET), name, calib)
-    ):
+    for label, seconds, predict in compared_models(args, str(FASHION_RESNET), graph, calib):
         top1 = logits(predict, test).argmax(axis=1)
         accuracy = (top1 == labels).mean() * 100
         agreement = (top1 == fp32_top1).mean()

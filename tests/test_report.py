@@ -72,10 +72,10 @@ def full_report() -> dict[str, Any]:
             {"node": f"layer{index}/conv", "op_type": "Conv", "error": 1.0 / (index + 1)} for index in range(12)
         ],
         "tensors": [
-            {"name": "a", "threshold": 1.23456789, "divergence": 0.02, "signed": True},
-            {"name": "b", "threshold": 6.0, "divergence": None, "signed": False},
-            {"name": "c", "threshold": 0.000123456789, "divergence": 0.5, "signed": False},
-            {"name": "d", "threshold": 3.5, "divergence": 0.02, "signed": True},
+            {"name": "a", "method": "entropy", "threshold": 1.23456789, "divergence": 0.02, "signed": True},
+            {"name": "b", "method": "percentile", "threshold": 6.0, "divergence": None, "signed": False},
+            {"name": "c", "method": "mse", "threshold": 0.000123456789, "divergence": 0.5, "signed": False},
+            {"name": "d", "method": "entropy", "threshold": 3.5, "divergence": 0.02, "signed": True},
         ],
         "plots": ["plots/sensitivity.png", "plots/histogram-c-0123456789.png"],
         "int8flow_version": "0.1.0",
@@ -235,12 +235,12 @@ def test_markdown_tensors_by_largest_divergence_with_missing_last() -> None:
     markdown = render_markdown(full_report())
     assert (
         "## Largest divergence (4 of 4 tensors)\n\n"
-        "| tensor | threshold | divergence | signed |\n"
-        "| --- | ---: | ---: | --- |\n"
-        "| `c` | 0.000123457 | 0.5 | no |\n"
-        "| `a` | 1.23457 | 0.02 | yes |\n"
-        "| `d` | 3.5 | 0.02 | yes |\n"
-        "| `b` | 6 | — | no |\n"
+        "| tensor | method | threshold | divergence | signed |\n"
+        "| --- | --- | ---: | ---: | --- |\n"
+        "| `c` | mse | 0.000123457 | 0.5 | no |\n"
+        "| `a` | entropy | 1.23457 | 0.02 | yes |\n"
+        "| `d` | entropy | 3.5 | 0.02 | yes |\n"
+        "| `b` | percentile | 6 | — | no |\n"
     ) in markdown
 
 

@@ -5,9 +5,10 @@ Every candidate method (``AUTO_CANDIDATES``) proposes a threshold from the merge
 tensor's quantization error ``e = dequantize(quantize(x)) - x`` reaches the model through the
 Conv/Gemm/MatMul layers that read it, weighted by their weights: clipping a channel that a layer
 multiplies by large weights costs more than the tensor's own squared error says. So the measure of
-a candidate is, summed over those layers, the energy of the layer applied to ``e`` (bias left out:
-a difference of inputs is all that moves the output) relative to the energy of the layer applied to
-``x``; a tensor that no layer reads (a residual branch, a pool output) is measured on itself.
+a candidate is the energy of the layer applied to ``e`` (bias left out: a difference of inputs is
+all that moves the output), summed over the layers relative to each one's output energy when more
+than one reads the tensor; with bias correction on, less the part a per-channel shift removes. A
+tensor that no layer reads (a residual branch, a pool output) is measured on itself.
 
 The measure runs on a slice of the calibration data (``--auto-examples``), in Dask tasks that each
 take a contiguous share of the tensors and the whole slice, as the sensitivity ranking does: every
@@ -62,7 +63,8 @@ class TensorCandidates:
 
 @dataclass(frozen=True)
 class TensorErrors:
-    """Each candidate's relative error, in candidate order."""
+    """Each candidate's error, in candidate order: comparable between the candidates of one tensor
+    (absolute for one layer or none, relative to the outputs for several), not across tensors."""
 
     tensor: str
     errors: tuple[tuple[str, float], ...]

@@ -125,9 +125,9 @@ def _auto_table(
 ) -> CalibrationTable:
     """Each tensor's threshold from the candidate method of least measured error (``method_choice``).
 
-    The slice is a sample of ``--auto-examples`` calibration examples (the first ones when the run
-    takes the first examples), measured whole by every task; the tensors are split into contiguous
-    shares, one task each, so the choice does not depend on the split."""
+    The slice is a seeded sample of ``--auto-examples`` examples of the calibration data set (its
+    first ones when the run takes the first examples), measured whole by every task; the tensors
+    are split into contiguous shares, one task each, so the choice does not depend on the split."""
     settings = plan.config.threshold_settings()
     choices = candidate_choices(histograms, settings)
     readers = threshold_readers(fp32_graph(plan.model), plan.quantization_options())

@@ -309,6 +309,7 @@ def _tensors_section(tensors: Sequence[Mapping[str, Any]] | None) -> str:
     rows = [
         [
             _code(tensor["name"]),
+            _cell(tensor.get("method")),
             _cell(_threshold(tensor.get("threshold"))),
             _cell(_statistic(tensor.get("divergence"))),
             _cell(_yes_no(tensor.get("signed"))),
@@ -316,7 +317,7 @@ def _tensors_section(tensors: Sequence[Mapping[str, Any]] | None) -> str:
         for tensor in ranked[:TOP_ROWS]
     ]
     heading = f"Largest divergence ({len(rows)} of {len(tensors)} tensors)"
-    return _section(heading, _table(["tensor", "threshold", "divergence", "signed"], rows, "lrrl"))
+    return _section(heading, _table(["tensor", "method", "threshold", "divergence", "signed"], rows, "llrrl"))
 
 
 def _plots_section(plots: Sequence[str] | None) -> str:

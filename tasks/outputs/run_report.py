@@ -113,6 +113,7 @@ def assemble_report(plan: RunPlan, started: str, finished: str) -> dict[str, Any
         "tensors": [
             {
                 "name": r.name,
+                "method": r.method,
                 "threshold": r.threshold,
                 "divergence": None if math.isnan(r.divergence) else r.divergence,  # as report.json holds it
                 "signed": r.signed,
