@@ -2,8 +2,9 @@
 and NNCF, all from the same calibration examples, in the same run.
 
 int8flow: one observe pass (8192-bin histograms, onnxruntime as the FP32 engine), then each method
-with the defaults' uint8 storage of non-negative tensors (auto: the per-tensor choice measured on the
-first ``--auto-examples`` calibration examples), bias correction off and on, and the
+with the defaults' uint8 storage of non-negative tensors (auto: the per-tensor choice measured on a
+seeded sample of ``--auto-examples`` calibration examples), bias correction off and on (over a seeded sample of
+``--correction-examples``, as a run takes it), and the
 published algorithms' contract (symmetric int8, no bias correction) for entropy; run by int8flow's
 INT8 executor, which onnxruntime's integer kernels match bit for bit on this CPU (RESULTS.md).
 onnxruntime.quantization.quantize_static: QDQ, per-channel, QInt8 weights and activations, methods
@@ -33,6 +34,7 @@ from int8flow.tasks.calibration.bias_correction import measure_bias_corrections
 from int8flow.tasks.calibration.collector import collect_histograms
 from int8flow.tasks.calibration.method_choice import measure_auto_table
 from int8flow.tasks.calibration.table import build_calibration_table
+from int8flow.tasks.distributed.shard_jobs import sample_indices
 from int8flow.tasks.graph.executor import GraphExecutor
 from int8flow.tasks.graph.int8_ops import INT8_OPS
 from int8flow.tasks.graph.ir import Graph
@@ -53,6 +55,12 @@ def batches(name: str, examples: np.ndarray) -> list[dict[str, np.ndarray]]:
 
 def logits(predict: Predict, examples: np.ndarray) -> np.ndarray:
     return np.concatenate([predict(examples[i : i + BATCH]) for i in range(0, len(examples), BATCH)])
+
+
+def subsample(examples: np.ndarray, setting: str) -> np.ndarray:
+    """The seeded sample of ``examples`` a run takes by default for ``setting`` (a count)."""
+    indices = sample_indices(len(examples), SETTINGS_BY_NAME[setting].default, SETTINGS_BY_NAME["seed"].default)
+    return examples[indices]
 
 
 def add_selection_options(parser: argparse.ArgumentParser) -> None:
@@ -91,12 +99,15 @@ def int8flow_models(graph: Graph, calib: np.ndarray, methods: Sequence[str]) -> 
         settings = ThresholdSettings(method=method, unsigned_activations=unsigned)
         options = QuantizationOptions(unsigned_activations=unsigned)
         if method == AUTO_METHOD:
-            auto_slice = batches(name, calib[: SETTINGS_BY_NAME["auto_examples"].default])
+            auto_slice = batches(name, subsample(calib, "auto_examples"))
             table = measure_auto_table(graph, histograms, settings, options, fp32, auto_slice, {}, correct)
         else:
             table = build_calibration_table(histograms, settings, {})
         if correct:
-            shifts = measure_bias_corrections(graph, quantize_graph(graph, table, options), fp32, batches(name, calib))
+            corrected = subsample(calib, "correction_examples")
+            shifts = measure_bias_corrections(
+                graph, quantize_graph(graph, table, options), fp32, batches(name, corrected)
+            )
             table = dataclasses.replace(table, bias_corrections=shifts)
         executor = GraphExecutor(quantize_graph(graph, table, options), ops=INT8_OPS)
         seconds = observe_seconds + time.perf_counter() - started

@@ -237,6 +237,16 @@ SETTINGS: tuple[Setting, ...] = (
         "quantization",
     ),
     Setting(
+        "correction_examples",
+        int,
+        256,
+        "bias correction only: calibration examples its pass runs over, a seeded sample of the calibration data "
+        "(all the calibration examples when they are fewer)",
+        "quantization",
+        minimum=1,
+        metavar="N",
+    ),
+    Setting(
         "exclude",
         list,
         (),
@@ -394,6 +404,7 @@ class RunConfig:
     spike_fix: bool
     unsigned_activations: bool
     bias_correction: bool
+    correction_examples: int
     exclude: tuple[str, ...]
     per_tensor_weights: bool
     signed_storage: str

@@ -20,13 +20,14 @@ from graph_builders import wide_mlp_model
 from threadpoolctl import threadpool_limits
 
 from int8flow.schemas.run_config import RunConfig
+from int8flow.schemas.stage_records import CorrectRecord
 from int8flow.schemas.threshold_settings import ThresholdSettings
 from int8flow.tasks.calibration.table import rethreshold
 from int8flow.tasks.data import fashion_mnist_folder, load_mnist_split
 from int8flow.tasks.distributed.cluster import ClusterUnavailableError, dask_client
 from int8flow.tasks.distributed.fanout import ProgressSink
 from int8flow.tasks.run import stages
-from int8flow.tasks.run.plan import plan_run
+from int8flow.tasks.run.plan import load_plan, plan_run
 
 MODEL = str(DEMO_MODEL)
 CALIB_EXAMPLES = 600
@@ -114,6 +115,11 @@ def test_table_is_bit_identical_for_any_sharding(
 ) -> None:
     table = calibrate(tmp_path / "out", two_workers, batch_size, shards, 2)
     assert table == reference
+    correction = stages.load_record(load_plan(str(tmp_path / "out")), CorrectRecord)
+    assert (
+        correction is not None
+        and correction.examples == RunConfig.from_mapping({"model": MODEL, "calib_data": VAL}).correction_examples
+    )  # its own sample, smaller than the 600 calibration examples
     for folder in ("histograms", "bias_sums"):
         assert sorted(path.name for path in (tmp_path / "out" / folder).iterdir()) == [
             f"shard={index:05d}.parquet" for index in range(shards)

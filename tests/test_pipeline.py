@@ -116,7 +116,9 @@ def test_the_distributed_table_equals_a_single_process_calibration(
     defaults = RunConfig.from_mapping({"model": MODEL, "calib_data": CALIB})
     thresholds = build_calibration_table(histograms, defaults.threshold_settings(), written.metadata)
     options = QuantizationOptions(unsigned_activations=defaults.unsigned_activations)
-    shifts = measure_bias_corrections(graph, quantize_graph(graph, thresholds, options), executor, feeds)
+    corrected = sample_indices(len(images[0]), defaults.correction_examples, 0)  # a sample of its own
+    correction_feeds = [{"input": mnist_inputs(images[0][corrected])}]
+    shifts = measure_bias_corrections(graph, quantize_graph(graph, thresholds, options), executor, correction_feeds)
     expected = dataclasses.replace(thresholds, bias_corrections=shifts)
     assert written.bias_corrections and written.to_json() == expected.to_json()
 

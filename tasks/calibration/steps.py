@@ -58,12 +58,13 @@ def observe_shards(plan: RunPlan, client: Client, progress: ProgressSink = quiet
 def correct_biases(
     plan: RunPlan, client: Client, progress: ProgressSink = quiet
 ) -> tuple[list[ObservedShard], CalibrationTable]:
-    """The bias-correction pass over the calibration shards, and the table rewritten with its shifts.
+    """The bias-correction pass over ``--correction-examples`` of the calibration data, sharded as
+    observe shards, and the table rewritten with its shifts.
 
     Sums and shifts are measured on the INT8 graph without corrections, whatever the table file
     holds already, so a retried stage writes the same table.
     """
-    specs = plan.shard_specs(plan.calibration)
+    specs = plan.shard_specs(plan.subsample(plan.calibration, plan.config.correction_examples))
     wanted = [plan.bias_sums_path(spec.shard) for spec in specs]
     _claim_partial_files(plan, BIAS_SUMS_DIR, wanted)
     int8 = int8_ref(plan)
@@ -132,9 +133,8 @@ def _auto_table(
     choices = candidate_choices(histograms, settings)
     readers = threshold_readers(fp32_graph(plan.model), plan.quantization_options())
     measured = tensor_candidates(choices, histograms, readers, settings.unsigned_activations)
-    whole = plan.shard_specs(plan.calibration)[0]
-    count = min(plan.config.auto_examples, plan.calibration.sample)
-    slice_spec = dataclasses.replace(whole, sample=count, shard=0, shards=1)
+    auto_slice = plan.subsample(plan.calibration, plan.config.auto_examples)
+    slice_spec = dataclasses.replace(plan.shard_specs(auto_slice)[0], shard=0, shards=1)
     shares = min(len(measured), plan.shards)
     debiased = plan.config.bias_correction
     threads = threads_per_task(client)
@@ -144,5 +144,5 @@ def _auto_table(
         jobs.append((plan.model, slice_spec, tuple(measured[mine.start : mine.stop]), debiased, share, threads))
     results = run_shards(client, "choose", measure_share, jobs, progress) if jobs else []
     errors = [tensor for result in results for tensor in result.tensors]
-    recorded = table_metadata(settings, {**metadata, "auto_examples": str(count)})
+    recorded = table_metadata(settings, {**metadata, "auto_examples": str(auto_slice.sample)})
     return auto_table(choices, histograms, errors, recorded)

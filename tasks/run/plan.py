@@ -15,7 +15,7 @@ import json
 import os
 import tempfile
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import fsspec
@@ -110,6 +110,11 @@ class RunPlan:
         return QuantizationOptions(
             self.config.exclude + extra_exclude, not self.config.per_tensor_weights, self.config.unsigned_activations
         )
+
+    def subsample(self, data: DataPlan, count: int) -> DataPlan:
+        """A seeded sample of ``count`` examples of ``data``'s data set; ``data`` itself when it holds
+        no more (the bias-correction pass and the auto method's slice)."""
+        return replace(data, sample=count) if count < data.sample else data
 
     def shard_specs(self, data: DataPlan) -> list[ShardSpec]:
         shards = min(self.shards, data.sample)
