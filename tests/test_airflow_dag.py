@@ -343,6 +343,7 @@ def failed_gate_run(airflow_home: Path) -> DagTest:
         "max_top1_drop": -1,
         "fallback_budget": 1,
         "register": "fashion-int8-gate-failed",
+        "method": "auto",  # the thresholds task then starts its own cluster
     }
     return dags_test(airflow_home, conf)
 
@@ -408,3 +409,6 @@ def test_a_failed_gate_fails_the_run_at_the_gate_task_and_registers_nothing(
     (run,) = runs_with_key(airflow_home, f"{DAG_ID}/{failed_gate_run.run_id}")  # tracked, as `int8flow run` does
     assert run.data.tags["int8flow.gate"] == "failed"
     assert "int8flow.registered_version" not in run.data.tags
+    table = json.loads((failed_gate_run.out / "calibration.json").read_text())
+    assert table["metadata"]["method"] == "auto" and table["metadata"]["auto_examples"] == "64"
+    assert {tensor["method"] for tensor in table["tensors"]} <= {"percentile", "entropy", "mse"}
