@@ -3,10 +3,11 @@ and NNCF, all from the same calibration examples, in the same run.
 
 int8flow: one observe pass (8192-bin histograms, onnxruntime as the FP32 engine), then each method
 with the defaults' uint8 storage of non-negative tensors (auto: the per-tensor choice measured on a
-seeded sample of ``--auto-examples`` calibration examples), bias correction off and on (over a seeded sample of
-``--correction-examples``, as a run takes it), and the
-published algorithms' contract (symmetric int8, no bias correction) for entropy; run by int8flow's
-INT8 executor, which onnxruntime's integer kernels match bit for bit on this CPU (RESULTS.md).
+seeded sample of ``--auto-examples`` calibration examples), bias correction off and on (over a
+seeded sample of ``--correction-examples``, as a run takes it); the published algorithms' contract
+(symmetric int8, no bias correction) for entropy; and the default method with bias correction and
+symmetric int8 (``--no-unsigned-activations``). All run by int8flow's INT8 executor, which
+onnxruntime's integer kernels match bit for bit on this CPU (RESULTS.md).
 onnxruntime.quantization.quantize_static: QDQ, per-channel, QInt8 weights and activations, methods
 MinMax, Entropy (its defaults: 128/128 bins) and Percentile (its default 99.999). NNCF: see
 ``nncf_peer``. Both peers' QDQ models are run by onnxruntime.
@@ -88,12 +89,18 @@ def int8flow_models(graph: Graph, calib: np.ndarray, methods: Sequence[str]) -> 
     started = time.perf_counter()
     histograms = collect_histograms(fp32, batches(name, calib), calibration_tensors(graph))
     observe_seconds = time.perf_counter() - started
+    default = ThresholdSettings.method
     published = [("entropy symmetric (published)", "entropy", False, False)] if "entropy" in methods else []
-    variants = published + [
-        (f"{method}{' + bias correction' if correct else ''}", method, True, correct)
-        for method in methods
-        for correct in (False, True)
-    ]
+    symmetric = [(f"{default} symmetric + bias correction", default, False, True)] if default in methods else []
+    variants = (
+        published
+        + symmetric
+        + [
+            (f"{method}{' + bias correction' if correct else ''}", method, True, correct)
+            for method in methods
+            for correct in (False, True)
+        ]
+    )
     for label, method, unsigned, correct in variants:
         started = time.perf_counter()
         settings = ThresholdSettings(method=method, unsigned_activations=unsigned)
