@@ -129,7 +129,19 @@ def test_experiment_for_creates_once_with_artifacts_beside_the_database(store: s
     assert experiment_for(store, "int8flow/fashion_mnist_resnet") == experiment_id
     database = Path(store.removeprefix("sqlite:///"))
     expected = (database.parent / "mlartifacts" / "int8flow_fashion_mnist_resnet").as_uri()
-    assert tracking_client(store).get_experiment(experiment_id).artifact_location == expected
+    experiment = tracking_client(store).get_experiment(experiment_id)
+    assert experiment.artifact_location == expected
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # not MLflow's GenAI view
+
+
+def test_an_existing_experiment_gets_the_model_development_kind_unless_it_has_one(store: str) -> None:
+    client = tracking_client(store)
+    untagged = client.create_experiment("int8flow/older")
+    chosen = client.create_experiment("int8flow/chosen", tags={"mlflow.experimentKind": "finetuning"})
+    assert experiment_for(store, "int8flow/older") == untagged
+    assert experiment_for(store, "int8flow/chosen") == chosen
+    assert client.get_experiment(untagged).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert client.get_experiment(chosen).tags["mlflow.experimentKind"] == "finetuning"
 
 
 def test_run_artifacts_stay_under_the_database_folder_not_the_working_directory(

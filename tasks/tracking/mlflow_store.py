@@ -50,6 +50,10 @@ CALIB_FINGERPRINT_TAG = "int8flow.calib_data_fingerprint"
 VAL_FINGERPRINT_TAG = "int8flow.val_data_fingerprint"
 VERSION_TAG = "int8flow.version"
 PLAN_KEY_TAG = "int8flow.plan_key"
+# MLflow 3's UI opens an experiment without this tag in its GenAI view (traces, prompts); ours are
+# model development: runs with params, metrics and models.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 MODELS_URI_FORMS = "models:/<name>@<alias> or models:/<name>/<version>"
 
 TRACKING_CHECK_TIMEOUT_S = 5.0
@@ -185,16 +189,22 @@ def experiment_for(tracking_uri: str, name: str) -> str:
         existing = client.get_experiment_by_name(name)
         if existing is None:
             try:
-                return client.create_experiment(name, artifact_location=_artifact_location(tracking_uri, name))
+                return client.create_experiment(
+                    name,
+                    artifact_location=_artifact_location(tracking_uri, name),
+                    tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+                )
             except MlflowException as error:
                 if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
                     raise
             existing = client.get_experiment_by_name(name)  # a parallel task created it first
-    if existing.lifecycle_stage == "deleted":
-        raise ValueError(
-            f"experiment {name!r} is deleted in {tracking_uri}; restore it "
-            f"(mlflow experiments restore --experiment-id {existing.experiment_id}) or choose another name"
-        )
+        if existing.lifecycle_stage == "deleted":
+            raise ValueError(
+                f"experiment {name!r} is deleted in {tracking_uri}; restore it "
+                f"(mlflow experiments restore --experiment-id {existing.experiment_id}) or choose another name"
+            )
+        if EXPERIMENT_KIND_TAG not in existing.tags:  # an experiment of an older int8flow; a user's choice stays
+            client.set_experiment_tag(existing.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return existing.experiment_id
 
 
