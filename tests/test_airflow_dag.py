@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -371,6 +372,8 @@ def test_dags_test_runs_every_stage_and_tracks_one_mlflow_run_matching_the_repor
     assert run.data.params["alias"] == "int8-ci"
     assert run.data.tags["int8flow.gate"] == "passed"
     assert run.data.tags["int8flow.model_sha256"] == report["model"]["sha256"]
+    started = report["started"][:16].replace("-", "").replace(":", "").replace("T", "-")  # UTC, as report.json
+    assert run.info.run_name == f"fashion_mnist_resnet-percentile-{started}"
 
 
 @pytest.mark.slow
@@ -409,6 +412,7 @@ def test_a_failed_gate_fails_the_run_at_the_gate_task_and_registers_nothing(
     (run,) = runs_with_key(airflow_home, f"{DAG_ID}/{failed_gate_run.run_id}")  # tracked, as `int8flow run` does
     assert run.data.tags["int8flow.gate"] == "failed"
     assert "int8flow.registered_version" not in run.data.tags
+    assert re.fullmatch(r"fashion_mnist_resnet-auto-\d{8}-\d{4}-gate-failed", run.info.run_name)
     table = json.loads((failed_gate_run.out / "calibration.json").read_text())
     assert table["metadata"]["method"] == "auto" and table["metadata"]["auto_examples"] == "64"
     assert {tensor["method"] for tensor in table["tensors"]} <= {"percentile", "entropy", "mse"}

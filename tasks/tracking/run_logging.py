@@ -6,6 +6,8 @@ Airflow is logged and registered exactly like one driven from the command line.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from int8flow.schemas.run_config import RunConfig
 from int8flow.schemas.run_folder import INT8_MODEL, MANIFEST_FILE
 from int8flow.schemas.stage_records import GateRecord
@@ -15,6 +17,7 @@ from int8flow.tasks.run.plan import RunPlan, load_plan, working_plan
 from int8flow.tasks.run.stages import load_record
 from int8flow.tasks.tracking.mlflow_store import (
     CALIB_FINGERPRINT_TAG,
+    EXPERIMENT_PREFIX,
     GATE_TAG,
     MODEL_SHA256_TAG,
     MODEL_TAG,
@@ -48,11 +51,10 @@ def track(out: str, run_key: str | None = None, config: RunConfig | None = None)
         PLAN_KEY_TAG: plan.run_key,
         GATE_TAG: gate_tag(plan),
     }
-    run_name = f"{plan.config.method}-{plan.calibration.sample}"
     return log_run(
         tracking_uri,
         experiment_id,
-        run_name,
+        run_name(plan, report["started"], tags[GATE_TAG]),
         plan.config.mlflow_params(),
         run_metrics(report),
         tags,
@@ -91,6 +93,14 @@ def register(out: str, run_id: str, config: RunConfig | None = None) -> str | No
         tags,
         plan.config.alias or None,
     )
+
+
+def run_name(plan: RunPlan, started: str, gate: str) -> str:
+    """``<model>-<method>-<UTC start to the minute>``, ending ``-gate-failed`` when the gate failed:
+    nightly runs differ in the run list, and a failed one shows there, not only in a tag."""
+    model = default_experiment_name(plan.model_uri).removeprefix(EXPERIMENT_PREFIX)
+    when = datetime.fromisoformat(started).astimezone(UTC).strftime("%Y%m%d-%H%M")
+    return f"{model}-{plan.config.method}-{when}" + ("-gate-failed" if gate == "failed" else "")
 
 
 def gate_tag(plan: RunPlan) -> str:
