@@ -34,6 +34,9 @@ class Setting:
     settings may carry credentials (``redacted`` wherever they are shown or stored, see
     ``uri_redaction``) or must not (``no-credentials``: the output folder and the scheduler address
     travel through XCom and every log, so their credentials belong in the filesystem's own settings).
+    ``operational`` settings choose where a run executes and where its results go, not what it
+    computes (split invariance makes workers, shards and batch size such settings): MLflow keeps them
+    as tags, so comparing runs' params shows only what can change a result.
     """
 
     name: str
@@ -49,6 +52,7 @@ class Setting:
     positional: bool = False
     metavar: str | None = None
     uri: Literal["redacted", "no-credentials"] | None = None
+    operational: bool = False
 
     @property
     def flag(self) -> str:
@@ -164,6 +168,7 @@ SETTINGS: tuple[Setting, ...] = (
         "calibration",
         minimum=1,
         metavar="B",
+        operational=True,
     ),
     Setting(
         "method",
@@ -318,6 +323,7 @@ SETTINGS: tuple[Setting, ...] = (
         "cluster",
         metavar="ADDRESS",
         uri="no-credentials",
+        operational=True,
     ),
     Setting(
         "workers",
@@ -327,6 +333,7 @@ SETTINGS: tuple[Setting, ...] = (
         "cluster",
         minimum=0,
         metavar="N",
+        operational=True,
     ),
     Setting(
         "shards",
@@ -336,6 +343,7 @@ SETTINGS: tuple[Setting, ...] = (
         "cluster",
         minimum=0,
         metavar="N",
+        operational=True,
     ),
     Setting("device", str, "auto", "where the kernels run", "cluster", choices=("auto", "cpu", "gpu")),
     Setting(
@@ -355,8 +363,9 @@ SETTINGS: tuple[Setting, ...] = (
         "output",
         metavar="DIR",
         uri="no-credentials",
+        operational=True,
     ),
-    Setting("overwrite", bool, False, "replace the results of another run in --out", "output"),
+    Setting("overwrite", bool, False, "replace the results of another run in --out", "output", operational=True),
     Setting(
         "tracking_uri",
         str,
@@ -365,8 +374,17 @@ SETTINGS: tuple[Setting, ...] = (
         "tracking",
         metavar="URI",
         uri="redacted",
+        operational=True,
     ),
-    Setting("experiment", str, "", "MLflow experiment (empty: int8flow/<model name>)", "tracking", metavar="NAME"),
+    Setting(
+        "experiment",
+        str,
+        "",
+        "MLflow experiment (empty: int8flow/<model name>)",
+        "tracking",
+        metavar="NAME",
+        operational=True,
+    ),
     Setting(
         "register",
         str,
@@ -374,9 +392,16 @@ SETTINGS: tuple[Setting, ...] = (
         "register the INT8 model under this name when the gate passes (empty: do not)",
         "tracking",
         metavar="NAME",
+        operational=True,
     ),
     Setting(
-        "alias", str, "int8-candidate", "registry alias given to the new INT8 version", "tracking", metavar="ALIAS"
+        "alias",
+        str,
+        "int8-candidate",
+        "registry alias given to the new INT8 version",
+        "tracking",
+        metavar="ALIAS",
+        operational=True,
     ),
 )
 
@@ -458,8 +483,20 @@ class RunConfig:
         return {redact_uri(value): value for value in self._uris().values() if has_secrets(value)}
 
     def mlflow_params(self) -> dict[str, str]:
-        """Every setting as an MLflow param (redacted): lists comma-joined, None as an empty string."""
-        return {name: _param_text(value) for name, value in self.redacted().as_dict().items()}
+        """The settings that can change results, as MLflow params: redacted, lists comma-joined, None
+        as an empty string."""
+        return self._texts(operational=False)
+
+    def operational_texts(self) -> dict[str, str]:
+        """The operational settings as the same text, for MLflow tags."""
+        return self._texts(operational=True)
+
+    def _texts(self, operational: bool) -> dict[str, str]:
+        return {
+            name: _param_text(value)
+            for name, value in self.redacted().as_dict().items()
+            if SETTINGS_BY_NAME[name].operational == operational
+        }
 
     def _uris(self) -> dict[str, str]:
         return {

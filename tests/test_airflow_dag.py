@@ -368,8 +368,9 @@ def test_dags_test_runs_every_stage_and_tracks_one_mlflow_run_matching_the_repor
     assert run.data.metrics["val_examples"] == accuracy["examples"] == 1000
     assert run.data.metrics["calib_examples"] == 256
     assert accuracy["top1_drop"] <= 1.0 and report["gate"]["passed"]
-    assert run.data.params["out"] == str(passed_run.out)
-    assert run.data.params["alias"] == "int8-ci"
+    assert "out" not in run.data.params and "alias" not in run.data.params  # operational: tags
+    assert run.data.tags["int8flow.setting.out"] == str(passed_run.out)
+    assert run.data.tags["int8flow.setting.alias"] == "int8-ci"
     assert run.data.tags["int8flow.gate"] == "passed"
     assert run.data.tags["int8flow.model_sha256"] == report["model"]["sha256"]
     started = report["started"][:16].replace("-", "").replace(":", "").replace("T", "-")  # UTC, as report.json

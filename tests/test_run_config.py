@@ -58,12 +58,17 @@ def test_nullable_settings_accept_none_and_empty_validation_data_means_none() ->
     assert config.val_data is None and config.max_top1_drop is None
 
 
-def test_mlflow_params_hold_every_setting_as_text() -> None:
+def test_mlflow_params_hold_the_settings_that_change_results_and_tags_the_others() -> None:
     config = RunConfig.from_mapping({**REQUIRED, "exclude": [":first-conv", "Gemm"], "max_top1_drop": 0.5})
-    params = config.mlflow_params()
-    assert list(params) == list(SETTINGS_BY_NAME)
+    params, operational = config.mlflow_params(), config.operational_texts()
+    assert list(operational) == [
+        "batch_size", "scheduler", "workers", "shards", "out", "overwrite", "tracking_uri", "experiment", "register",
+        "alias",
+    ]  # fmt: skip
+    assert list(params) == [name for name in SETTINGS_BY_NAME if name not in operational]
     assert params["exclude"] == ":first-conv,Gemm" and params["max_top1_drop"] == "0.5"
     assert params["spike_fix"] == "true" and params["val_data"] == "" and params["num_bins"] == "8192"
+    assert operational["overwrite"] == "false" and operational["alias"] == "int8-candidate"
 
 
 def test_the_cli_parses_into_the_same_config() -> None:

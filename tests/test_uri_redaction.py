@@ -83,15 +83,15 @@ def test_mlflow_params_are_redacted_and_secrets_map_them_back() -> None:
             "tracking_uri": "https://bob:s3cr3t@mlflow.example",
         }
     )
-    params = config.mlflow_params()
+    params, operational = config.mlflow_params(), config.operational_texts()
     assert params["model"] == f"http://{REDACTED}@h/m.onnx"
     assert params["calib_data"] == f"https://h/d.parquet?sig={REDACTED}"
-    assert params["tracking_uri"] == f"https://{REDACTED}@mlflow.example"
-    assert not any(SECRET_MARK in value for value in params.values())
+    assert operational["tracking_uri"] == f"https://{REDACTED}@mlflow.example"  # a tag
+    assert not any(SECRET_MARK in value for value in [*params.values(), *operational.values()])
     assert config.secrets() == {
         params["model"]: config.model,
         params["calib_data"]: config.calib_data,
-        params["tracking_uri"]: config.tracking_uri,
+        operational["tracking_uri"]: config.tracking_uri,
     }
 
 

@@ -50,6 +50,8 @@ CALIB_FINGERPRINT_TAG = "int8flow.calib_data_fingerprint"
 VAL_FINGERPRINT_TAG = "int8flow.val_data_fingerprint"
 VERSION_TAG = "int8flow.version"
 PLAN_KEY_TAG = "int8flow.plan_key"
+SETTING_TAG_PREFIX = "int8flow.setting."
+"""Operational settings (``Setting.operational``: where a run ran and where its results went) are tags."""
 # MLflow 3's UI opens an experiment without this tag in its GenAI view (traces, prompts); ours are
 # model development: runs with params, metrics and models.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"

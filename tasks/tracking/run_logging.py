@@ -22,6 +22,7 @@ from int8flow.tasks.tracking.mlflow_store import (
     MODEL_SHA256_TAG,
     MODEL_TAG,
     PLAN_KEY_TAG,
+    SETTING_TAG_PREFIX,
     VAL_FINGERPRINT_TAG,
     VERSION_TAG,
     default_experiment_name,
@@ -50,6 +51,7 @@ def track(out: str, run_key: str | None = None, config: RunConfig | None = None)
         VERSION_TAG: int8flow_version(),
         PLAN_KEY_TAG: plan.run_key,
         GATE_TAG: gate_tag(plan),
+        **{SETTING_TAG_PREFIX + name: text for name, text in plan.config.operational_texts().items()},
     }
     return log_run(
         tracking_uri,
