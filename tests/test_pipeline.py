@@ -165,7 +165,7 @@ def test_mlflow_holds_the_run_and_the_registered_version(
     (run,) = client.search_runs([experiment.experiment_id])
     report = report_of(cwd)
     for name in ("fp32_top1", "int8_top1", "top1_drop", "fp32_top5", "int8_top5", "top5_drop", "agreement_top1"):
-        assert run.data.metrics[name] == pytest.approx(report["accuracy"][name], abs=1e-12), name
+        assert run.data.metrics[name] == round(report["accuracy"][name], 4), name  # MLflow shows 1e-4 points
     assert run.data.metrics["calib_seconds"] > 0 and run.data.metrics["calib_examples"] == CALIB_EXAMPLES
     assert run.data.params["calib_examples"] == str(CALIB_EXAMPLES) and run.data.params["method"] == "percentile"
     assert run.data.tags["int8flow.model_sha256"] == report["model"]["sha256"]

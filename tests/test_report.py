@@ -415,3 +415,27 @@ def test_sensitivity_plot_is_a_png(tmp_path: Path) -> None:
 def test_no_sensitivity_no_plot(tmp_path: Path) -> None:
     assert plot_sensitivity(str(tmp_path), []) is None
     assert list(tmp_path.iterdir()) == []
+
+
+def test_mlflow_metrics_are_rounded_to_what_a_reader_compares() -> None:
+    from int8flow.tasks.outputs.run_report import run_metrics
+
+    stages = {name: {"seconds": 0.0123456} for name in ("reduce", "thresholds", "correct", "build", "gate")}
+    report = {
+        "stages": {
+            **stages,
+            "observe": {"seconds": 1.23456, "examples": 512},
+            "validate": {"seconds": 5.55555, "examples_per_second": 1814.9449},
+        },
+        "data": {"calibration": {"skipped_images": 3}},
+        "accuracy": {"examples": 10000, "fp32_top1": 92.04, "int8_top1": 91.84, "top1_drop": 92.04 - 91.84},
+        "gate": {"attempts": [{}]},
+    }
+    assert 92.04 - 91.84 != 0.2  # what MLflow showed: 0.20000000000000284
+    metrics = run_metrics(report)
+    assert metrics["top1_drop"] == 0.2 and metrics["int8_top1"] == 91.84
+    assert metrics["observe_seconds"] == 1.235 and metrics["validate_seconds"] == 5.556
+    assert metrics["calib_seconds"] == 1.272  # observe + reduce + thresholds + correct, then rounded
+    assert metrics["validate_examples_per_second"] == 1814.9 and metrics["calib_examples_per_second"] == 402.6
+    assert (metrics["calib_examples"], metrics["calib_skipped_images"], metrics["val_examples"]) == (512, 3, 10000)
+    assert metrics["gate_attempts"] == 1

@@ -161,8 +161,28 @@ def assemble_report(plan: RunPlan, started: str, finished: str) -> dict[str, Any
     return report
 
 
+METRIC_DECIMALS = {"seconds": 3, "per_second": 1, "accuracy": 4}
+"""Decimals MLflow shows: milliseconds, one tenth of an example per second, and 1e-4 points of
+accuracy (one example in a million), so a drop reads 0.2, not 0.19999999999998863."""
+
+
 def run_metrics(report: dict[str, Any]) -> dict[str, float]:
-    """The MLflow metrics of a run, under the stable names ``int8flow runs`` and dashboards read."""
+    """The MLflow metrics of a run, under the stable names ``int8flow runs`` and dashboards read,
+    rounded as ``METRIC_DECIMALS`` says (report.json keeps every digit)."""
+    return {name: _rounded(name, value) for name, value in _exact_metrics(report).items()}
+
+
+def _rounded(name: str, value: float) -> float:
+    if name.endswith("_per_second"):
+        return round(value, METRIC_DECIMALS["per_second"])
+    if name.endswith("_seconds"):
+        return round(value, METRIC_DECIMALS["seconds"])
+    if name.endswith(("_examples", "_images", "_attempts", "gemm_fallbacks")):
+        return value  # counts
+    return round(value, METRIC_DECIMALS["accuracy"])
+
+
+def _exact_metrics(report: dict[str, Any]) -> dict[str, float]:
     stage_times = report["stages"]
     observe = stage_times["observe"]
     calib_seconds = sum(stage_times[name]["seconds"] or 0.0 for name in CALIBRATION_STAGES)
