@@ -176,6 +176,17 @@ def test_mlflow_holds_the_run_and_the_registered_version(
     assert str(version.version) == "1" and version.run_id == run.info.run_id
     assert version.tags["fp32_sha256"] == report["model"]["sha256"]
     assert version.tags["validated"] == "true"
+    accuracy = {name: f"{round(report['accuracy'][name], 4):g}" for name in ("fp32_top1", "int8_top1", "top1_drop")}
+    assert set(version.tags) == {
+        *accuracy,
+        "agreement_top1",
+        "deploy_int8_top1",
+        "fp32_model_uri",
+        "fp32_sha256",
+        "method",
+        "validated",
+    }  # the few a reader needs; a file model has no FP32 registry tags
+    assert {name: version.tags[name] for name in accuracy} == accuracy
     listed = cli("runs", cwd=cwd)
     assert listed.returncode == 0 and run.info.run_id[:8] in listed.stdout and "passed" in listed.stdout
 

@@ -66,6 +66,10 @@ def track(out: str, run_key: str | None = None, config: RunConfig | None = None)
     )
 
 
+VERSION_METRICS = ("fp32_top1", "int8_top1", "top1_drop", "agreement_top1", "deploy_int8_top1")
+"""What a registry version shows of its run: the accuracy a reader deploys on; the rest is in the run."""
+
+
 def register(out: str, run_id: str, config: RunConfig | None = None) -> str | None:
     """Register model.int8.onnx when the run asks for it and its gate passed; returns the version.
 
@@ -75,18 +79,19 @@ def register(out: str, run_id: str, config: RunConfig | None = None) -> str | No
     gate = load_record(plan, GateRecord)
     if not plan.config.register or (gate is not None and not gate.passed):
         return None
-    tags = {name: f"{value:.6g}" for name, value in run_metrics(read_run_report(plan)).items()}
+    metrics = run_metrics(read_run_report(plan))
+    tags = {name: f"{metrics[name]:g}" for name in VERSION_METRICS if name in metrics}
     tags.update(
         {
             "fp32_model_uri": plan.model_uri,
             "fp32_sha256": plan.model.sha256,
-            "fp32_registered_name": plan.registered_name or "",
-            "fp32_registered_version": plan.registered_version or "",
             "method": plan.config.method,
             # registered without --val-data: no accuracy was measured, and the version says so
             "validated": str(plan.validation is not None).lower(),
         }
     )
+    if plan.registered_name is not None:  # the FP32 model came from the registry: its name and version
+        tags.update(fp32_registered_name=plan.registered_name, fp32_registered_version=plan.registered_version or "")
     return register_int8_model(
         working_plan(out, config).tracking_uri,
         plan.config.register,
