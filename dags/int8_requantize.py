@@ -49,12 +49,15 @@ import logging
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 from int8flow_airflow.failures import RETRY_ARGS, bad_input_fails_at_once
 from int8flow_airflow.params import airflow_home, run_config_values, run_output_dir, run_params
+
+if TYPE_CHECKING:
+    from int8flow.tasks.tracking.run_logging import RunOrigin
 
 DAG_ID = "int8_requantize"
 MAX_ACTIVE_RUNS = 4
@@ -100,6 +103,24 @@ def run_key() -> str:
     """What makes a retried or cleared ``track`` find its own MLflow run: this DAG run."""
     context = get_current_context()
     return f"{context['dag'].dag_id}/{context['run_id']}"
+
+
+def run_origin() -> RunOrigin:
+    """The MLflow run's source (this DAG, a job) and tags that lead back to this DAG run."""
+    from airflow.utils.helpers import build_airflow_dagrun_url
+
+    from int8flow.tasks.tracking.run_logging import RunOrigin
+
+    context = get_current_context()
+    dag_id, run_id = context["dag"].dag_id, context["run_id"]
+    logical_date = context["dag_run"].logical_date
+    links = {
+        "airflow.dag_id": dag_id,
+        "airflow.run_id": run_id,
+        "airflow.logical_date": logical_date.astimezone(UTC).isoformat() if logical_date else "",
+        "airflow.url": build_airflow_dagrun_url(dag_id, run_id),
+    }
+    return RunOrigin(f"airflow:{dag_id}", "JOB", links)
 
 
 def started() -> str | None:
@@ -274,10 +295,11 @@ def int8_requantize() -> None:
     @task(task_display_name="Track in MLflow")
     @bad_input_fails_at_once
     def track(out: str) -> str:
-        from int8flow.tasks.tracking.run_logging import track
+        from int8flow.tasks.tracking.run_logging import track, tracked_run_text
 
-        mlflow_run_id = track(out, run_key(), run_config(out))
-        log.info("MLflow run %s", mlflow_run_id)
+        config = run_config(out)
+        mlflow_run_id = track(out, run_key(), config, run_origin())
+        log.info("%s", tracked_run_text(out, mlflow_run_id, config))
         return mlflow_run_id
 
     @task(task_display_name="Register INT8 model")

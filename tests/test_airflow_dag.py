@@ -17,6 +17,7 @@ import sys
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -375,6 +376,13 @@ def test_dags_test_runs_every_stage_and_tracks_one_mlflow_run_matching_the_repor
     assert run.data.tags["int8flow.model_sha256"] == report["model"]["sha256"]
     started = report["started"][:16].replace("-", "").replace(":", "").replace("T", "-")  # UTC, as report.json
     assert run.info.run_name == f"fashion_mnist_resnet-percentile-{started}"
+    span = [datetime.fromisoformat(report[key]).timestamp() * 1000 for key in ("started", "finished")]
+    assert [run.info.start_time, run.info.end_time] == span  # the calibration's duration, not the logging's
+    tags = run.data.tags
+    assert (tags["mlflow.source.name"], tags["mlflow.source.type"]) == (f"airflow:{DAG_ID}", "JOB")
+    assert tags["mlflow.user"] and tags["airflow.dag_id"] == DAG_ID and tags["airflow.run_id"] == passed_run.run_id
+    assert tags["airflow.url"].endswith(f"dags/{DAG_ID}/runs/{passed_run.run_id}")
+    assert f"MLflow run {run.info.run_id} in experiment int8flow/fashion_mnist_resnet: sqlite:///" in passed_run.output
 
 
 @pytest.mark.slow

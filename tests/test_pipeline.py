@@ -7,6 +7,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -170,6 +171,9 @@ def test_mlflow_holds_the_run_and_the_registered_version(
     assert run.data.params["calib_examples"] == str(CALIB_EXAMPLES) and run.data.params["method"] == "percentile"
     assert run.data.tags["int8flow.model_sha256"] == report["model"]["sha256"]
     assert run.data.tags["int8flow.gate"] == "passed"
+    assert (run.data.tags["mlflow.source.name"], run.data.tags["mlflow.source.type"]) == ("int8flow run", "LOCAL")
+    span = [datetime.fromisoformat(report[key]).timestamp() * 1000 for key in ("started", "finished")]
+    assert [run.info.start_time, run.info.end_time] == span
     artifacts = {item.path for item in client.list_artifacts(run.info.run_id)}
     assert {"calibration.json", "model.int8.onnx", "report.md", "histograms", "plots"} <= artifacts
     version = client.get_model_version_by_alias("fmnist-int8", "int8-candidate")

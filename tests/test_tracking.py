@@ -509,3 +509,13 @@ def test_a_running_tracking_server_passes_the_check_and_a_wrong_path_is_bad_inpu
     assert str(error.value) == (
         f"{wrong} answered HTTP 404 to an MLflow API request, so it is no MLflow tracking server; fix the tracking URI"
     )
+
+
+def test_a_tracking_server_run_has_a_page_and_a_local_store_none() -> None:
+    from int8flow.schemas.uri_redaction import REDACTED
+    from int8flow.tasks.tracking.run_logging import mlflow_run_url
+
+    assert mlflow_run_url("https://bob:s3cr3t@mlflow.example/", "3", "abc") == (
+        f"https://{REDACTED}@mlflow.example/#/experiments/3/runs/abc"
+    )
+    assert mlflow_run_url("sqlite:////tmp/mlflow.db", "3", "abc") is None

@@ -233,8 +233,12 @@ def log_run(
     artifacts_dir: str,
     run_key: str | None = None,
     files: Collection[str] | None = None,
+    span_ms: tuple[int, int] | None = None,
 ) -> str:
     """Log one calibration as one FINISHED run and return its id.
+
+    ``span_ms``: when the work started and ended (epoch milliseconds), so MLflow's Duration is the
+    calibration's, not the logging's; None: now, as logged.
 
     With ``run_key``, a FINISHED run carrying the same key is returned instead: an Airflow retry
     after the run was logged must not duplicate it. A run that fails while logging is marked FAILED
@@ -250,7 +254,8 @@ def log_run(
     run_tags = _redacted(tags if run_key is None else {**tags, RUN_KEY_TAG: run_key})
     client = tracking_client(tracking_uri)
     with reachable(tracking_uri):
-        run_id = client.create_run(experiment_id, run_name=run_name, tags=run_tags).info.run_id
+        start_ms, end_ms = span_ms or (None, None)
+        run_id = client.create_run(experiment_id, start_time=start_ms, run_name=run_name, tags=run_tags).info.run_id
         try:
             # MlflowClient.log_batch splits into requests of at most 100 params, within MLflow's limits.
             client.log_batch(
@@ -263,7 +268,7 @@ def log_run(
             with suppress(MlflowException):
                 client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
             raise
-        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED), end_time=end_ms)
     return run_id
 
 

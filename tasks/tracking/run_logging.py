@@ -6,11 +6,18 @@ Airflow is logged and registered exactly like one driven from the command line.
 
 from __future__ import annotations
 
+import getpass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+
+from mlflow.entities import SourceType
+from mlflow.utils.mlflow_tags import MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE, MLFLOW_USER
 
 from int8flow.schemas.run_config import RunConfig
 from int8flow.schemas.run_folder import INT8_MODEL, MANIFEST_FILE
 from int8flow.schemas.stage_records import GateRecord
+from int8flow.schemas.uri_redaction import redact_uri
 from int8flow.tasks.outputs.manifest import owned_outputs
 from int8flow.tasks.outputs.run_report import int8flow_version, read_run_report, run_metrics
 from int8flow.tasks.run.plan import RunPlan, load_plan, working_plan
@@ -32,11 +39,24 @@ from int8flow.tasks.tracking.mlflow_store import (
 )
 
 
-def track(out: str, run_key: str | None = None, config: RunConfig | None = None) -> str:
+@dataclass(frozen=True)
+class RunOrigin:
+    """What started a run, for MLflow's Source and User columns, and tags that link back to it
+    (an Airflow DAG run's id, logical date and URL)."""
+
+    source_name: str = "int8flow run"
+    source_type: str = SourceType.to_string(SourceType.LOCAL)
+    links: Mapping[str, str] = field(default_factory=dict)
+
+
+def track(
+    out: str, run_key: str | None = None, config: RunConfig | None = None, origin: RunOrigin = RunOrigin()
+) -> str:
     """Log the run (params, metrics, tags, every output file) to MLflow; returns the run id.
 
     ``run_key`` makes a retry find its own finished run instead of logging a duplicate (Airflow).
     What is logged comes from the stored (redacted) plan; ``config`` only opens the tracking store.
+    The MLflow run spans the report's start and end, so its Duration is the calibration's.
     """
     plan = load_plan(out)
     tracking_uri = working_plan(out, config).tracking_uri
@@ -52,6 +72,10 @@ def track(out: str, run_key: str | None = None, config: RunConfig | None = None)
         PLAN_KEY_TAG: plan.run_key,
         GATE_TAG: gate_tag(plan),
         **{SETTING_TAG_PREFIX + name: text for name, text in plan.config.operational_texts().items()},
+        MLFLOW_SOURCE_NAME: origin.source_name,
+        MLFLOW_SOURCE_TYPE: origin.source_type,
+        MLFLOW_USER: getpass.getuser(),
+        **origin.links,
     }
     return log_run(
         tracking_uri,
@@ -63,7 +87,27 @@ def track(out: str, run_key: str | None = None, config: RunConfig | None = None)
         plan.out,
         run_key=run_key,
         files=[*owned_outputs(plan.out), MANIFEST_FILE],
+        span_ms=(_epoch_ms(report["started"]), _epoch_ms(report["finished"])),
     )
+
+
+def tracked_run_text(out: str, run_id: str, config: RunConfig | None = None) -> str:
+    """One line for a log: the run, its experiment, and its page or its store."""
+    plan = working_plan(out, config)
+    experiment = plan.config.experiment or default_experiment_name(plan.model_uri)
+    url = mlflow_run_url(plan.tracking_uri, experiment_for(plan.tracking_uri, experiment), run_id)
+    return f"MLflow run {run_id} in experiment {experiment}: {url or redact_uri(plan.tracking_uri)}"
+
+
+def mlflow_run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
+    """The run's page in the MLflow UI when the store is a tracking server; None for a local store."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return None
+    return f"{redact_uri(tracking_uri).rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def _epoch_ms(timestamp: str) -> int:
+    return round(datetime.fromisoformat(timestamp).timestamp() * 1000)
 
 
 VERSION_METRICS = ("fp32_top1", "int8_top1", "top1_drop", "agreement_top1", "deploy_int8_top1")
