@@ -23,6 +23,10 @@ from int8flow.kernels.backend import BackendUnavailableError
 from int8flow.schemas.stage_records import ClusterRecord
 
 CONNECT_TIMEOUT_SECONDS = 10
+DASK_LOG_LEVEL_VARIABLE = "INT8FLOW_DASK_LOG_LEVEL"
+DEFAULT_DASK_LOG_LEVEL = "WARNING"
+"""An embedded cluster's scheduler and workers log at WARNING: at INFO, Dask writes some 80 lines per
+task into a run's log (Airflow's above all). ``INT8FLOW_DASK_LOG_LEVEL=INFO`` asks for them back."""
 
 
 class ClusterUnavailableError(RuntimeError):
@@ -138,11 +142,24 @@ def nvml_gpu_count() -> int:
         pynvml.nvmlShutdown()
 
 
+def dask_log_level() -> str:
+    """The level of the embedded cluster's ``distributed`` loggers, checked so a typo is named."""
+    level = os.environ.get(DASK_LOG_LEVEL_VARIABLE, DEFAULT_DASK_LOG_LEVEL).upper()
+    if level not in logging.getLevelNamesMapping():
+        raise ValueError(
+            f"{DASK_LOG_LEVEL_VARIABLE}={level!r} is not a logging level: use DEBUG, INFO, WARNING or ERROR"
+        )
+    return level
+
+
 @contextlib.contextmanager
 def _embedded_cluster(workers: int, device: str) -> Iterator[tuple[LocalCluster, str]]:
     _quiet_task_failures()
+    level = dask_log_level()
+    logging.getLogger("distributed").setLevel(level)  # forked workers inherit it; spawned ones read the config
     choice = choose_embedded_cluster(device, nvml_gpu_count() if device != "cpu" else 0, _has_dask_cuda())
-    with dask.config.set({"distributed.worker.multiprocessing-method": choice.start_method}):
+    settings = {"distributed.worker.multiprocessing-method": choice.start_method, "logging.distributed": level}
+    with dask.config.set(settings):
         if choice is CUDA_CLUSTER:
             from dask_cuda import LocalCUDACluster
 
