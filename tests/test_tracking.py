@@ -519,3 +519,13 @@ def test_a_tracking_server_run_has_a_page_and_a_local_store_none() -> None:
         f"https://{REDACTED}@mlflow.example/#/experiments/3/runs/abc"
     )
     assert mlflow_run_url("sqlite:////tmp/mlflow.db", "3", "abc") is None
+
+
+def test_creating_a_new_store_prints_nothing(tmp_path: Path) -> None:
+    """MLflow announces each table and migration of a new SQLite store on stderr, which Airflow's
+    task log labels ERROR; int8flow makes stores routinely, so it holds them back."""
+    uri = f"sqlite:///{tmp_path}/fresh.db"
+    code = f"from int8flow.tasks.tracking.mlflow_store import experiment_for; experiment_for({uri!r}, 'int8flow/x')"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and (tmp_path / "fresh.db").is_file(), done.stderr[-2000:]
+    assert (done.stdout, done.stderr) == ("", "")

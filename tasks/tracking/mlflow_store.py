@@ -10,6 +10,7 @@ finds the run or model version the first try left behind instead of adding a dup
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import posixpath
 import re
@@ -342,7 +343,7 @@ def _first_sqlite_client(tracking_uri: str, database: Path) -> MlflowClient:
     tables made, so only this first construction needs the lock.
     """
     try:
-        with database_lock(database, SCHEMA_LOCK_TIMEOUT_S):
+        with database_lock(database, SCHEMA_LOCK_TIMEOUT_S), _quiet_schema_creation():
             client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
             client.search_experiments(max_results=1)  # opens the store even if a later MLflow builds it lazily
     except TimeoutError as error:
@@ -352,6 +353,24 @@ def _first_sqlite_client(tracking_uri: str, database: Path) -> MlflowClient:
         ) from error
     _READY_DATABASES.add(database)
     return client
+
+
+SCHEMA_LOGGERS = ("mlflow.store.db.utils", "alembic.runtime.migration")
+"""They announce each table creation and migration of a new store on stderr, which Airflow's task
+log labels ERROR; a new store is routine, so they are held at WARNING while it is made."""
+
+
+@contextmanager
+def _quiet_schema_creation() -> Iterator[None]:
+    loggers = [logging.getLogger(name) for name in SCHEMA_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def _check_sqlite_folder(tracking_uri: str, database: Path) -> None:
