@@ -54,6 +54,7 @@ def full_report() -> dict[str, Any]:
             "gate": {"seconds": 0.0123},
         },
         "cluster": {
+            "kind": "external",
             "scheduler": "tcp://10.0.0.1:8786",
             "dashboard": "http://10.0.0.1:8787/status",
             "workers": 4,
@@ -220,6 +221,16 @@ def test_markdown_cluster_line() -> None:
         "## Cluster\n\n4 workers, 16 shards, device cuda, scheduler `tcp://10.0.0.1:8786`, "
         "dashboard <http://10.0.0.1:8787/status>.\n"
     ) in markdown
+
+
+def test_an_embedded_clusters_dashboard_is_not_linked_once_it_is_gone() -> None:
+    report = full_report()
+    report["cluster"] = {**report["cluster"], "kind": "LocalCluster"}
+    markdown = render_markdown(report)
+    assert (
+        "## Cluster\n\n4 workers, 16 shards, device cuda, an embedded LocalCluster (closed with the run).\n" in markdown
+    )
+    assert "8787" not in markdown
 
 
 def test_markdown_lists_the_ten_most_sensitive_nodes() -> None:

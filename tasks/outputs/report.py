@@ -270,18 +270,23 @@ def _stages_section(stages: Mapping[str, Mapping[str, Any]] | None) -> str:
     return _section("Stage timings", _table(["stage", "seconds", "examples", "examples/s"], rows, "lrrr"))
 
 
+EXTERNAL_CLUSTER = "external"
+
+
 def _cluster_section(cluster: Mapping[str, Any] | None) -> str:
+    """An external cluster's scheduler and dashboard; an embedded one's kind only, since its
+    dashboard closed with the run and a link there would lead nowhere."""
     if not cluster:
         return ""
+    kind = cluster.get("kind")
+    where = (
+        [("scheduler", lambda scheduler: f"scheduler {_code(scheduler)}"), ("dashboard", "dashboard <{}>".format)]
+        if kind in (None, EXTERNAL_CLUSTER)
+        else [("kind", "an embedded {} (closed with the run)".format)]
+    )
     parts = _present(
         cluster,
-        [
-            ("workers", "{} workers".format),
-            ("shards", "{} shards".format),
-            ("device", "device {}".format),
-            ("scheduler", lambda scheduler: f"scheduler {_code(scheduler)}"),
-            ("dashboard", "dashboard <{}>".format),
-        ],
+        [("workers", "{} workers".format), ("shards", "{} shards".format), ("device", "device {}".format), *where],
     )
     return _section("Cluster", ", ".join(parts) + ".") if parts else ""
 

@@ -104,6 +104,7 @@ def assemble_report(plan: RunPlan, started: str, finished: str) -> dict[str, Any
         "settings": plan.config.as_dict(),
         "stages": stage_times,
         "cluster": {
+            "kind": cluster.kind if cluster else None,
             "scheduler": cluster.scheduler if cluster else None,
             "dashboard": cluster.dashboard if cluster else None,
             "workers": cluster.workers if cluster else None,
