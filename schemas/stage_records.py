@@ -157,11 +157,21 @@ class ObserveRecord(StageRecord):
 
 @dataclass(frozen=True)
 class ThresholdsRecord(StageRecord):
+    """``errors``: each tensor's relative quantization error at its threshold, from its histogram
+    (``relative_quantization_error``), in table order: what the report ranks every method by."""
+
     STAGE: ClassVar[str] = "thresholds"
     reduce_seconds: float
     thresholds_seconds: float
     tensors: int
     plots: tuple[str, ...]
+    errors: tuple[TensorError, ...]
+
+
+@dataclass(frozen=True)
+class TensorError:
+    name: str
+    error: float
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ import copy
 import json
 import math
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -73,10 +74,24 @@ def full_report() -> dict[str, Any]:
             {"node": f"layer{index}/conv", "op_type": "Conv", "error": 1.0 / (index + 1)} for index in range(12)
         ],
         "tensors": [
-            {"name": "a", "method": "entropy", "threshold": 1.23456789, "divergence": 0.02, "signed": True},
-            {"name": "b", "method": "percentile", "threshold": 6.0, "divergence": None, "signed": False},
-            {"name": "c", "method": "mse", "threshold": 0.000123456789, "divergence": 0.5, "signed": False},
-            {"name": "d", "method": "entropy", "threshold": 3.5, "divergence": 0.02, "signed": True},
+            {
+                "name": "a",
+                "method": "entropy",
+                "threshold": 1.23456789,
+                "divergence": 0.02,
+                "error": 0.001,
+                "signed": True,
+            },
+            {"name": "b", "method": "percentile", "threshold": 6.0, "divergence": None, "error": 0.02, "signed": False},
+            {
+                "name": "c",
+                "method": "mse",
+                "threshold": 0.000123456789,
+                "divergence": 0.5,
+                "error": 5e-4,
+                "signed": False,
+            },
+            {"name": "d", "method": "entropy", "threshold": 3.5, "divergence": 0.02, "error": 0.004, "signed": True},
         ],
         "plots": ["plots/sensitivity.png", "plots/histogram-c-0123456789.png"],
         "int8flow_version": "0.1.0",
@@ -242,17 +257,32 @@ def test_markdown_lists_the_ten_most_sensitive_nodes() -> None:
     assert "layer10/conv" not in markdown
 
 
-def test_markdown_tensors_by_largest_divergence_with_missing_last() -> None:
-    markdown = render_markdown(full_report())
+def test_markdown_tensors_of_an_entropy_table_by_largest_divergence_with_missing_last() -> None:
+    report = full_report()
+    for tensor in report["tensors"]:
+        tensor["method"] = "entropy"
     assert (
         "## Largest divergence (4 of 4 tensors)\n\n"
-        "| tensor | method | threshold | divergence | signed |\n"
-        "| --- | --- | ---: | ---: | --- |\n"
-        "| `c` | mse | 0.000123457 | 0.5 | no |\n"
-        "| `a` | entropy | 1.23457 | 0.02 | yes |\n"
-        "| `d` | entropy | 3.5 | 0.02 | yes |\n"
-        "| `b` | percentile | 6 | — | no |\n"
-    ) in markdown
+        "| tensor | method | threshold | divergence | error | signed |\n"
+        "| --- | --- | ---: | ---: | ---: | --- |\n"
+        "| `c` | entropy | 0.000123457 | 0.5 | 0.0005 | no |\n"
+        "| `a` | entropy | 1.23457 | 0.02 | 0.001 | yes |\n"
+        "| `d` | entropy | 3.5 | 0.02 | 0.004 | yes |\n"
+        "| `b` | entropy | 6 | — | 0.02 | no |\n"
+    ) in render_markdown(report)
+
+
+def test_markdown_tensors_of_other_methods_by_their_relative_quantization_error() -> None:
+    """Percentile and naive have no divergence and an auto table mixes methods: the error ranks them."""
+    assert (
+        "## Largest quantization error (4 of 4 tensors)\n\n"
+        "| tensor | method | threshold | divergence | error | signed |\n"
+        "| --- | --- | ---: | ---: | ---: | --- |\n"
+        "| `b` | percentile | 6 | — | 0.02 | no |\n"
+        "| `d` | entropy | 3.5 | 0.02 | 0.004 | yes |\n"
+        "| `a` | entropy | 1.23457 | 0.02 | 0.001 | yes |\n"
+        "| `c` | mse | 0.000123457 | 0.5 | 0.0005 | no |\n"
+    ) in render_markdown(full_report())
 
 
 def test_markdown_links_plots_and_lists_settings_sorted() -> None:
@@ -370,7 +400,7 @@ def assert_png(path: Path, size: tuple[int, int] | None = None) -> None:
 
 def test_histogram_plots_are_the_largest_divergences_in_order(tmp_path: Path) -> None:
     histograms, table = calibrated({"t0": 0.1, "t1": math.nan, "t2": 0.7, "t3": 0.3, "t4": 0.3, "t5": 0.01, "t6": 0.05})
-    paths = plot_tensor_histograms(str(tmp_path), histograms, table, count=4)
+    paths = plot_tensor_histograms(str(tmp_path), histograms, table, {}, count=4)
     assert [re.fullmatch(r"plots/histogram-(.+)-[0-9a-f]{10}\.png", path).group(1) for path in paths] == [
         "t2",
         "t3",
@@ -385,20 +415,27 @@ def test_histogram_plots_are_the_largest_divergences_in_order(tmp_path: Path) ->
 def test_tensors_without_divergence_come_last_and_untabled_ones_never(tmp_path: Path) -> None:
     histograms, table = calibrated({"b": math.nan, "a": math.nan, "z": 0.2})
     histograms["no_threshold"] = Histogram.of(np.arange(10.0), NUM_BINS)
-    paths = plot_tensor_histograms(str(tmp_path), histograms, table)
+    paths = plot_tensor_histograms(str(tmp_path), histograms, table, {})
     assert [path.split("-")[1] for path in paths] == ["z", "a", "b"]
+
+
+def test_histogram_plots_of_a_percentile_table_are_its_largest_quantization_errors(tmp_path: Path) -> None:
+    histograms, entropy = calibrated({"a": math.nan, "b": math.nan, "c": math.nan})
+    table = CalibrationTable(tuple(replace(tensor, method="percentile") for tensor in entropy.tensors))
+    paths = plot_tensor_histograms(str(tmp_path), histograms, table, {"a": 0.001, "b": 0.03, "c": 0.002}, count=2)
+    assert [path.split("-")[1] for path in paths] == ["b", "c"]
 
 
 def test_tensors_without_histogram_are_skipped(tmp_path: Path) -> None:
     histograms, table = calibrated({"a": 0.1, "b": 0.2})
     del histograms["b"]
-    assert [path.split("-")[1] for path in plot_tensor_histograms(str(tmp_path), histograms, table)] == ["a"]
+    assert [path.split("-")[1] for path in plot_tensor_histograms(str(tmp_path), histograms, table, {})] == ["a"]
 
 
 def test_histogram_file_names_are_safe_and_unique(tmp_path: Path) -> None:
     names = ["conv1/out:0", "conv1_out_0", "conv1:out/0", "Relu", "relu", "..hidden", "x" * 300, "x" * 301]
     histograms, table = calibrated({name: 0.1 for name in names})
-    paths = plot_tensor_histograms(str(tmp_path), histograms, table, count=len(names))
+    paths = plot_tensor_histograms(str(tmp_path), histograms, table, {}, count=len(names))
     files = [Path(path).name for path in paths]
     assert all(path == f"plots/{file}" for path, file in zip(paths, files, strict=True))
     assert all(re.fullmatch(r"histogram-[A-Za-z0-9][A-Za-z0-9._-]*\.png", file) and len(file) < 128 for file in files)
@@ -409,8 +446,8 @@ def test_histogram_file_names_are_safe_and_unique(tmp_path: Path) -> None:
 
 def test_histogram_plots_are_reproducible(tmp_path: Path) -> None:
     histograms, table = calibrated({"a": 0.1})
-    first = plot_tensor_histograms(str(tmp_path / "one"), histograms, table)
-    second = plot_tensor_histograms(str(tmp_path / "two"), histograms, table)
+    first = plot_tensor_histograms(str(tmp_path / "one"), histograms, table, {})
+    second = plot_tensor_histograms(str(tmp_path / "two"), histograms, table, {})
     assert first == second
     assert (tmp_path / "one" / first[0]).read_bytes() == (tmp_path / "two" / second[0]).read_bytes()
 

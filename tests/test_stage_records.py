@@ -18,6 +18,7 @@ from int8flow.schemas.stage_records import (
     NodeSensitivity,
     ObserveRecord,
     StageRecordError,
+    TensorError,
     ThresholdsRecord,
     ValidateRecord,
 )
@@ -39,7 +40,7 @@ ACCURACY = Accuracy(
 RECORDS = [
     ClusterRecord("tcp://127.0.0.1:8786", None, 2, "LocalCluster"),
     ObserveRecord(3.5, 512, 146.3, 4, 2, ("a.png", "b.png")),
-    ThresholdsRecord(0.25, 1.5, 17, ("plots/histogram-x.png",)),
+    ThresholdsRecord(0.25, 1.5, 17, ("plots/histogram-x.png",), (TensorError("x", 0.0125),)),
     BuildRecord(0.5, "out/model.int8.onnx", ("conv1",)),
     ValidateRecord(7.0, 285.7, ACCURACY),
     GateRecord(

@@ -23,6 +23,7 @@ from int8flow.kernels.thresholds import (
     method_function,
     mse_threshold,
     percentile_threshold,
+    relative_quantization_error,
 )
 
 SMALL = distributions(30_000, seed=7)
@@ -240,3 +241,27 @@ def test_an_unknown_method_raises_instead_of_running_another() -> None:
         ValueError, match=r"unknown threshold method 'kl': choose one of entropy, naive, percentile, mse"
     ):
         method_function("kl")
+
+
+def test_the_relative_quantization_error_of_one_value_is_rounding_or_clipping() -> None:
+    """One value, 0.3, in one bin of centre c: below the threshold it costs the rounding noise s^2/12,
+    beyond it the clipping (c - t)^2, each relative to c^2; a tensor of zeros costs nothing."""
+    histogram = Histogram.of(np.full(100, 0.3, dtype=np.float32), 1024)
+    (occupied,) = np.flatnonzero(histogram.abs_counts())
+    centre = (occupied + 0.5) * histogram.bin_width
+    scale = 1.0 / 127
+    assert relative_quantization_error(histogram, 1.0, 127) == pytest.approx(scale**2 / 12 / centre**2, rel=1e-12)
+    assert relative_quantization_error(histogram, centre / 2, 255) == pytest.approx(0.25, rel=1e-12)
+    assert relative_quantization_error(Histogram.of(np.zeros(10)), 1.0, 127) == 0.0
+
+
+def test_the_mse_threshold_has_the_least_relative_error_of_the_methods() -> None:
+    """The same cost model: MSE's own choice is never beaten by another method's threshold."""
+    histogram = Histogram.of(np.random.default_rng(3).laplace(0.0, 1.0, 50_000), 4096)
+    errors = {
+        method: relative_quantization_error(
+            histogram, choose_thresholds({"x": histogram}, ThresholdSettings(method=method))["x"].threshold, 127
+        )
+        for method in METHODS
+    }
+    assert min(errors, key=lambda method: errors[method]) == "mse"

@@ -11,7 +11,13 @@ from collections.abc import Mapping
 import fsspec
 
 from int8flow.kernels.histogram import Histogram
-from int8flow.kernels.thresholds import ThresholdSettings, choose_thresholds
+from int8flow.kernels.thresholds import (
+    INT8_LEVELS,
+    UINT8_LEVELS,
+    ThresholdSettings,
+    choose_thresholds,
+    relative_quantization_error,
+)
 from int8flow.schemas.calibration_table import CalibrationTable, TensorCalibration
 from int8flow.schemas.run_folder import CALIBRATION_JSON, TENSORRT_CACHE
 from int8flow.tasks.calibration.partial_files import list_partial_files, merge_partial_files
@@ -30,6 +36,22 @@ def build_calibration_table(
         for name in sorted(histograms)
     )
     return CalibrationTable(records, table_metadata(settings, metadata))
+
+
+def quantization_errors(
+    histograms: Mapping[str, Histogram], table: CalibrationTable, unsigned_activations: bool
+) -> dict[str, float]:
+    """Each tensor's relative quantization error at its threshold, with the levels it is stored in
+    (255 for an unsigned tensor under ``unsigned_activations``, else 127), in table order."""
+    return {
+        tensor.name: relative_quantization_error(
+            histograms[tensor.name],
+            tensor.threshold,
+            UINT8_LEVELS if unsigned_activations and not tensor.signed else INT8_LEVELS,
+        )
+        for tensor in table.tensors
+        if tensor.name in histograms
+    }
 
 
 def table_metadata(settings: ThresholdSettings, metadata: Mapping[str, str]) -> dict[str, str]:

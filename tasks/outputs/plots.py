@@ -23,7 +23,7 @@ from int8flow.kernels.histogram import Histogram
 from int8flow.schemas.calibration_table import CalibrationTable, TensorCalibration
 from int8flow.schemas.run_folder import PLOTS_DIR
 from int8flow.tasks.outputs.atomic_files import atomic_write_bytes
-from int8flow.tasks.outputs.report import divergence_rank
+from int8flow.tasks.outputs.report import divergence_rank, ranking_figure
 
 SENSITIVITY_PNG = f"{PLOTS_DIR}/sensitivity.png"
 SENSITIVITY_TOP = 20
@@ -36,18 +36,28 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def plot_tensor_histograms(
-    out_dir: str, histograms: Mapping[str, Histogram], table: CalibrationTable, count: int = 6
+    out_dir: str,
+    histograms: Mapping[str, Histogram],
+    table: CalibrationTable,
+    errors: Mapping[str, float],
+    count: int = 6,
 ) -> list[str]:
-    """One PNG per tensor of largest divergence (``count`` of them); return paths relative to ``out_dir``.
+    """One PNG per tensor ranked first as the report ranks them (``ranking_figure``: divergence or
+    relative quantization error ``errors``), ``count`` of them; paths relative to ``out_dir``.
 
     Only tensors with both a threshold and a histogram are candidates.
     """
     candidates = [tensor for tensor in table.tensors if tensor.name in histograms]
-    chosen = sorted(candidates, key=lambda tensor: divergence_rank(tensor.name, tensor.divergence))[:count]
+    by_error = ranking_figure(tensor.method for tensor in candidates) == "error"
+
+    def rank(tensor: TensorCalibration) -> tuple[bool, float, str]:
+        return divergence_rank(tensor.name, errors.get(tensor.name) if by_error else tensor.divergence)
+
     paths = []
-    for tensor in chosen:
+    for tensor in sorted(candidates, key=rank)[:count]:
         relative = f"{PLOTS_DIR}/{histogram_file_name(tensor.name)}"
-        _write_png(out_dir, relative, _histogram_figure(histograms[tensor.name].to_host(), tensor))
+        figure = _histogram_figure(histograms[tensor.name].to_host(), tensor, errors.get(tensor.name))
+        _write_png(out_dir, relative, figure)
         paths.append(relative)
     return paths
 
@@ -81,7 +91,7 @@ def histogram_file_name(tensor_name: str) -> str:
     return f"histogram-{slug}-{digest}.png"
 
 
-def _histogram_figure(histogram: Histogram, tensor: TensorCalibration) -> Figure:
+def _histogram_figure(histogram: Histogram, tensor: TensorCalibration, error: float | None) -> Figure:
     figure = Figure(figsize=FIGURE_SIZE, dpi=DPI, layout="constrained")
     axes = figure.add_subplot()
     occupied = np.flatnonzero(histogram.counts)
@@ -92,8 +102,9 @@ def _histogram_figure(histogram: Histogram, tensor: TensorCalibration) -> Figure
     for line in (tensor.threshold, -tensor.threshold) if tensor.signed else (tensor.threshold,):
         axes.axvline(line, color="tab:red", linestyle="--", linewidth=1.2)
     divergence = "none" if math.isnan(tensor.divergence) else f"{tensor.divergence:.4g}"
+    relative = "" if error is None else f", relative error {error:.3g}"
     axes.set_title(
-        f"{tensor.name}\n{tensor.method}: threshold {tensor.threshold:.6g}, divergence {divergence}",
+        f"{tensor.name}\n{tensor.method}: threshold {tensor.threshold:.6g}, divergence {divergence}{relative}",
         fontsize="medium",
     )
     axes.set_xlabel("value")

@@ -86,9 +86,16 @@ def summary_rows(report: Mapping[str, Any], out_dir: str | None = None) -> list[
 
 
 def divergence_rank(name: str, divergence: float | None) -> tuple[bool, float, str]:
-    """Sort key: largest divergence first, ties by name, tensors without one (None or NaN) last."""
+    """Sort key: largest value first, ties by name, tensors without one (None or NaN) last."""
     missing = divergence is None or math.isnan(divergence)
     return (missing, 0.0 if missing else -divergence, name)
+
+
+def ranking_figure(methods: Iterable[str]) -> str:
+    """What tensors are ranked by: an entropy table by its KL divergences, the figure its method
+    minimised; any other (percentile and naive minimise nothing, auto mixes methods) by the relative
+    quantization error, which every threshold has."""
+    return "divergence" if set(methods) == {"entropy"} else "error"
 
 
 def _nan_to_none(value: Any) -> Any:
@@ -310,19 +317,22 @@ def _sensitivity_section(sensitivity: Sequence[Mapping[str, Any]] | None) -> str
 def _tensors_section(tensors: Sequence[Mapping[str, Any]] | None) -> str:
     if not tensors:
         return ""
-    ranked = sorted(tensors, key=lambda tensor: divergence_rank(tensor["name"], tensor.get("divergence")))
+    figure = ranking_figure(tensor.get("method", "") for tensor in tensors)
+    ranked = sorted(tensors, key=lambda tensor: divergence_rank(tensor["name"], tensor.get(figure)))
     rows = [
         [
             _code(tensor["name"]),
             _cell(tensor.get("method")),
             _cell(_threshold(tensor.get("threshold"))),
             _cell(_statistic(tensor.get("divergence"))),
+            _cell(_statistic(tensor.get("error"))),
             _cell(_yes_no(tensor.get("signed"))),
         ]
         for tensor in ranked[:TOP_ROWS]
     ]
-    heading = f"Largest divergence ({len(rows)} of {len(tensors)} tensors)"
-    return _section(heading, _table(["tensor", "method", "threshold", "divergence", "signed"], rows, "llrrl"))
+    title = "Largest divergence" if figure == "divergence" else "Largest quantization error"
+    columns = ["tensor", "method", "threshold", "divergence", "error", "signed"]
+    return _section(f"{title} ({len(rows)} of {len(tensors)} tensors)", _table(columns, rows, "llrrrl"))
 
 
 def _plots_section(plots: Sequence[str] | None) -> str:

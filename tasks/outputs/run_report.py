@@ -66,6 +66,7 @@ def assemble_report(plan: RunPlan, started: str, finished: str) -> dict[str, Any
     gate = load_record(plan, GateRecord)
     cluster = load_record(plan, ClusterRecord)
     table = read_calibration_table(plan.out)
+    errors = {entry.name: entry.error for entry in thresholds.errors} if thresholds else {}
     stage_times: dict[str, Any] = {
         "observe": {
             "seconds": observe.seconds if observe else None,
@@ -117,6 +118,7 @@ def assemble_report(plan: RunPlan, started: str, finished: str) -> dict[str, Any
                 "method": r.method,
                 "threshold": r.threshold,
                 "divergence": None if math.isnan(r.divergence) else r.divergence,  # as report.json holds it
+                "error": errors.get(r.name),
                 "signed": r.signed,
             }
             for r in table.tensors

@@ -28,12 +28,13 @@ from int8flow.schemas.stage_records import (
     GateRecord,
     ObserveRecord,
     StageRecord,
+    TensorError,
     ThresholdsRecord,
     ValidateRecord,
 )
 from int8flow.schemas.uri_redaction import redact_text
 from int8flow.tasks.calibration.steps import correct_biases, merge_histograms, observe_shards, write_table
-from int8flow.tasks.calibration.table import read_calibration_table
+from int8flow.tasks.calibration.table import quantization_errors, read_calibration_table
 from int8flow.tasks.distributed.fanout import ProgressSink, quiet
 from int8flow.tasks.outputs.atomic_files import atomic_write_text
 from int8flow.tasks.outputs.int8_model import write_int8_model
@@ -98,11 +99,13 @@ def thresholds(
     plan = load_plan(out) if client is None else working_plan(out, config)
     histograms, merge_seconds = _timed(lambda: merge_histograms(plan))
     table, threshold_seconds = _timed(lambda: write_table(plan, histograms, client, progress))
+    errors = quantization_errors(histograms, table, plan.config.unsigned_activations)
     record = ThresholdsRecord(
         reduce_seconds=merge_seconds,
         thresholds_seconds=threshold_seconds,
         tensors=len(table.tensors),
-        plots=tuple(plot_tensor_histograms(plan.out, histograms, table)),
+        plots=tuple(plot_tensor_histograms(plan.out, histograms, table, errors)),
+        errors=tuple(TensorError(name, error) for name, error in errors.items()),
     )
     record_outputs(plan.out, [plan.path(plot) for plot in record.plots])
     save_record(plan, record)
