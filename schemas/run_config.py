@@ -201,7 +201,7 @@ SETTINGS: tuple[Setting, ...] = (
         "num_quantized_bins",
         int,
         _THRESHOLD_DEFAULTS.num_quantized_bins,
-        "entropy: quantization groups of a signed tensor",
+        "entropy and auto only: quantization groups of a signed tensor",
         "calibration",
         minimum=2,
         maximum=65535,
@@ -211,7 +211,7 @@ SETTINGS: tuple[Setting, ...] = (
         "percentile",
         float,
         _THRESHOLD_DEFAULTS.percentile,
-        "percentile method: percentile of |x|",
+        "percentile and auto only: percentile of |x|",
         "calibration",
         minimum=0.0,
         maximum=100.0,
@@ -222,7 +222,7 @@ SETTINGS: tuple[Setting, ...] = (
         "spike_fix",
         bool,
         _THRESHOLD_DEFAULTS.spike_fix,
-        "entropy: flatten spikes of repeated values (exact zeros, constants) before the search",
+        "entropy and auto only: flatten spikes of repeated values (exact zeros, constants) before the search",
         "calibration",
     ),
     Setting(
@@ -365,12 +365,14 @@ SETTINGS: tuple[Setting, ...] = (
         uri="no-credentials",
         operational=True,
     ),
-    Setting("overwrite", bool, False, "replace the results of another run in --out", "output", operational=True),
+    Setting(
+        "overwrite", bool, False, "replace the results of another run in the output folder", "output", operational=True
+    ),
     Setting(
         "tracking_uri",
         str,
         "",
-        "MLflow tracking URI (empty: sqlite:///mlflow.db in the working directory)",
+        "MLflow tracking URI (empty: sqlite:///mlflow.db in the run's working directory)",
         "tracking",
         metavar="URI",
         uri="redacted",

@@ -98,3 +98,21 @@ def test_the_cli_refuses_a_nan_percentile() -> None:
     args = build_parser().parse_args(["run", "m.onnx", "--calib-data", "data.parquet", "--percentile", "nan"])
     with pytest.raises(RunConfigError, match=r"^--percentile=nan: expected a finite number$"):
         RunConfig.from_mapping({setting.name: getattr(args, setting.name) for setting in SETTINGS})
+
+
+def test_help_texts_name_no_cli_flag_since_the_trigger_form_shows_them_too() -> None:
+    flagged = {setting.name: setting.help for setting in SETTINGS_BY_NAME.values() if "--" in setting.help}
+    assert flagged == {}
+
+
+@pytest.mark.parametrize(
+    ("name", "methods"),
+    [
+        ("num_quantized_bins", "entropy and auto only"),
+        ("spike_fix", "entropy and auto only"),
+        ("percentile", "percentile and auto only"),
+        ("auto_examples", "auto method only"),
+    ],
+)
+def test_method_specific_settings_say_so_first(name: str, methods: str) -> None:
+    assert SETTINGS_BY_NAME[name].help.startswith(methods + ": ")
