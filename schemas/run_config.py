@@ -9,10 +9,14 @@ differently) in another. Validation here follows the JSON-schema rules the Airfl
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
+from int8flow.schemas.alias_policy import LATEST
+from int8flow.schemas.alias_policy import METRICS as ALIAS_METRICS
+from int8flow.schemas.alias_policy import PATTERN as ALIAS_PATTERN
 from int8flow.schemas.histogram_bins import DEFAULT_NUM_BINS, NUM_BINS_CHOICES
 from int8flow.schemas.threshold_settings import METHOD_CHOICES, ThresholdSettings
 from int8flow.schemas.uri_redaction import has_secrets, redact_uri
@@ -34,7 +38,8 @@ class Setting:
     settings may carry credentials (``redacted`` wherever they are shown or stored, see
     ``uri_redaction``) or must not (``no-credentials``: the output folder and the scheduler address
     travel through XCom and every log, so their credentials belong in the filesystem's own settings).
-    ``operational`` settings choose where a run executes and where its results go, not what it
+    ``pattern``: a regular expression a ``str`` value must match whole (also the form's JSON-schema
+    ``pattern``). ``operational`` settings choose where a run executes and where its results go, not what it
     computes (split invariance makes workers, shards and batch size such settings): MLflow keeps them
     as tags, so comparing runs' params shows only what can change a result.
     """
@@ -53,6 +58,7 @@ class Setting:
     metavar: str | None = None
     uri: Literal["redacted", "no-credentials"] | None = None
     operational: bool = False
+    pattern: str | None = None
 
     @property
     def flag(self) -> str:
@@ -72,6 +78,8 @@ class Setting:
             raise RunConfigError(f"{self.flag}={value!r}: must be {relation} {self.minimum:g}")
         if self.maximum is not None and value > self.maximum:
             raise RunConfigError(f"{self.flag}={value!r}: must be at most {self.maximum:g}")
+        if self.pattern is not None and re.fullmatch(self.pattern, value) is None:
+            raise RunConfigError(f"{self.flag}={value!r}: expected {self.metavar}: {self.help}")
         if self.uri == "no-credentials" and has_secrets(value):
             raise RunConfigError(
                 f"{self.flag}={redact_uri(value)}: carries credentials (user-info or a signed query), which int8flow "
@@ -405,6 +413,18 @@ SETTINGS: tuple[Setting, ...] = (
         metavar="ALIAS",
         operational=True,
     ),
+    Setting(
+        "alias_policy",
+        str,
+        LATEST,
+        "which version the alias points at: latest (the newest version that passed the gate), or "
+        f"best:<metric> (the one whose run measured best: {', '.join(ALIAS_METRICS)}; drops lowest, "
+        "the others highest, a tie to the newer)",
+        "tracking",
+        metavar="latest|best:METRIC",
+        operational=True,
+        pattern=ALIAS_PATTERN,
+    ),
 )
 
 SETTINGS_BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
@@ -451,6 +471,7 @@ class RunConfig:
     experiment: str
     register: str
     alias: str
+    alias_policy: str
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:

@@ -197,6 +197,7 @@ def test_deployment_settings_come_from_the_environment() -> None:
     ("name", "value"),
     [
         ("method", "kl"),
+        ("alias_policy", "best:speed"),
         ("num_bins", -8),
         ("num_bins", 1000),
         ("num_bins", "8192"),

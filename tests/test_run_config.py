@@ -116,3 +116,14 @@ def test_help_texts_name_no_cli_flag_since_the_trigger_form_shows_them_too() -> 
 )
 def test_method_specific_settings_say_so_first(name: str, methods: str) -> None:
     assert SETTINGS_BY_NAME[name].help.startswith(methods + ": ")
+
+
+@pytest.mark.parametrize("policy", ["newest", "best:", "best:speed", "best:int8_top1 ", "latest,best:int8_top1"])
+def test_an_alias_policy_that_is_not_one_is_refused_naming_the_choices(policy: str) -> None:
+    with pytest.raises(RunConfigError, match=r"--alias-policy=.*expected latest\|best:METRIC: .*int8_top1"):
+        RunConfig.from_mapping({**REQUIRED, "alias_policy": policy})
+
+
+@pytest.mark.parametrize("policy", ["latest", "best:int8_top1", "best:top1_drop", "best:deploy_agreement_top1"])
+def test_alias_policies_are_latest_or_best_by_an_accuracy_metric(policy: str) -> None:
+    assert RunConfig.from_mapping({**REQUIRED, "alias_policy": policy}).alias_policy == policy

@@ -529,3 +529,28 @@ def test_creating_a_new_store_prints_nothing(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and (tmp_path / "fresh.db").is_file(), done.stderr[-2000:]
     assert (done.stdout, done.stderr) == ("", "")
+
+
+def test_the_best_policy_moves_the_alias_only_to_a_version_that_measured_at_least_as_well(
+    store: str, artifacts: Path
+) -> None:
+    from int8flow.schemas.run_config import RunConfig
+    from int8flow.tasks.tracking.run_logging import takes_alias
+
+    experiment_id = experiment_for(store, "int8flow/alias-policy")
+    held = log_run(store, experiment_id, "held", {}, {"int8_top1": 91.5, "top1_drop": 0.3}, {}, str(artifacts))
+    register_int8_model(store, "fmnist-policy", held, alias="champion")
+
+    def config(policy: str) -> RunConfig:
+        values = {"model": "m.onnx", "calib_data": "d", "register": "fmnist-policy", "alias": "champion"}
+        return RunConfig.from_mapping({**values, "alias_policy": policy})
+
+    best = config("best:int8_top1")
+    assert not takes_alias(store, best, {"int8_top1": 91.4})
+    assert takes_alias(store, best, {"int8_top1": 91.5})  # a tie goes to the newer version
+    assert not takes_alias(store, best, {})  # not measured (no validation): never over one that was
+    assert takes_alias(store, config("best:top1_drop"), {"top1_drop": 0.2})  # drops: lower is better
+    assert not takes_alias(store, config("best:top1_drop"), {"top1_drop": 0.4})
+    assert takes_alias(store, config("latest"), {"int8_top1": 10.0})
+    unheld = RunConfig.from_mapping({**best.as_dict(), "alias": "nightly"})
+    assert takes_alias(store, unheld, {"int8_top1": 10.0})  # the alias points nowhere yet

@@ -99,6 +99,8 @@ def setting_param(setting: Setting, default: Any, note: str = "") -> Param:
         schema["exclusiveMinimum" if setting.exclusive_minimum else "minimum"] = setting.minimum
     if setting.maximum is not None:
         schema["maximum"] = setting.maximum
+    if setting.pattern is not None:
+        schema["pattern"] = f"^({setting.pattern})$"  # JSON schema patterns match anywhere; ours match whole
     description = _sentence(setting.help) + (f" {note}" if note else "")
     return Param(default, description=description, **schema)
 

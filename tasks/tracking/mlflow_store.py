@@ -29,7 +29,12 @@ from fsspec.core import url_to_fs
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run, RunStatus
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
+from mlflow.protos.databricks_pb2 import (
+    INVALID_PARAMETER_VALUE,
+    RESOURCE_ALREADY_EXISTS,
+    RESOURCE_DOES_NOT_EXIST,
+    ErrorCode,
+)
 from mlflow.utils.credentials import get_default_host_creds
 from mlflow.utils.rest_utils import http_request
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
@@ -306,6 +311,22 @@ def register_int8_model(
             client.set_registered_model_alias(name, alias, version)
         client.set_tag(run_id, REGISTERED_VERSION_TAG, str(version))
     return str(version)
+
+
+def alias_metric(tracking_uri: str, name: str, alias: str, metric: str) -> float | None:
+    """``metric`` of the run behind ``name@alias``; None while the alias points nowhere (or that run
+    did not measure it)."""
+    client = tracking_client(tracking_uri)
+    with reachable(tracking_uri):
+        try:
+            version = client.get_model_version_by_alias(name, alias)
+        except MlflowException as error:
+            missing = (ErrorCode.Name(RESOURCE_DOES_NOT_EXIST), ErrorCode.Name(INVALID_PARAMETER_VALUE))
+            if error.error_code not in missing:
+                raise
+            return None
+        value = client.get_run(version.run_id).data.metrics.get(metric)
+    return None if value is None else float(value)
 
 
 def runs_table(tracking_uri: str, experiment_name: str | None) -> tuple[list[str], list[list[str]]]:

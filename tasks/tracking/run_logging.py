@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from mlflow.entities import SourceType
 from mlflow.utils.mlflow_tags import MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE, MLFLOW_USER
 
+from int8flow.schemas.alias_policy import at_least_as_good, ranking_metric
 from int8flow.schemas.run_config import RunConfig
 from int8flow.schemas.run_folder import INT8_MODEL, MANIFEST_FILE
 from int8flow.schemas.stage_records import GateRecord
@@ -32,6 +33,7 @@ from int8flow.tasks.tracking.mlflow_store import (
     SETTING_TAG_PREFIX,
     VAL_FINGERPRINT_TAG,
     VERSION_TAG,
+    alias_metric,
     default_experiment_name,
     experiment_for,
     log_run,
@@ -124,6 +126,7 @@ def register(out: str, run_id: str, config: RunConfig | None = None) -> str | No
     if not plan.config.register or (gate is not None and not gate.passed):
         return None
     metrics = run_metrics(read_run_report(plan))
+    tracking_uri = working_plan(out, config).tracking_uri
     tags = {name: f"{metrics[name]:g}" for name in VERSION_METRICS if name in metrics}
     tags.update(
         {
@@ -136,14 +139,24 @@ def register(out: str, run_id: str, config: RunConfig | None = None) -> str | No
     )
     if plan.registered_name is not None:  # the FP32 model came from the registry: its name and version
         tags.update(fp32_registered_name=plan.registered_name, fp32_registered_version=plan.registered_version or "")
-    return register_int8_model(
-        working_plan(out, config).tracking_uri,
-        plan.config.register,
-        run_id,
-        INT8_MODEL,
-        tags,
-        plan.config.alias or None,
-    )
+    alias = plan.config.alias or None
+    if alias is not None and not takes_alias(tracking_uri, plan.config, metrics):
+        alias = None
+    return register_int8_model(tracking_uri, plan.config.register, run_id, INT8_MODEL, tags, alias)
+
+
+def takes_alias(tracking_uri: str, config: RunConfig, metrics: Mapping[str, float]) -> bool:
+    """Whether the new version gets the alias under ``--alias-policy``: always for ``latest``; for
+    ``best:<metric>`` when the alias points nowhere yet or the new run measured at least as well
+    (a run that did not measure the metric, registered without validation, never takes it from one
+    that did)."""
+    metric = ranking_metric(config.alias_policy)
+    if metric is None:
+        return True
+    current = alias_metric(tracking_uri, config.register, config.alias, metric)
+    if current is None:
+        return True
+    return metric in metrics and at_least_as_good(metric, metrics[metric], current)
 
 
 def run_name(plan: RunPlan, started: str, gate: str) -> str:
