@@ -63,7 +63,7 @@ def test_mlflow_params_hold_the_settings_that_change_results_and_tags_the_others
     params, operational = config.mlflow_params(), config.operational_texts()
     assert list(operational) == [
         "batch_size", "scheduler", "workers", "shards", "out", "overwrite", "tracking_uri", "experiment", "register",
-        "alias",
+        "alias", "alias_policy",
     ]  # fmt: skip
     assert list(params) == [name for name in SETTINGS_BY_NAME if name not in operational]
     assert params["exclude"] == ":first-conv,Gemm" and params["max_top1_drop"] == "0.5"
