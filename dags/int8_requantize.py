@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 from int8flow_airflow.failures import RETRY_ARGS, bad_input_fails_at_once
-from int8flow_airflow.params import airflow_home, run_config_values, run_output_dir, run_params
+from int8flow_airflow.params import airflow_home, form_words, run_config_values, run_output_dir, run_params
 
 if TYPE_CHECKING:
     from int8flow.tasks.tracking.run_logging import RunOrigin
@@ -258,7 +258,7 @@ def int8_requantize() -> None:
         from int8flow.schemas.uri_redaction import redact_text
         from int8flow.tasks.outputs.run_report import write_run_report
         from int8flow.tasks.run import stages
-        from int8flow.tasks.tracking.run_logging import track
+        from int8flow.tasks.tracking.run_logging import track, tracked_run_text
 
         with run_cluster(out) as (client, _):
             record = stages.gate(out, client, ProgressLog(), run_config(out))
@@ -276,10 +276,13 @@ def int8_requantize() -> None:
         except stages.GateFailedError as error:
             try:  # like `int8flow run`, the failed calibration is tracked (tag int8flow.gate=failed)
                 write_run_report(out, started())
-                log.info("failed run tracked in MLflow: run %s", track(out, run_key(), run_config(out)))
+                config = run_config(out)
+                log.info(
+                    "failed run tracked: %s", tracked_run_text(out, track(out, run_key(), config, run_origin()), config)
+                )
             except Exception as tracking_error:  # noqa: BLE001 - the gate's verdict is this task's result
                 log.warning("the failed run was not tracked in MLflow: %s", redact_text(str(tracking_error)))
-            raise AirflowFailException(str(error)) from None
+            raise AirflowFailException(form_words(str(error))) from None
         log.info("gate passed (max top-1 drop %s)", record.max_top1_drop)
         return out
 

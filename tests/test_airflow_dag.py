@@ -221,6 +221,15 @@ def test_a_bad_value_fails_the_trigger_with_a_param_validation_error(dag: Any, n
 
 
 @pytest.mark.usefixtures("dag_bag")  # int8flow_airflow on sys.path, as the DAG processor puts it
+def test_error_messages_name_the_forms_fields_not_cli_flags() -> None:
+    from int8flow_airflow.params import form_words
+
+    message = "raise --max-top1-drop, try another --method or --no-bias-correction; --unknown-flag; model x"
+    assert form_words(message) == (
+        'raise "Max top-1 drop", try another "Method" or "Bias correction" off; --unknown-flag; model x'
+    )
+
+
 def test_a_run_config_comes_from_the_params_and_the_dags_out() -> None:
     from int8flow_airflow.params import run_config_values
 
@@ -416,12 +425,13 @@ def test_a_failed_gate_fails_the_run_at_the_gate_task_and_registers_nothing(
     assert states["gate"] == ("failed", 1)  # AirflowFailException: no retry
     assert {states[task][0] for task in ("report", "track", "register")} == {"upstream_failed"}
     assert "AirflowFailException: accuracy gate failed: INT8 top-1" in failed_gate_run.output
-    assert "> --max-top1-drop -1 after 2 attempt(s)" in failed_gate_run.output
+    assert '> "Max top-1 drop" -1 after 2 attempt(s)' in failed_gate_run.output  # the form's field, not a flag
     with pytest.raises(MlflowException):
         mlflow_client(airflow_home).get_registered_model("fashion-int8-gate-failed")
     (run,) = runs_with_key(airflow_home, f"{DAG_ID}/{failed_gate_run.run_id}")  # tracked, as `int8flow run` does
     assert run.data.tags["int8flow.gate"] == "failed"
     assert "int8flow.registered_version" not in run.data.tags
+    assert run.data.tags["airflow.run_id"] == failed_gate_run.run_id  # linked back like a passing run
     assert re.fullmatch(r"fashion_mnist_resnet-auto-\d{8}-\d{4}-gate-failed", run.info.run_name)
     table = json.loads((failed_gate_run.out / "calibration.json").read_text())
     assert table["metadata"]["method"] == "auto" and table["metadata"]["auto_examples"] == "64"

@@ -2,7 +2,8 @@
 
 Bad input (a missing file, a model that does not load, data that does not fit the model, a wrong
 setting) raises a ``ValueError`` subclass in int8flow; the same input fails the same way on every
-try, so the task fails at once with the message (``AirflowFailException``: no retries). A failed
+try, so the task fails at once with the message (``AirflowFailException``: no retries), its CLI flags
+named as the trigger form's fields (``params.form_words``). A failed
 accuracy gate is a result, not an accident, and fails the same way. Everything else (an unreachable
 Dask scheduler or MLflow server, a killed worker, a lost connection, a full disk) is retried with
 exponential backoff: 30 s, 1 min, 2 min.
@@ -23,6 +24,7 @@ from typing import ParamSpec, TypeVar
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from int8flow.schemas.uri_redaction import redact_text
+from int8flow_airflow.params import form_words
 
 RETRY_ARGS = {
     "retries": 3,
@@ -53,7 +55,7 @@ def bad_input_fails_at_once(function: Callable[P, R]) -> Callable[P, R]:
         except AirflowException:
             raise
         except ValueError as error:
-            raise AirflowFailException(redact_text(f"bad input, not retried: {error}")) from None
+            raise AirflowFailException(redact_text(form_words(f"bad input, not retried: {error}"))) from None
         except Exception as error:
             log.error("%s", redact_text(traceback.format_exc()))
             raise TransientTaskError(redact_text(f"{type(error).__name__}: {error}")) from None

@@ -14,13 +14,14 @@ never disagree. Only the defaults differ, and only where the deployment knows be
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from airflow.sdk import Param
 
-from int8flow.schemas.run_config import SETTINGS, RunConfigError, Setting
+from int8flow.schemas.run_config import SETTINGS, SETTINGS_BY_NAME, RunConfigError, Setting
 from int8flow.tasks.data.mnist_idx import FASHION_MNIST_FOLDER
 from int8flow.tasks.tracking.store_uri import default_tracking_uri
 
@@ -112,6 +113,23 @@ def empty_means_none(setting: Setting) -> bool:
     allow to be null; these accept null, and ``run_config_values`` turns it back into "".
     """
     return setting.kind is str and setting.default == "" and not setting.nullable
+
+
+_FLAG = re.compile(r"--(no-)?([a-z][a-z0-9]*(?:-[a-z0-9]+)*)")
+
+
+def form_words(text: str) -> str:
+    """``text`` (an error message written for the CLI) with each setting's flag replaced by the
+    title of its form field, quoted: the trigger form has fields, not flags. ``--no-x`` reads "X" off."""
+
+    def field(match: re.Match[str]) -> str:
+        setting = SETTINGS_BY_NAME.get(match.group(2).replace("-", "_"))
+        if setting is None or setting.positional:
+            return match.group(0)
+        quoted = f'"{title(setting.name)}"'
+        return f"{quoted} off" if match.group(1) else quoted
+
+    return _FLAG.sub(field, text)
 
 
 def title(name: str) -> str:
