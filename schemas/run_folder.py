@@ -21,6 +21,7 @@ FP32_MODEL = "model.fp32.onnx"
 """A registry model's FP32 bytes, downloaded once at plan time so every worker reads the same file."""
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
 PLOTS_DIR = "plots"
 PARTIAL_FILE_SUFFIX = ".parquet"
 
@@ -35,6 +36,7 @@ RESULT_NAMES: tuple[str, ...] = (
     FP32_MODEL,
     REPORT_JSON,
     REPORT_MD,
+    REPORT_HTML,
     PLOTS_DIR,
     STAGE_DIR,
 )

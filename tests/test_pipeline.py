@@ -175,7 +175,7 @@ def test_mlflow_holds_the_run_and_the_registered_version(
     span = [datetime.fromisoformat(report[key]).timestamp() * 1000 for key in ("started", "finished")]
     assert [run.info.start_time, run.info.end_time] == span
     artifacts = {item.path for item in client.list_artifacts(run.info.run_id)}
-    assert {"calibration.json", "model.int8.onnx", "report.md", "histograms", "plots"} <= artifacts
+    assert {"calibration.json", "model.int8.onnx", "report.md", "report.html", "histograms", "plots"} <= artifacts
     version = client.get_model_version_by_alias("fmnist-int8", "int8-candidate")
     assert str(version.version) == "1" and version.run_id == run.info.run_id
     assert version.tags["fp32_sha256"] == report["model"]["sha256"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import math
@@ -487,3 +488,18 @@ def test_mlflow_metrics_are_rounded_to_what_a_reader_compares() -> None:
     assert metrics["validate_examples_per_second"] == 1814.9 and metrics["calib_examples_per_second"] == 402.6
     assert (metrics["calib_examples"], metrics["calib_skipped_images"], metrics["val_examples"]) == (512, 3, 10000)
     assert metrics["gate_attempts"] == 1
+
+
+def test_the_html_report_embeds_its_plots_and_escapes_every_name(tmp_path: Path) -> None:
+    from int8flow.tasks.outputs.report_html import write_report_html
+
+    report = full_report()
+    report["tensors"][0]["name"] = "<script>alert(1)</script>"
+    report["plots"] = [plot_sensitivity(str(tmp_path), report["sensitivity"])]
+    page = Path(write_report_html(str(tmp_path), report)).read_text()
+    png = base64.b64encode((tmp_path / report["plots"][0]).read_bytes()).decode("ascii")
+    assert f'<img src="data:image/png;base64,{png}" alt="plots/sensitivity.png" />' in page
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    tables = sum(line.startswith("| ---") for line in render_markdown(report).splitlines())
+    assert page.count("<table>") == tables == 7 and "<h2>Plots</h2>" in page
+    assert no_temporaries(tmp_path)

@@ -42,8 +42,11 @@ def write_report(out_dir: str, report: Mapping[str, Any]) -> tuple[str, str]:
     return json_path, md_path
 
 
-def render_markdown(report: Mapping[str, Any]) -> str:
-    """The Markdown summary: title first, then each section the report holds, in reading order."""
+def render_markdown(report: Mapping[str, Any], plot_image: Callable[[str], str] | None = None) -> str:
+    """The Markdown summary: title first, then each section the report holds, in reading order.
+
+    ``plot_image``: the plots as images whose source it gives for each path (``report_html`` embeds
+    them); None: links to the files beside report.md."""
     sections = [
         _title(report),
         _run_line(report),
@@ -56,7 +59,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         _cluster_section(report.get("cluster")),
         _sensitivity_section(report.get("sensitivity")),
         _tensors_section(report.get("tensors")),
-        _plots_section(report.get("plots")),
+        _plots_section(report.get("plots"), plot_image),
         _settings_section(report.get("settings")),
     ]
     return "\n\n".join(section for section in sections if section) + "\n"
@@ -335,9 +338,11 @@ def _tensors_section(tensors: Sequence[Mapping[str, Any]] | None) -> str:
     return _section(f"{title} ({len(rows)} of {len(tensors)} tensors)", _table(columns, rows, "llrrrl"))
 
 
-def _plots_section(plots: Sequence[str] | None) -> str:
+def _plots_section(plots: Sequence[str] | None, plot_image: Callable[[str], str] | None) -> str:
     if not plots:
         return ""
+    if plot_image is not None:
+        return _section("Plots", "\n\n".join(f"![{path}]({plot_image(path)})" for path in plots))
     return _section("Plots", "\n".join(f"- [{path}]({path})" for path in plots))
 
 

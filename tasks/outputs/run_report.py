@@ -28,6 +28,7 @@ from int8flow.schemas.stage_records import (
 from int8flow.tasks.calibration.table import read_calibration_table
 from int8flow.tasks.outputs.manifest import record_outputs
 from int8flow.tasks.outputs.report import CALIBRATION_STAGES, write_report
+from int8flow.tasks.outputs.report_html import write_report_html
 from int8flow.tasks.run.plan import RunPlan, load_plan
 from int8flow.tasks.run.stages import load_record
 
@@ -47,7 +48,7 @@ def write_run_report(out: str, started: str | None = None) -> dict[str, Any]:
     """report.json and report.md from the plan and the stage records."""
     plan = load_plan(out)
     report = assemble_report(plan, started or now(), now())
-    record_outputs(plan.out, write_report(plan.out, report))
+    record_outputs(plan.out, [*write_report(plan.out, report), write_report_html(plan.out, report)])
     return report
 
 
