@@ -518,7 +518,7 @@ def test_a_tracking_server_run_has_a_page_and_a_local_store_none() -> None:
     assert mlflow_run_url("https://bob:s3cr3t@mlflow.example/", "3", "abc") == (
         f"https://{REDACTED}@mlflow.example/#/experiments/3/runs/abc"
     )
-    assert mlflow_run_url("sqlite:////tmp/mlflow.db", "3", "abc") is None
+    assert mlflow_run_url("sqlite:///mlflow.db", "3", "abc") is None
 
 
 def test_creating_a_new_store_prints_nothing(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from int8flow.kernels.backend import to_numpy
 from int8flow.kernels.conv import conv2d
 from int8flow.kernels.histogram import Histogram
 from int8flow.kernels.quantize import dequantize, quantize
@@ -186,7 +187,7 @@ class _ErrorMeter:
         return frozenset(self.by_input)
 
     def __call__(self, name: str, values: np.ndarray) -> None:
-        x = np.asarray(values, dtype=np.float32)
+        x = to_numpy(values).astype(np.float32, copy=False)  # on the host: a device run copies each batch once
         with fixed_blas_threads():
             for measured, layer in self.by_input[name]:
                 levels = UINT8_LEVELS if measured.unsigned else INT8_LEVELS
