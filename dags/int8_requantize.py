@@ -123,6 +123,16 @@ def run_origin() -> RunOrigin:
     return RunOrigin(f"airflow:{dag_id}", "JOB", links)
 
 
+def track_this_run(out: str) -> str:
+    """Log the run to MLflow with its links back to this DAG run; log where it went; its run id."""
+    from int8flow.tasks.tracking.run_logging import track, tracked_run_text
+
+    config = run_config(out)
+    mlflow_run_id = track(out, run_key(), config, run_origin())
+    log.info("%s", tracked_run_text(out, mlflow_run_id, config))
+    return mlflow_run_id
+
+
 def started() -> str | None:
     start = get_current_context()["dag_run"].start_date
     return start.astimezone(UTC).isoformat(timespec="seconds") if start else None
@@ -258,7 +268,6 @@ def int8_requantize() -> None:
         from int8flow.schemas.uri_redaction import redact_text
         from int8flow.tasks.outputs.run_report import write_run_report
         from int8flow.tasks.run import stages
-        from int8flow.tasks.tracking.run_logging import track, tracked_run_text
 
         with run_cluster(out) as (client, _):
             record = stages.gate(out, client, ProgressLog(), run_config(out))
@@ -276,10 +285,7 @@ def int8_requantize() -> None:
         except stages.GateFailedError as error:
             try:  # like `int8flow run`, the failed calibration is tracked (tag int8flow.gate=failed)
                 write_run_report(out, started())
-                config = run_config(out)
-                log.info(
-                    "failed run tracked: %s", tracked_run_text(out, track(out, run_key(), config, run_origin()), config)
-                )
+                track_this_run(out)
             except Exception as tracking_error:  # noqa: BLE001 - the gate's verdict is this task's result
                 log.warning("the failed run was not tracked in MLflow: %s", redact_text(str(tracking_error)))
             raise AirflowFailException(form_words(str(error))) from None
@@ -298,12 +304,7 @@ def int8_requantize() -> None:
     @task(task_display_name="Track in MLflow")
     @bad_input_fails_at_once
     def track(out: str) -> str:
-        from int8flow.tasks.tracking.run_logging import track, tracked_run_text
-
-        config = run_config(out)
-        mlflow_run_id = track(out, run_key(), config, run_origin())
-        log.info("%s", tracked_run_text(out, mlflow_run_id, config))
-        return mlflow_run_id
+        return track_this_run(out)
 
     @task(task_display_name="Register INT8 model")
     @bad_input_fails_at_once

@@ -100,10 +100,15 @@ def _percentile(histograms: Mapping[str, Histogram], settings: ThresholdSettings
 
 
 def _mse(histograms: Mapping[str, Histogram], settings: ThresholdSettings) -> dict[str, ThresholdChoice]:
-    def levels(histogram: Histogram) -> int:
-        return UINT8_LEVELS if settings.unsigned_activations and not histogram.signed else INT8_LEVELS
+    return {
+        name: mse_threshold(histogram, storage_levels(histogram.signed, settings.unsigned_activations))
+        for name, histogram in histograms.items()
+    }
 
-    return {name: mse_threshold(histogram, levels(histogram)) for name, histogram in histograms.items()}
+
+def storage_levels(signed: bool, unsigned_activations: bool) -> int:
+    """Steps from zero to the threshold: 255 for a non-negative tensor stored as uint8, else 127."""
+    return UINT8_LEVELS if unsigned_activations and not signed else INT8_LEVELS
 
 
 def naive_threshold(histogram: Histogram) -> ThresholdChoice:

@@ -31,3 +31,11 @@ def test_batches_cover_a_shard_with_a_short_last_batch() -> None:
     assert batch_ranges(range(3, 10), 3) == [range(3, 6), range(6, 9), range(9, 10)]
     with pytest.raises(ValueError, match="batch_size=0"):
         batch_ranges(range(3), 0)
+
+
+def test_contiguous_shares_keep_order_sizes_and_never_leave_one_empty() -> None:
+    from int8flow.tasks.data.sharding import contiguous_shares
+
+    assert contiguous_shares("abcdefg", 3) == [("a", "b", "c"), ("d", "e"), ("f", "g")]
+    assert contiguous_shares("ab", 5) == [("a",), ("b",)]
+    assert contiguous_shares("", 4) == []

@@ -14,7 +14,7 @@ from distributed import Client
 from int8flow.kernels.histogram import Histogram
 from int8flow.schemas.calibration_table import CalibrationTable
 from int8flow.schemas.run_folder import BIAS_SUMS_DIR, HISTOGRAM_DIR
-from int8flow.schemas.threshold_settings import AUTO_METHOD
+from int8flow.schemas.threshold_settings import AUTO_METHOD, ThresholdSettings
 from int8flow.tasks.calibration.bias_correction import bias_shifts
 from int8flow.tasks.calibration.method_choice import (
     auto_table,
@@ -25,7 +25,7 @@ from int8flow.tasks.calibration.method_choice import (
 from int8flow.tasks.calibration.partial_files import merge_partial_files
 from int8flow.tasks.calibration.sums_files import merge_partial_sums
 from int8flow.tasks.calibration.table import build_calibration_table, table_metadata, write_calibration_table
-from int8flow.tasks.data.sharding import shard_range
+from int8flow.tasks.data.sharding import contiguous_shares
 from int8flow.tasks.distributed.cluster import threads_per_task
 from int8flow.tasks.distributed.fanout import ProgressSink, quiet, run_shards
 from int8flow.tasks.distributed.shard_jobs import (
@@ -116,32 +116,34 @@ def write_table(
     elif client is None:
         raise ValueError(f"method {AUTO_METHOD!r} measures its choice on Dask workers: pass the run's client")
     else:
-        table = _auto_table(plan, histograms, client, progress, metadata)
+        table = _auto_table(plan, settings, histograms, client, progress, metadata)
     record_outputs(plan.out, write_calibration_table(table, plan.out))
     return table
 
 
 def _auto_table(
-    plan: RunPlan, histograms: Mapping[str, Histogram], client: Client, progress: ProgressSink, metadata: dict
+    plan: RunPlan,
+    settings: ThresholdSettings,
+    histograms: Mapping[str, Histogram],
+    client: Client,
+    progress: ProgressSink,
+    metadata: dict,
 ) -> CalibrationTable:
     """Each tensor's threshold from the candidate method of least measured error (``method_choice``).
 
     The slice is a seeded sample of ``--auto-examples`` examples of the calibration data set (its
     first ones when the run takes the first examples), measured whole by every task; the tensors
     are split into contiguous shares, one task each, so the choice does not depend on the split."""
-    settings = plan.config.threshold_settings()
     choices = candidate_choices(histograms, settings)
     readers = threshold_readers(fp32_graph(plan.model), plan.quantization_options())
     measured = tensor_candidates(choices, histograms, readers, settings.unsigned_activations)
     auto_slice = plan.subsample(plan.calibration, plan.config.auto_examples)
     slice_spec = dataclasses.replace(plan.shard_specs(auto_slice)[0], shard=0, shards=1)
-    shares = min(len(measured), plan.shards)
-    debiased = plan.config.bias_correction
-    threads = threads_per_task(client)
-    jobs = []
-    for share in range(shares):
-        mine = shard_range(len(measured), shares, share)
-        jobs.append((plan.model, slice_spec, tuple(measured[mine.start : mine.stop]), debiased, share, threads))
+    debiased, threads = plan.config.bias_correction, threads_per_task(client)
+    jobs = [
+        (plan.model, slice_spec, tensors, debiased, share, threads)
+        for share, tensors in enumerate(contiguous_shares(measured, plan.shards))
+    ]
     results = run_shards(client, "choose", measure_share, jobs, progress) if jobs else []
     errors = [tensor for result in results for tensor in result.tensors]
     recorded = table_metadata(settings, {**metadata, "auto_examples": str(auto_slice.sample)})

@@ -12,11 +12,10 @@ import fsspec
 
 from int8flow.kernels.histogram import Histogram
 from int8flow.kernels.thresholds import (
-    INT8_LEVELS,
-    UINT8_LEVELS,
     ThresholdSettings,
     choose_thresholds,
     relative_quantization_error,
+    storage_levels,
 )
 from int8flow.schemas.calibration_table import CalibrationTable, TensorCalibration
 from int8flow.schemas.run_folder import CALIBRATION_JSON, TENSORRT_CACHE
@@ -47,7 +46,7 @@ def quantization_errors(
         tensor.name: relative_quantization_error(
             histograms[tensor.name],
             tensor.threshold,
-            UINT8_LEVELS if unsigned_activations and not tensor.signed else INT8_LEVELS,
+            storage_levels(tensor.signed, unsigned_activations),
         )
         for tensor in table.tensors
         if tensor.name in histograms

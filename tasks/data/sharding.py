@@ -6,6 +6,11 @@ the same examples.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TypeVar
+
+T = TypeVar("T")
+
 
 def shard_range(total: int, shards: int, index: int) -> range:
     """The examples of shard ``index`` of ``shards``: sizes differ by at most one, earlier ones larger."""
@@ -14,6 +19,14 @@ def shard_range(total: int, shards: int, index: int) -> range:
     base, extra = divmod(total, shards)
     start = index * base + min(index, extra)
     return range(start, start + base + (1 if index < extra else 0))
+
+
+def contiguous_shares(items: Sequence[T], count: int) -> list[tuple[T, ...]]:
+    """``items`` in at most ``count`` contiguous, non-empty shares (``shard_range``'s sizes), in order."""
+    shares = min(len(items), count)
+    return [
+        tuple(items[part.start : part.stop]) for part in (shard_range(len(items), shares, i) for i in range(shares))
+    ]
 
 
 def batch_ranges(examples: range, batch_size: int) -> list[range]:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from distributed import Client
 
 from int8flow.schemas.stage_records import Accuracy, GateAttempt, NodeSensitivity
-from int8flow.tasks.data.sharding import shard_range
+from int8flow.tasks.data.sharding import contiguous_shares
 from int8flow.tasks.distributed.fanout import ProgressSink, quiet, run_shards
 from int8flow.tasks.distributed.shard_jobs import fp32_graph, rank_shard
 from int8flow.tasks.run.plan import RunPlan
@@ -85,10 +85,9 @@ def rank_nodes(plan: RunPlan, client: Client, progress: ProgressSink = quiet) ->
     count = min(plan.config.sensitivity_examples, plan.validation.sample)
     slice_spec = replace(whole, total=count, sample=count, seed=None, shard=0, shards=1, on_bad_image="skip")
     int8 = int8_ref(plan)
-    shares = min(len(candidates), plan.shards)
-    jobs = []
-    for share in range(shares):
-        mine = shard_range(len(candidates), shares, share)
-        jobs.append((plan.model, int8, slice_spec, tuple(candidates[mine.start : mine.stop]), share))
+    jobs = [
+        (plan.model, int8, slice_spec, mine, share)
+        for share, mine in enumerate(contiguous_shares(candidates, plan.shards))
+    ]
     ranked = [node for result in run_shards(client, "rank", rank_shard, jobs, progress) for node in result.nodes]
     return tuple(sorted(ranked, key=lambda node: node.error, reverse=True))
