@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 from int8flow_airflow.failures import RETRY_ARGS, bad_input_fails_at_once
+from int8flow_airflow.mlflow_link import MLFLOW_RUN_URL_KEY, MlflowRunLink
 from int8flow_airflow.params import airflow_home, form_words, run_config_values, run_output_dir, run_params
 
 if TYPE_CHECKING:
@@ -124,13 +125,16 @@ def run_origin() -> RunOrigin:
 
 
 def track_this_run(out: str) -> str:
-    """Log the run to MLflow with its links back to this DAG run; log where it went; its run id."""
-    from int8flow.tasks.tracking.run_logging import track, tracked_run_text
+    """Log the run to MLflow with its links back to this DAG run; log where it went and push its page
+    for the task's "MLflow run" button; its run id."""
+    from int8flow.tasks.tracking.run_logging import track, tracked_run
 
     config = run_config(out)
-    mlflow_run_id = track(out, run_key(), config, run_origin())
-    log.info("%s", tracked_run_text(out, mlflow_run_id, config))
-    return mlflow_run_id
+    tracked = tracked_run(out, track(out, run_key(), config, run_origin()), config)
+    log.info("%s", tracked.text())
+    if tracked.url:
+        get_current_context()["ti"].xcom_push(key=MLFLOW_RUN_URL_KEY, value=tracked.url)
+    return tracked.run_id
 
 
 def started() -> str | None:
@@ -320,8 +324,12 @@ def int8_requantize() -> None:
             log.info("registered %s version %s, alias %s", config.register, version, config.alias or "none")
         return version
 
-    out = report(gate(validate(build(correct(thresholds(observe(plan())))))))
-    register(out, track(out))
+    gated = gate(validate(build(correct(thresholds(observe(plan()))))))
+    out = report(gated)
+    mlflow_run_id = track(out)
+    for tracking_task in (gated, mlflow_run_id):  # the tasks that log a run: a failed gate does too
+        tracking_task.operator.operator_extra_links = (MlflowRunLink(),)
+    register(out, mlflow_run_id)
 
 
 int8_requantize()

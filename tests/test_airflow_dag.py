@@ -140,6 +140,14 @@ def test_the_tasks_are_the_pipeline_stages_in_order(dag: Any) -> None:
     assert gate.retries == 3 and gate.retry_exponential_backoff == 2.0
 
 
+def test_the_tasks_that_log_an_mlflow_run_have_its_link_after_serialization(dag: Any) -> None:
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    scheduled = DagSerialization.from_dict(DagSerialization.to_dict(dag))  # what the UI reads the links from
+    linked = {task.task_id: task.extra_links for task in scheduled.tasks if task.extra_links}
+    assert linked == {"gate": ["MLflow run"], "track": ["MLflow run"]}
+
+
 def test_params_are_the_run_settings_but_out_in_schema_order(dag: Any) -> None:
     assert list(dag.params) == [setting.name for setting in SETTINGS if setting.name != "out"]
 
@@ -153,8 +161,10 @@ def test_each_param_has_its_settings_type_choices_bounds_and_words(dag: Any, set
     assert schema["type"] == ([json_type, "null"] if setting.nullable or empty_is_none else json_type)
     assert schema.get("enum") == (None if setting.choices is None else list(setting.choices))
     bound = "exclusiveMinimum" if setting.exclusive_minimum else "minimum"
-    assert schema.get(bound) == setting.minimum
-    assert schema.get("maximum") == setting.maximum
+    bounds = {bound: setting.minimum, "maximum": setting.maximum}
+    assert not bounds.keys() & schema.keys()  # the form's number widget would clamp to a top-level bound
+    (within,) = schema.get("allOf", [{}])
+    assert {key: within.get(key) for key in bounds} == bounds
     assert schema["section"] == setting.section.capitalize()
     assert schema["title"] and param.description.startswith(setting.help[0].upper() + setting.help[1:])
 
@@ -202,6 +212,7 @@ def test_deployment_settings_come_from_the_environment() -> None:
         ("num_bins", 1000),
         ("num_bins", "8192"),
         ("calib_examples", 0),
+        ("calib_examples", -5),
         ("percentile", 0),
         ("percentile", 100.5),
         ("device", "tpu"),

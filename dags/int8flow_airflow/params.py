@@ -96,14 +96,28 @@ def setting_param(setting: Setting, default: Any, note: str = "") -> Param:
         default = list(default)
     if setting.choices is not None:
         schema["enum"] = [*setting.choices, *([None] if setting.nullable else [])]
-    if setting.minimum is not None:
-        schema["exclusiveMinimum" if setting.exclusive_minimum else "minimum"] = setting.minimum
-    if setting.maximum is not None:
-        schema["maximum"] = setting.maximum
+    if bounds := setting_bounds(setting):
+        schema["allOf"] = [{"title": schema["title"], **bounds}]
     if setting.pattern is not None:
         schema["pattern"] = f"^({setting.pattern})$"  # JSON schema patterns match anywhere; ours match whole
     description = _sentence(setting.help) + (f" {note}" if note else "")
     return Param(default, description=description, **schema)
+
+
+def setting_bounds(setting: Setting) -> dict[str, Any]:
+    """The JSON-schema bounds of a number setting, which ``setting_param`` keeps out of the top level.
+
+    The form's number widget takes a top-level ``minimum``/``maximum`` as limits and moves a value
+    beyond one back inside (-5 calibration examples became 1) without a word. Inside ``allOf`` the
+    widget leaves what was typed alone, and the trigger refuses it: Airflow validates the whole
+    schema and the form shows the error, which names the param and the bound.
+    """
+    bounds: dict[str, Any] = {}
+    if setting.minimum is not None:
+        bounds["exclusiveMinimum" if setting.exclusive_minimum else "minimum"] = setting.minimum
+    if setting.maximum is not None:
+        bounds["maximum"] = setting.maximum
+    return bounds
 
 
 def empty_means_none(setting: Setting) -> bool:

@@ -93,12 +93,25 @@ def track(
     )
 
 
-def tracked_run_text(out: str, run_id: str, config: RunConfig | None = None) -> str:
-    """One line for a log: the run, its experiment, and its page or its store."""
+@dataclass(frozen=True)
+class TrackedRun:
+    """Where a tracked run went, for a log line and a link: its experiment and its page, if any."""
+
+    run_id: str
+    experiment: str
+    url: str | None
+    store: str
+    """The tracking URI, redacted: what a reader opens when the store has no page (``url`` is None)."""
+
+    def text(self) -> str:
+        return f"MLflow run {self.run_id} in experiment {self.experiment}: {self.url or self.store}"
+
+
+def tracked_run(out: str, run_id: str, config: RunConfig | None = None) -> TrackedRun:
     plan = working_plan(out, config)
     experiment = plan.config.experiment or default_experiment_name(plan.model_uri)
     url = mlflow_run_url(plan.tracking_uri, experiment_for(plan.tracking_uri, experiment), run_id)
-    return f"MLflow run {run_id} in experiment {experiment}: {url or redact_uri(plan.tracking_uri)}"
+    return TrackedRun(run_id, experiment, url, redact_uri(plan.tracking_uri))
 
 
 def mlflow_run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
