@@ -97,7 +97,7 @@ def setting_param(setting: Setting, default: Any, note: str = "") -> Param:
     if setting.choices is not None:
         schema["enum"] = [*setting.choices, *([None] if setting.nullable else [])]
     if bounds := setting_bounds(setting):
-        schema["allOf"] = [{"title": schema["title"], **bounds}]
+        schema["allOf"] = [{"title": schema["title"], **bounds}]  # the refusal prints this part: the field's title
     if setting.pattern is not None:
         schema["pattern"] = f"^({setting.pattern})$"  # JSON schema patterns match anywhere; ours match whole
     description = _sentence(setting.help) + (f" {note}" if note else "")
