@@ -166,8 +166,8 @@ def test_mlflow_holds_the_run_and_the_registered_version(
     (run,) = client.search_runs([experiment.experiment_id])
     report = report_of(cwd)
     for name in ("fp32_top1", "int8_top1", "top1_drop", "fp32_top5", "int8_top5", "top5_drop", "agreement_top1"):
-        assert run.data.metrics[name] == round(report["accuracy"][name], 4), name  # MLflow shows 1e-4 points
-    assert run.data.metrics["calib_seconds"] > 0 and run.data.metrics["calib_examples"] == CALIB_EXAMPLES
+        assert run.data.metrics[f"accuracy/{name}"] == round(report["accuracy"][name], 4), name  # 1e-4 points
+    assert run.data.metrics["time/calib_seconds"] > 0 and run.data.metrics["count/calib_examples"] == CALIB_EXAMPLES
     assert run.data.params["calib_examples"] == str(CALIB_EXAMPLES) and run.data.params["method"] == "percentile"
     assert run.data.tags["int8flow.model_sha256"] == report["model"]["sha256"]
     assert run.data.tags["int8flow.gate"] == "passed"
@@ -175,9 +175,12 @@ def test_mlflow_holds_the_run_and_the_registered_version(
     span = [datetime.fromisoformat(report[key]).timestamp() * 1000 for key in ("started", "finished")]
     assert [run.info.start_time, run.info.end_time] == span
     artifacts = {item.path for item in client.list_artifacts(run.info.run_id)}
-    assert {"calibration.json", "model.int8.onnx", "report.md", "report.html", "histograms", "plots"} <= artifacts
+    top_level = {"calibration.json", "model.int8.onnx", "report.md", "report.html", "tensors.png", "sensitivity.png"}
+    assert top_level | {"histograms", "plots"} <= artifacts
     version = client.get_model_version_by_alias("fmnist-int8", "int8-candidate")
     assert str(version.version) == "1" and version.run_id == run.info.run_id
+    (int8_model,) = run.outputs.model_outputs  # the INT8 model as an MLflow ONNX model of the run
+    assert version.source == f"models:/{int8_model.model_id}"
     assert version.tags["fp32_sha256"] == report["model"]["sha256"]
     assert version.tags["validated"] == "true"
     accuracy = {name: f"{round(report['accuracy'][name], 4):g}" for name in ("fp32_top1", "int8_top1", "top1_drop")}

@@ -18,7 +18,7 @@ from PIL import Image
 from int8flow.kernels.histogram import Histogram
 from int8flow.schemas.calibration_table import CalibrationTable, TensorCalibration
 from int8flow.tasks.outputs.atomic_files import TEMP_MARKER
-from int8flow.tasks.outputs.plots import plot_sensitivity, plot_tensor_histograms
+from int8flow.tasks.outputs.plots import plot_sensitivity, plot_tensor_histograms, plot_tensor_overview, plot_tensors
 from int8flow.tasks.outputs.report import render_markdown, summary_rows, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -453,10 +453,27 @@ def test_histogram_plots_are_reproducible(tmp_path: Path) -> None:
     assert (tmp_path / "one" / first[0]).read_bytes() == (tmp_path / "two" / second[0]).read_bytes()
 
 
+def test_the_overview_holds_the_ranked_histograms_two_a_row_under_one_top_level_name(tmp_path: Path) -> None:
+    histograms, table = calibrated({"t0": 0.1, "t1": 0.7, "t2": 0.3})
+    assert plot_tensors(str(tmp_path), histograms, table, {}) == [
+        "tensors.png",
+        *plot_tensor_histograms(str(tmp_path / "alone"), histograms, table, {}),
+    ]
+    assert_png(tmp_path / "tensors.png", (1600, 900))  # 3 histograms of 800 x 450: two rows of two
+    assert no_temporaries(tmp_path)
+
+
+def test_no_histogram_no_overview(tmp_path: Path) -> None:
+    _, table = calibrated({"a": 0.1})
+    assert plot_tensor_overview(str(tmp_path), {}, table, {}) is None
+    assert plot_tensors(str(tmp_path), {}, table, {}) == []
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_sensitivity_plot_is_a_png(tmp_path: Path) -> None:
     sensitivity = copy.deepcopy(full_report()["sensitivity"])
     path = plot_sensitivity(str(tmp_path), sensitivity)
-    assert path == "plots/sensitivity.png"
+    assert path == "sensitivity.png"  # top level: MLflow's compare view offers it side by side
     assert_png(tmp_path / path)
     assert no_temporaries(tmp_path)
 
@@ -466,7 +483,7 @@ def test_no_sensitivity_no_plot(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_mlflow_metrics_are_rounded_to_what_a_reader_compares() -> None:
+def test_mlflow_metrics_are_grouped_and_rounded_to_what_a_reader_compares() -> None:
     from int8flow.tasks.outputs.run_report import run_metrics
 
     stages = {name: {"seconds": 0.0123456} for name in ("reduce", "thresholds", "correct", "build", "gate")}
@@ -481,13 +498,21 @@ def test_mlflow_metrics_are_rounded_to_what_a_reader_compares() -> None:
         "gate": {"attempts": [{}]},
     }
     assert 92.04 - 91.84 != 0.2  # what MLflow showed: 0.20000000000000284
-    metrics = run_metrics(report)
-    assert metrics["top1_drop"] == 0.2 and metrics["int8_top1"] == 91.84
-    assert metrics["observe_seconds"] == 1.235 and metrics["validate_seconds"] == 5.556
-    assert metrics["calib_seconds"] == 1.272  # observe + reduce + thresholds + correct, then rounded
-    assert metrics["validate_examples_per_second"] == 1814.9 and metrics["calib_examples_per_second"] == 402.6
-    assert (metrics["calib_examples"], metrics["calib_skipped_images"], metrics["val_examples"]) == (512, 3, 10000)
-    assert metrics["gate_attempts"] == 1
+    assert run_metrics(report) == {
+        "accuracy/fp32_top1": 92.04,
+        "accuracy/int8_top1": 91.84,
+        "accuracy/top1_drop": 0.2,
+        "time/observe_seconds": 1.235,
+        "time/validate_seconds": 5.556,
+        **{f"time/{name}_seconds": 0.012 for name in ("reduce", "thresholds", "correct", "build", "gate")},
+        "time/calib_seconds": 1.272,  # observe + reduce + thresholds + correct, then rounded
+        "throughput/validate_examples_per_second": 1814.9,
+        "throughput/calib_examples_per_second": 402.6,
+        "count/calib_examples": 512,
+        "count/calib_skipped_images": 3,
+        "count/val_examples": 10000,
+        "count/gate_attempts": 1,
+    }
 
 
 def test_the_html_report_embeds_its_plots_and_escapes_every_name(tmp_path: Path) -> None:
@@ -498,7 +523,7 @@ def test_the_html_report_embeds_its_plots_and_escapes_every_name(tmp_path: Path)
     report["plots"] = [plot_sensitivity(str(tmp_path), report["sensitivity"])]
     page = Path(write_report_html(str(tmp_path), report)).read_text()
     png = base64.b64encode((tmp_path / report["plots"][0]).read_bytes()).decode("ascii")
-    assert f'<img src="data:image/png;base64,{png}" alt="plots/sensitivity.png" />' in page
+    assert f'<img src="data:image/png;base64,{png}" alt="sensitivity.png" />' in page
     assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     tables = sum(line.startswith("| ---") for line in render_markdown(report).splitlines())
     assert page.count("<table>") == tables == 7 and "<h2>Plots</h2>" in page

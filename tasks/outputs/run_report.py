@@ -15,6 +15,7 @@ from typing import Any
 
 import fsspec
 
+from int8flow.schemas.metric_names import ACCURACY, THROUGHPUT, TIME, metric_group, metric_key
 from int8flow.schemas.run_folder import REPORT_JSON
 from int8flow.schemas.stage_records import (
     BuildRecord,
@@ -165,25 +166,21 @@ def assemble_report(plan: RunPlan, started: str, finished: str) -> dict[str, Any
     return report
 
 
-METRIC_DECIMALS = {"seconds": 3, "per_second": 1, "accuracy": 4}
-"""Decimals MLflow shows: milliseconds, one tenth of an example per second, and 1e-4 points of
-accuracy (one example in a million), so a drop reads 0.2, not 0.19999999999998863."""
+METRIC_DECIMALS = {TIME: 3, THROUGHPUT: 1, ACCURACY: 4}
+"""Decimals MLflow shows, by metric group: milliseconds, one tenth of an example per second, and
+1e-4 points of accuracy (one example in a million), so a drop reads 0.2, not 0.19999999999998863;
+counts stay whole."""
 
 
 def run_metrics(report: dict[str, Any]) -> dict[str, float]:
-    """The MLflow metrics of a run, under the stable names ``int8flow runs`` and dashboards read,
-    rounded as ``METRIC_DECIMALS`` says (report.json keeps every digit)."""
-    return {name: _rounded(name, value) for name, value in _exact_metrics(report).items()}
+    """The MLflow metrics of a run, keyed ``<group>/<name>`` (``metric_names``) as ``int8flow runs``
+    and dashboards read them, rounded as ``METRIC_DECIMALS`` says (report.json keeps every digit)."""
+    return {metric_key(name): _rounded(name, value) for name, value in _exact_metrics(report).items()}
 
 
 def _rounded(name: str, value: float) -> float:
-    if name.endswith("_per_second"):
-        return round(value, METRIC_DECIMALS["per_second"])
-    if name.endswith("_seconds"):
-        return round(value, METRIC_DECIMALS["seconds"])
-    if name.endswith(("_examples", "_images", "_attempts", "gemm_fallbacks")):
-        return value  # counts
-    return round(value, METRIC_DECIMALS["accuracy"])
+    decimals = METRIC_DECIMALS.get(metric_group(name))
+    return value if decimals is None else round(value, decimals)
 
 
 def _exact_metrics(report: dict[str, Any]) -> dict[str, float]:
