@@ -23,6 +23,10 @@ REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
 PLOTS_DIR = "plots"
+TENSORS_PNG = "tensors.png"
+SENSITIVITY_PNG = "sensitivity.png"
+"""The key plots (the worst-fitting tensors' histograms in one figure, the most sensitive nodes) lie
+at the top level: MLflow's compare view offers only a run's top-level artifacts side by side."""
 PARTIAL_FILE_SUFFIX = ".parquet"
 
 RESULT_NAMES: tuple[str, ...] = (
@@ -38,6 +42,8 @@ RESULT_NAMES: tuple[str, ...] = (
     REPORT_MD,
     REPORT_HTML,
     PLOTS_DIR,
+    TENSORS_PNG,
+    SENSITIVITY_PNG,
     STAGE_DIR,
 )
 """Every top-level entry a run may write into its output folder (what it did write is in the manifest)."""

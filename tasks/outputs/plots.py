@@ -1,4 +1,5 @@
-"""PNG plots of a run: the histograms behind the worst thresholds, and per-node sensitivity.
+"""PNG plots of a run: the histograms behind the worst thresholds (one each, and all in one figure
+for comparing runs), and per-node sensitivity.
 
 A histogram with its threshold drawn on it shows at a glance whether a large divergence comes from
 outliers clipped on purpose or from a bad choice. Figures are built on ``matplotlib.figure.Figure``
@@ -16,23 +17,32 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from int8flow.kernels.histogram import Histogram
 from int8flow.schemas.calibration_table import CalibrationTable, TensorCalibration
-from int8flow.schemas.run_folder import PLOTS_DIR
+from int8flow.schemas.run_folder import PLOTS_DIR, SENSITIVITY_PNG, TENSORS_PNG
 from int8flow.tasks.outputs.atomic_files import atomic_write_bytes
 from int8flow.tasks.outputs.report import divergence_rank, ranking_figure
 
-SENSITIVITY_PNG = f"{PLOTS_DIR}/sensitivity.png"
 SENSITIVITY_TOP = 20
 FIGURE_SIZE = (8.0, 4.5)
 DPI = 100
 DISPLAY_BINS = 256
+OVERVIEW_COLUMNS = 2
 # Keeps "<prefix><slug>-<hash>.png" far below the 255-byte file name limit of common filesystems.
 MAX_SLUG = 80
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def plot_tensors(
+    out_dir: str, histograms: Mapping[str, Histogram], table: CalibrationTable, errors: Mapping[str, float]
+) -> list[str]:
+    """The worst-fitting tensors' histograms: all in one figure first, then one plot each."""
+    overview = plot_tensor_overview(out_dir, histograms, table, errors)
+    return [*([overview] if overview else []), *plot_tensor_histograms(out_dir, histograms, table, errors)]
 
 
 def plot_tensor_histograms(
@@ -47,19 +57,50 @@ def plot_tensor_histograms(
 
     Only tensors with both a threshold and a histogram are candidates.
     """
+    paths = []
+    for tensor in worst_tensors(histograms, table, errors, count):
+        relative = f"{PLOTS_DIR}/{histogram_file_name(tensor.name)}"
+        figure = Figure(figsize=FIGURE_SIZE, dpi=DPI, layout="constrained")
+        _draw_histogram(figure.add_subplot(), histograms[tensor.name].to_host(), tensor, errors.get(tensor.name))
+        _write_png(out_dir, relative, figure)
+        paths.append(relative)
+    return paths
+
+
+def plot_tensor_overview(
+    out_dir: str,
+    histograms: Mapping[str, Histogram],
+    table: CalibrationTable,
+    errors: Mapping[str, float],
+    count: int = 6,
+) -> str | None:
+    """The same tensors as :func:`plot_tensor_histograms` in one figure, two a row, under one name in
+    every run (``TENSORS_PNG``), so runs compare side by side; None when no tensor qualifies."""
+    tensors = worst_tensors(histograms, table, errors, count)
+    if not tensors:
+        return None
+    columns = min(OVERVIEW_COLUMNS, len(tensors))
+    rows = math.ceil(len(tensors) / columns)
+    figure = Figure(figsize=(FIGURE_SIZE[0] * columns, FIGURE_SIZE[1] * rows), dpi=DPI, layout="constrained")
+    for axes, tensor in zip(figure.subplots(rows, columns, squeeze=False).flat, tensors, strict=False):
+        _draw_histogram(axes, histograms[tensor.name].to_host(), tensor, errors.get(tensor.name))
+    for axes in figure.axes[len(tensors) :]:
+        axes.set_axis_off()  # an odd count leaves one cell empty
+    _write_png(out_dir, TENSORS_PNG, figure)
+    return TENSORS_PNG
+
+
+def worst_tensors(
+    histograms: Mapping[str, Histogram], table: CalibrationTable, errors: Mapping[str, float], count: int
+) -> list[TensorCalibration]:
+    """The ``count`` tensors the report ranks first (with both a threshold and a histogram)."""
     candidates = [tensor for tensor in table.tensors if tensor.name in histograms]
     by_error = ranking_figure(tensor.method for tensor in candidates) == "error"
 
     def rank(tensor: TensorCalibration) -> tuple[bool, float, str]:
         return divergence_rank(tensor.name, errors.get(tensor.name) if by_error else tensor.divergence)
 
-    paths = []
-    for tensor in sorted(candidates, key=rank)[:count]:
-        relative = f"{PLOTS_DIR}/{histogram_file_name(tensor.name)}"
-        figure = _histogram_figure(histograms[tensor.name].to_host(), tensor, errors.get(tensor.name))
-        _write_png(out_dir, relative, figure)
-        paths.append(relative)
-    return paths
+    return sorted(candidates, key=rank)[:count]
 
 
 def plot_sensitivity(out_dir: str, sensitivity: Sequence[Mapping[str, Any]]) -> str | None:
@@ -91,9 +132,7 @@ def histogram_file_name(tensor_name: str) -> str:
     return f"histogram-{slug}-{digest}.png"
 
 
-def _histogram_figure(histogram: Histogram, tensor: TensorCalibration, error: float | None) -> Figure:
-    figure = Figure(figsize=FIGURE_SIZE, dpi=DPI, layout="constrained")
-    axes = figure.add_subplot()
+def _draw_histogram(axes: Axes, histogram: Histogram, tensor: TensorCalibration, error: float | None) -> None:
     occupied = np.flatnonzero(histogram.counts)
     if occupied.size:
         counts, edges = _display_bins(histogram, int(occupied[0]), int(occupied[-1]))
@@ -109,7 +148,6 @@ def _histogram_figure(histogram: Histogram, tensor: TensorCalibration, error: fl
     )
     axes.set_xlabel("value")
     axes.set_ylabel("count (log scale)")
-    return figure
 
 
 def _display_bins(histogram: Histogram, first: int, last: int) -> tuple[np.ndarray, np.ndarray]:

@@ -39,7 +39,7 @@ from int8flow.tasks.distributed.fanout import ProgressSink, quiet
 from int8flow.tasks.outputs.atomic_files import atomic_write_text
 from int8flow.tasks.outputs.int8_model import write_int8_model
 from int8flow.tasks.outputs.manifest import record_outputs
-from int8flow.tasks.outputs.plots import plot_sensitivity, plot_tensor_histograms
+from int8flow.tasks.outputs.plots import plot_sensitivity, plot_tensors
 from int8flow.tasks.run.plan import RunPlan, load_plan, working_plan
 from int8flow.tasks.validation.accuracy import validate_int8
 from int8flow.tasks.validation.gate import GateResult, apply_gate
@@ -104,7 +104,7 @@ def thresholds(
         reduce_seconds=merge_seconds,
         thresholds_seconds=threshold_seconds,
         tensors=len(table.tensors),
-        plots=tuple(plot_tensor_histograms(plan.out, histograms, table, errors)),
+        plots=tuple(plot_tensors(plan.out, histograms, table, errors)),
         errors=tuple(TensorError(name, error) for name, error in errors.items()),
     )
     record_outputs(plan.out, [plan.path(plot) for plot in record.plots])
