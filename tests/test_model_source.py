@@ -14,7 +14,7 @@ import pytest
 from conftest import DEMO_MODEL
 
 from int8flow.tasks.graph.load import ModelLoadError, read_model_bytes
-from int8flow.tasks.tracking.mlflow_store import experiment_for, log_run, register_int8_model, tracking_client
+from int8flow.tasks.tracking.mlflow_store import experiment_for, log_run, tracking_client
 from int8flow.tasks.tracking.model_source import ResolvedModel, resolve_model
 from int8flow.tasks.tracking.store_uri import default_tracking_uri
 
@@ -23,15 +23,19 @@ MODEL = DEMO_MODEL
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A registry holding the example model both ways it gets there: as a plain run artifact
-    registered by int8flow ("plain"), and logged with ``mlflow.onnx.log_model`` ("logged"), each as
-    version 1 with alias ``champion``."""
+    """A registry holding the example model both ways it gets there: a version whose source is a plain
+    run artifact ("plain"), and logged with ``mlflow.onnx.log_model`` ("logged", as int8flow registers
+    its INT8 models), each as version 1 with alias ``champion``."""
     tracking_uri = default_tracking_uri(str(tmp_path_factory.mktemp("registry")))
     experiment_id = experiment_for(tracking_uri, "int8flow/fashion_mnist_resnet")
     outputs = tmp_path_factory.mktemp("outputs")
     shutil.copyfile(MODEL, outputs / "model.int8.onnx")
     run_id = log_run(tracking_uri, experiment_id, "plain", {}, {}, {}, str(outputs))
-    register_int8_model(tracking_uri, "plain", run_id, alias="champion")
+    client = tracking_client(tracking_uri)
+    client.create_registered_model("plain")
+    source = f"{client.get_run(run_id).info.artifact_uri}/model.int8.onnx"
+    client.create_model_version("plain", source=source, run_id=run_id)
+    client.set_registered_model_alias("plain", "champion", "1")
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", tracking_uri)

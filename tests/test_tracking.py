@@ -16,19 +16,24 @@ from contextlib import ExitStack, closing, suppress
 from pathlib import Path
 
 import fsspec
+import mlflow.artifacts
+import onnx
 import pytest
 import requests
 from conftest import DEMO_MODEL
 from mlflow import MlflowClient
-from mlflow.entities import Run
+from mlflow.entities import LoggedModelStatus, Run
 from mlflow.exceptions import MlflowException
+from mlflow.models import Model
 
 from int8flow.schemas.run_config import RunConfig
 from int8flow.tasks.cli.main import EXIT_UNAVAILABLE, main
 from int8flow.tasks.data import fashion_mnist_folder
 from int8flow.tasks.graph.load import ModelLoadError
 from int8flow.tasks.run.plan import plan_run
+from int8flow.tasks.tracking.logged_model import ModelToLog
 from int8flow.tasks.tracking.mlflow_store import (
+    INT8_MODEL_NAME,
     TrackingUnavailableError,
     check_tracking_store,
     default_experiment_name,
@@ -89,9 +94,21 @@ def user_tags(run: Run) -> dict[str, str]:
     return {key: value for key, value in run.data.tags.items() if not key.startswith("mlflow.")}
 
 
+INT8_MODEL_TO_LOG = ModelToLog("model.int8.onnx", INT8_MODEL_NAME)
+
+
 def log_simple_run(store: str, experiment_id: str, artifacts: Path, run_key: str | None = None) -> str:
+    """A run with its INT8 model logged as an MLflow model, as ``run_logging.track`` logs one."""
     return log_run(
-        store, experiment_id, "simple", {"method": "entropy"}, {"int8_top1": 0.9}, {}, str(artifacts), run_key
+        store,
+        experiment_id,
+        "simple",
+        {"method": "entropy"},
+        {"accuracy/int8_top1": 0.9},
+        {},
+        str(artifacts),
+        run_key,
+        model=INT8_MODEL_TO_LOG,
     )
 
 
@@ -235,23 +252,23 @@ def test_registering_a_run_twice_keeps_one_version_with_alias_and_tags(store: st
     assert (first, second) == ("1", "1")
     [version] = client.search_model_versions("name = 'fmnist-int8'")
     assert version.run_id == run_id
-    assert version.source == f"{client.get_run(run_id).info.artifact_uri}/model.int8.onnx"
+    (output,) = client.get_run(run_id).outputs.model_outputs
+    assert version.source == f"models:/{output.model_id}"
     assert version.tags == tags
     assert str(client.get_model_version_by_alias("fmnist-int8", "champion").version) == "1"
     assert client.get_run(run_id).data.tags["int8flow.registered_version"] == "1"
 
 
-def test_registering_a_run_without_the_model_artifact_names_what_the_run_has(store: str, tmp_path: Path) -> None:
-    outputs = tmp_path / "outputs"
-    outputs.mkdir()
-    (outputs / "table.json").write_text("{}")
-    run_id = log_simple_run(store, experiment_for(store, "int8flow/no-model"), outputs)
+def test_registering_a_run_without_a_logged_model_names_the_remedy_and_registers_nothing(
+    store: str, artifacts: Path
+) -> None:
+    run_id = log_run(store, experiment_for(store, "int8flow/no-model"), "bare", {}, {}, {}, str(artifacts))
     with pytest.raises(ValueError) as error:
         register_int8_model(store, "fmnist-int8-missing", run_id)
     assert str(error.value) == (
-        f"run {run_id} has no artifact 'model.int8.onnx' (files there: table.json); "
-        "log the INT8 model with the run before registering it"
+        f"run {run_id} has no logged model 'int8-model'; log the INT8 model with the run before registering it"
     )
+    assert tracking_client(store).search_registered_models("name = 'fmnist-int8-missing'") == []
 
 
 def test_runs_table_compares_runs_newest_first(store: str, artifacts: Path) -> None:
@@ -261,7 +278,13 @@ def test_runs_table_compares_runs_newest_first(store: str, artifacts: Path) -> N
         experiment_id,
         "minmax",
         {"method": "minmax", "calib_examples": "256"},
-        {"fp32_top1": 0.9125, "int8_top1": 0.8871, "top1_drop": 0.0254, "agreement_top1": 0.95, "calib_seconds": 12.34},
+        {
+            "accuracy/fp32_top1": 0.9125,
+            "accuracy/int8_top1": 0.8871,
+            "accuracy/top1_drop": 0.0254,
+            "accuracy/agreement_top1": 0.95,
+            "time/calib_seconds": 12.34,
+        },
         {"int8flow.model": "fashion_mnist_resnet", "int8flow.gate": "failed"},
         str(artifacts),
     )
@@ -270,9 +293,10 @@ def test_runs_table_compares_runs_newest_first(store: str, artifacts: Path) -> N
         experiment_id,
         "entropy",
         {"method": "entropy"},
-        {"fp32_top1": 0.9125, "int8_top1": 0.9087},
+        {"accuracy/fp32_top1": 0.9125, "accuracy/int8_top1": 0.9087},
         {"int8flow.model": "fashion_mnist_resnet", "int8flow.gate": "passed"},
         str(artifacts),
+        model=INT8_MODEL_TO_LOG,
     )
     register_int8_model(store, "fmnist-table", newer)
     client = tracking_client(store)
@@ -538,7 +562,8 @@ def test_the_best_policy_moves_the_alias_only_to_a_version_that_measured_at_leas
     from int8flow.tasks.tracking.run_logging import takes_alias
 
     experiment_id = experiment_for(store, "int8flow/alias-policy")
-    held = log_run(store, experiment_id, "held", {}, {"int8_top1": 91.5, "top1_drop": 0.3}, {}, str(artifacts))
+    held_metrics = {"accuracy/int8_top1": 91.5, "accuracy/top1_drop": 0.3}
+    held = log_run(store, experiment_id, "held", {}, held_metrics, {}, str(artifacts), model=INT8_MODEL_TO_LOG)
     register_int8_model(store, "fmnist-policy", held, alias="champion")
 
     def config(policy: str) -> RunConfig:
@@ -546,11 +571,73 @@ def test_the_best_policy_moves_the_alias_only_to_a_version_that_measured_at_leas
         return RunConfig.from_mapping({**values, "alias_policy": policy})
 
     best = config("best:int8_top1")
-    assert not takes_alias(store, best, {"int8_top1": 91.4})
-    assert takes_alias(store, best, {"int8_top1": 91.5})  # a tie goes to the newer version
+    assert not takes_alias(store, best, {"accuracy/int8_top1": 91.4})
+    assert takes_alias(store, best, {"accuracy/int8_top1": 91.5})  # a tie goes to the newer version
     assert not takes_alias(store, best, {})  # not measured (no validation): never over one that was
-    assert takes_alias(store, config("best:top1_drop"), {"top1_drop": 0.2})  # drops: lower is better
-    assert not takes_alias(store, config("best:top1_drop"), {"top1_drop": 0.4})
-    assert takes_alias(store, config("latest"), {"int8_top1": 10.0})
+    assert takes_alias(store, config("best:top1_drop"), {"accuracy/top1_drop": 0.2})  # drops: lower is better
+    assert not takes_alias(store, config("best:top1_drop"), {"accuracy/top1_drop": 0.4})
+    assert takes_alias(store, config("latest"), {"accuracy/int8_top1": 10.0})
     unheld = RunConfig.from_mapping({**best.as_dict(), "alias": "nightly"})
-    assert takes_alias(store, unheld, {"int8_top1": 10.0})  # the alias points nowhere yet
+    assert takes_alias(store, unheld, {"accuracy/int8_top1": 10.0})  # the alias points nowhere yet
+
+
+def test_the_int8_model_is_logged_as_an_onnx_model_with_the_graphs_signature(
+    store: str, artifacts: Path, tmp_path: Path
+) -> None:
+    client = tracking_client(store)
+    run_id = log_simple_run(store, experiment_for(store, "int8flow/logged-model"), artifacts)
+
+    (output,) = client.get_run(run_id).outputs.model_outputs
+    logged = client.get_logged_model(output.model_id)
+    assert (logged.name, logged.status, logged.source_run_id) == ("int8-model", LoggedModelStatus.READY, run_id)
+    folder = Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=logged.artifact_location, dst_path=str(tmp_path), tracking_uri=store
+        )
+    )
+    signature = Model.load(str(folder / "MLmodel")).signature
+    assert signature.inputs.to_dict() == [
+        {"name": "input", "type": "tensor", "tensor-spec": {"dtype": "float32", "shape": (-1, 1, 28, 28)}}
+    ]
+    assert signature.outputs.to_dict() == [
+        {"name": "logits", "type": "tensor", "tensor-spec": {"dtype": "float32", "shape": (-1, 10)}}
+    ]
+    assert sorted(path.name for path in folder.glob("*.onnx")) == ["model.onnx"]  # no external-data file
+    assert onnx.load(folder / "model.onnx").SerializeToString() == onnx.load(MODEL).SerializeToString()
+
+
+def test_a_registered_fp32_source_is_the_runs_input_model_and_its_version_the_int8_logged_model(
+    tmp_path: Path,
+) -> None:
+    """End to end through ``int8flow run``: FP32 from the registry in, INT8 registered out, linked."""
+    store = default_tracking_uri(str(tmp_path / "tracking"))
+    client = tracking_client(store)
+    fp32_run = log_run(
+        store,
+        experiment_for(store, "int8flow/fp32-source"),
+        "fp32",
+        {},
+        {},
+        {},
+        str(DEMO_MODEL.parent),
+        files=[DEMO_MODEL.name],
+        model=ModelToLog(DEMO_MODEL.name, "fp32-model"),
+    )
+    register_int8_model(store, "fmnist-fp32", fp32_run, model_name="fp32-model", alias="production")
+    (fp32_output,) = client.get_run(fp32_run).outputs.model_outputs
+
+    code = main(
+        ["run", "models:/fmnist-fp32@production", "--calib-data", f"{fashion_mnist_folder()}#train"]
+        + ["--val-data", f"{fashion_mnist_folder()}#t10k", "--preprocess", "mnist", "--calib-examples", "64"]
+        + ["--val-examples", "128", "--workers", "1", "--no-bias-correction", "--out", str(tmp_path / "out")]
+        + ["--tracking-uri", store, "--register", "fmnist-int8"]
+    )
+
+    assert code == 0
+    version = client.get_model_version_by_alias("fmnist-int8", "int8-candidate")
+    run = client.get_run(version.run_id)
+    assert [model.model_id for model in run.inputs.model_inputs] == [fp32_output.model_id]
+    (int8_output,) = run.outputs.model_outputs
+    assert version.source == f"models:/{int8_output.model_id}"
+    assert client.get_logged_model(int8_output.model_id).tags["int8flow.model"] == "models:/fmnist-fp32@production"
+    assert (version.tags["fp32_registered_name"], version.tags["fp32_registered_version"]) == ("fmnist-fp32", "1")

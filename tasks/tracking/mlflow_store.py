@@ -15,6 +15,7 @@ import os
 import posixpath
 import re
 import tempfile
+import threading
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -35,14 +36,17 @@ from mlflow.protos.databricks_pb2 import (
     RESOURCE_DOES_NOT_EXIST,
     ErrorCode,
 )
+from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 from mlflow.utils.credentials import get_default_host_creds
 from mlflow.utils.rest_utils import http_request
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
+from int8flow.schemas.metric_names import metric_key
 from int8flow.schemas.uri_redaction import redact_text
 from int8flow.tasks.graph.load import ModelLoadError
 from int8flow.tasks.outputs.atomic_files import TEMP_MARKER
 from int8flow.tasks.outputs.manifest import through_link
+from int8flow.tasks.tracking.logged_model import ModelToLog, log_onnx_model, run_logged_model
 from int8flow.tasks.tracking.sqlite_lock import database_lock
 from int8flow.tasks.tracking.store_uri import sqlite_file
 
@@ -62,6 +66,8 @@ SETTING_TAG_PREFIX = "int8flow.setting."
 # model development: runs with params, metrics and models.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+INT8_MODEL_NAME = "int8-model"
+"""The logged model of a run's ``model.int8.onnx``: what the registry makes versions of."""
 MODELS_URI_FORMS = "models:/<name>@<alias> or models:/<name>/<version>"
 
 TRACKING_CHECK_TIMEOUT_S = 5.0
@@ -70,6 +76,8 @@ SCHEMA_LOCK_TIMEOUT_S = 300.0
 """How long a first client waits while another process creates a SQLite store's tables (seconds, usually)."""
 
 _PROBE_ENDPOINT = "/api/2.0/mlflow/experiments/search"
+MODELS_SCHEME = "models:/"
+_LOGGED_MODEL_URI = re.compile(r"models:/(?P<model_id>m-[0-9a-f]+)")
 _MODELS_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>[0-9]+))")
 _NO_TAGS: Mapping[str, str] = MappingProxyType({})
 _READY_DATABASES: set[Path] = set()
@@ -240,8 +248,12 @@ def log_run(
     run_key: str | None = None,
     files: Collection[str] | None = None,
     span_ms: tuple[int, int] | None = None,
+    model: ModelToLog | None = None,
 ) -> str:
     """Log one calibration as one FINISHED run and return its id.
+
+    ``model``: an ONNX file of ``artifacts_dir`` to log as an MLflow model of the run too
+    (``logged_model``), so the registry can make a version of it.
 
     ``span_ms``: when the work started and ended (epoch milliseconds), so MLflow's Duration is the
     calibration's, not the logging's; None: now, as logged.
@@ -270,6 +282,8 @@ def log_run(
                 params=[Param(key, _param_value(value)) for key, value in _redacted(params).items()],
             )
             _log_artifacts(client, run_id, fs, root, files)
+            if model is not None:
+                log_onnx_model(client, experiment_id, run_id, fs.cat_file(f"{root.rstrip('/')}/{model.file}"), model)
         except BaseException:
             with suppress(MlflowException):
                 client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
@@ -282,22 +296,28 @@ def register_int8_model(
     tracking_uri: str,
     name: str,
     run_id: str,
-    artifact_path: str = "model.int8.onnx",
+    model_name: str = INT8_MODEL_NAME,
     tags: Mapping[str, str] = _NO_TAGS,
     alias: str | None = None,
 ) -> str:
-    """Register the run's INT8 model file as a version of ``name`` and return the version.
+    """Register the run's logged model ``model_name`` as a version of ``name`` and return the version.
 
-    ``create_model_version`` with the artifact's URI, because ``register_model("runs:/...")`` fails
-    for a plain file in MLflow 3. A version already made from this run is reused, so a retried task
-    keeps one version per run; its tags and the alias are (re)applied either way. The run gets the
-    version as tag ``int8flow.registered_version`` for the runs table.
+    The version's source is the logged model, ``models:/<model id>`` as ``mlflow.onnx.log_model``
+    registers one, so the registry shows the signature and links the model (a later run that takes
+    this version as its FP32 source finds the model from it, :func:`registered_model_id`). A version
+    already made from this run is reused, so a retried task keeps one version per run; its tags and
+    the alias are (re)applied either way. The run gets the version as tag
+    ``int8flow.registered_version`` for the runs table.
     """
     tags = _redacted(tags)
     client = tracking_client(tracking_uri)
     with reachable(tracking_uri):
-        run = client.get_run(run_id)
-        _require_artifact(client, run, artifact_path)
+        model = run_logged_model(client, run_id, model_name)
+        if model is None:
+            raise ValueError(
+                f"run {run_id} has no logged model {model_name!r}; log the INT8 model with the run "
+                "before registering it"
+            )
         _ensure_registered_model(client, name)
         versions = client.search_model_versions(f"name = {filter_literal(name)} and run_id = {filter_literal(run_id)}")
         if versions:
@@ -305,17 +325,41 @@ def register_int8_model(
             for key, value in tags.items():
                 client.set_model_version_tag(name, version, key, value)
         else:
-            source = f"{run.info.artifact_uri.rstrip('/')}/{artifact_path}"
-            version = client.create_model_version(name, source=source, run_id=run_id, tags=dict(tags)).version
+            with _resolving_models_in(tracking_uri):
+                version = client.create_model_version(
+                    name, source=f"{MODELS_SCHEME}{model.model_id}", run_id=run_id, tags=dict(tags)
+                ).version
         if alias is not None:
             client.set_registered_model_alias(name, alias, version)
         client.set_tag(run_id, REGISTERED_VERSION_TAG, str(version))
     return str(version)
 
 
+def registered_model_id(tracking_uri: str, name: str, version: str) -> str | None:
+    """The MLflow model behind registered version ``name``/``version`` (its ``models:/<id>`` source);
+    None for a version made from a plain file, which has none."""
+    client = tracking_client(tracking_uri)
+    with reachable(tracking_uri):
+        source = client.get_model_version(name, version).source
+    match = _LOGGED_MODEL_URI.fullmatch(source)
+    return None if match is None else match["model_id"]
+
+
+_GLOBAL_URI_LOCK = threading.Lock()
+
+
+@contextmanager
+def _resolving_models_in(tracking_uri: str) -> Iterator[None]:
+    """MLflow's SQLite registry looks a ``models:/<id>`` source up through a client of the
+    process-wide tracking URI (``SqlAlchemyStore.create_model_version``, a TODO of MLflow's), not of
+    the client that asked: that URI is ``tracking_uri`` for the call, under a lock, and restored."""
+    with _GLOBAL_URI_LOCK, _use_tracking_uri(tracking_uri):
+        yield
+
+
 def alias_metric(tracking_uri: str, name: str, alias: str, metric: str) -> float | None:
-    """``metric`` of the run behind ``name@alias``; None while the alias points nowhere (or that run
-    did not measure it)."""
+    """``metric`` (a plain name, ``metric_names``) of the run behind ``name@alias``; None while the
+    alias points nowhere (or that run did not measure it)."""
     client = tracking_client(tracking_uri)
     with reachable(tracking_uri):
         try:
@@ -325,7 +369,7 @@ def alias_metric(tracking_uri: str, name: str, alias: str, metric: str) -> float
             if error.error_code not in missing:
                 raise
             return None
-        value = client.get_run(version.run_id).data.metrics.get(metric)
+        value = client.get_run(version.run_id).data.metrics.get(metric_key(metric))
     return None if value is None else float(value)
 
 
@@ -469,16 +513,6 @@ def _is_temporary(file_name: str) -> bool:
     return file_name.startswith(".") and TEMP_MARKER in file_name
 
 
-def _require_artifact(client: MlflowClient, run: Run, artifact_path: str) -> None:
-    parent = posixpath.dirname(artifact_path)
-    present = [info.path for info in client.list_artifacts(run.info.run_id, parent or None) if not info.is_dir]
-    if artifact_path not in present:
-        raise ValueError(
-            f"run {run.info.run_id} has no artifact {artifact_path!r} (files there: {', '.join(present) or 'none'}); "
-            "log the INT8 model with the run before registering it"
-        )
-
-
 def _ensure_registered_model(client: MlflowClient, name: str) -> None:
     try:
         client.get_registered_model(name)
@@ -515,9 +549,9 @@ def _tag(key: str) -> Callable[[Run], str]:
     return lambda run: run.data.tags.get(key, "-")
 
 
-def _metric(key: str, digits: int) -> Callable[[Run], str]:
+def _metric(name: str, digits: int) -> Callable[[Run], str]:
     def cell(run: Run) -> str:
-        value = run.data.metrics.get(key)
+        value = run.data.metrics.get(metric_key(name))
         return "-" if value is None else f"{value:.{digits}f}"
 
     return cell

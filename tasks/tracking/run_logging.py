@@ -15,6 +15,7 @@ from mlflow.entities import SourceType
 from mlflow.utils.mlflow_tags import MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE, MLFLOW_USER
 
 from int8flow.schemas.alias_policy import at_least_as_good, ranking_metric
+from int8flow.schemas.metric_names import metric_key
 from int8flow.schemas.run_config import RunConfig
 from int8flow.schemas.run_folder import INT8_MODEL, MANIFEST_FILE
 from int8flow.schemas.stage_records import GateRecord
@@ -23,10 +24,12 @@ from int8flow.tasks.outputs.manifest import owned_outputs
 from int8flow.tasks.outputs.run_report import int8flow_version, read_run_report, run_metrics
 from int8flow.tasks.run.plan import RunPlan, load_plan, working_plan
 from int8flow.tasks.run.stages import load_record
+from int8flow.tasks.tracking.logged_model import ModelToLog
 from int8flow.tasks.tracking.mlflow_store import (
     CALIB_FINGERPRINT_TAG,
     EXPERIMENT_PREFIX,
     GATE_TAG,
+    INT8_MODEL_NAME,
     MODEL_SHA256_TAG,
     MODEL_TAG,
     PLAN_KEY_TAG,
@@ -38,6 +41,7 @@ from int8flow.tasks.tracking.mlflow_store import (
     experiment_for,
     log_run,
     register_int8_model,
+    registered_model_id,
 )
 
 
@@ -79,17 +83,36 @@ def track(
         MLFLOW_USER: getpass.getuser(),
         **origin.links,
     }
+    outputs = owned_outputs(plan.out)
+    params = plan.config.mlflow_params()
     return log_run(
         tracking_uri,
         experiment_id,
         run_name(plan, report["started"], tags[GATE_TAG]),
-        plan.config.mlflow_params(),
+        params,
         run_metrics(report),
         tags,
         plan.out,
         run_key=run_key,
-        files=[*owned_outputs(plan.out), MANIFEST_FILE],
+        files=[*outputs, MANIFEST_FILE],
         span_ms=(_epoch_ms(report["started"]), _epoch_ms(report["finished"])),
+        model=int8_model_to_log(plan, tracking_uri, params) if INT8_MODEL in outputs else None,
+    )
+
+
+def int8_model_to_log(plan: RunPlan, tracking_uri: str, params: Mapping[str, str]) -> ModelToLog:
+    """``model.int8.onnx`` as the run's logged model: its settings, its FP32 source (tags), and that
+    source as the run's input model when it came from the registry as an MLflow model."""
+    source_ids: tuple[str, ...] = ()
+    if plan.registered_name is not None and plan.registered_version is not None:
+        source_id = registered_model_id(tracking_uri, plan.registered_name, plan.registered_version)
+        source_ids = () if source_id is None else (source_id,)
+    return ModelToLog(
+        file=INT8_MODEL,
+        name=INT8_MODEL_NAME,
+        tags={MODEL_TAG: plan.model_uri, MODEL_SHA256_TAG: plan.model.sha256, GATE_TAG: gate_tag(plan)},
+        params=params,
+        source_model_ids=source_ids,
     )
 
 
@@ -140,7 +163,7 @@ def register(out: str, run_id: str, config: RunConfig | None = None) -> str | No
         return None
     metrics = run_metrics(read_run_report(plan))
     tracking_uri = working_plan(out, config).tracking_uri
-    tags = {name: f"{metrics[name]:g}" for name in VERSION_METRICS if name in metrics}
+    tags = {name: f"{metrics[metric_key(name)]:g}" for name in VERSION_METRICS if metric_key(name) in metrics}
     tags.update(
         {
             "fp32_model_uri": plan.model_uri,
@@ -155,7 +178,7 @@ def register(out: str, run_id: str, config: RunConfig | None = None) -> str | No
     alias = plan.config.alias or None
     if alias is not None and not takes_alias(tracking_uri, plan.config, metrics):
         alias = None
-    return register_int8_model(tracking_uri, plan.config.register, run_id, INT8_MODEL, tags, alias)
+    return register_int8_model(tracking_uri, plan.config.register, run_id, INT8_MODEL_NAME, tags, alias)
 
 
 def takes_alias(tracking_uri: str, config: RunConfig, metrics: Mapping[str, float]) -> bool:
@@ -169,7 +192,7 @@ def takes_alias(tracking_uri: str, config: RunConfig, metrics: Mapping[str, floa
     current = alias_metric(tracking_uri, config.register, config.alias, metric)
     if current is None:
         return True
-    return metric in metrics and at_least_as_good(metric, metrics[metric], current)
+    return metric_key(metric) in metrics and at_least_as_good(metric, metrics[metric_key(metric)], current)
 
 
 def run_name(plan: RunPlan, started: str, gate: str) -> str:
