@@ -27,6 +27,14 @@ RUN useradd --uid 50000 --gid 0 --home-dir /opt/airflow --no-create-home --shell
  && chown -R 50000:0 /opt/airflow /data \
  && chmod -R g+rwX /opt/airflow /data
 
+# The demo the trigger form opens with (dags/int8flow_airflow/params.py, form_defaults): Debian's
+# Fashion-MNIST (MIT) where the package puts it, /usr/share/datasets/fashion-mnist, which the `plan`
+# task checks. Version pinned: the data set the accuracy figures were measured on.
+ARG DEBIAN_FRONTEND=noninteractive
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends dataset-fashion-mnist=0.0~git20200523.55506a9-1 \
+ && rm -rf /var/lib/apt/lists/*
+
 # The install step of the Makefile and CI: constraints.txt pins every version. Extra `postgres`
 # brings the metadata database drivers (psycopg2 for sync, asyncpg for Airflow's async engine).
 WORKDIR /src/int8flow
@@ -42,6 +50,9 @@ RUN python -m venv "$VIRTUAL_ENV" \
 # DAG files live outside site-packages, where AIRFLOW__CORE__DAGS_FOLDER points (compose.yaml);
 # they import the installed int8flow package. Owned by root: read-only at run time.
 COPY dags/ /opt/airflow/dags/
+# The form's default model: params.py finds it beside the DAG folder, at ../examples/models, as in
+# a checkout. worker.Dockerfile puts it at the same path, since the workers open the path `plan` records.
+COPY examples/models/fashion_mnist_resnet.onnx /opt/airflow/examples/models/fashion_mnist_resnet.onnx
 COPY --chmod=0755 docker/airflow-init.sh /usr/local/bin/int8flow-airflow-init
 
 USER airflow

@@ -4,7 +4,15 @@
 # extra (cupy-cuda13x, cuda-toolkit[cublas,cudart,curand,nvrtc], dask-cuda[cu13]) by the same
 # constraints-pinned pip step CI runs.
 # Build from the repository root:  docker build -f docker/worker.Dockerfile .
-#
+
+# Debian's Fashion-MNIST (MIT), the data set of the trigger form's defaults: installed from Debian
+# bookworm, the Airflow image's base, at the same pinned version, so Airflow and the workers read the
+# same files; the Ubuntu-based worker image copies them from this stage.
+FROM python:3.11.14-slim-bookworm AS fashion-mnist
+ARG DEBIAN_FRONTEND=noninteractive
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends dataset-fashion-mnist=0.0~git20200523.55506a9-1
+
 # Base: the CUDA 13.0 `base` image, the smallest one: the driver hook-up for the NVIDIA Container
 # Toolkit (NVIDIA_* variables, the CUDA-version check) and libcudart, no CUDA libraries or headers.
 # Everything CUDA that CuPy loads comes from pip wheels instead, found through cuda-pathfinder:
@@ -40,6 +48,11 @@ RUN useradd --uid 50000 --gid 0 --create-home --home-dir /home/int8flow --shell 
  && chown -R 50000:0 /data \
  && chmod -R g+rwX /data
 
+# The workers read the data shards of the form's default calibration and validation data from
+# /usr/share/datasets/fashion-mnist, as Airflow's `plan` found them; the licence comes along.
+COPY --from=fashion-mnist /usr/share/datasets/fashion-mnist /usr/share/datasets/fashion-mnist
+COPY --from=fashion-mnist /usr/share/doc/dataset-fashion-mnist/copyright /usr/share/doc/dataset-fashion-mnist/copyright
+
 # The install step of the Makefile and CI: constraints.txt pins every version. Extra `gpu`:
 # CuPy, the CUDA library and header wheels, and dask-cuda; extra `dashboard`: bokeh, which the
 # Dask scheduler's dashboard needs.
@@ -52,6 +65,10 @@ COPY tasks/ tasks/
 RUN python3.11 -m venv "$VIRTUAL_ENV" \
  && pip install --constraint constraints.txt '.[gpu,dashboard]' \
  && rm -rf build ./*.egg-info
+
+# The form's default model, at the path the Airflow image has it (/opt/airflow/dags/../examples/models,
+# where params.py finds it): `plan` records the model's path, and every worker opens that path.
+COPY examples/models/fashion_mnist_resnet.onnx /opt/airflow/examples/models/fashion_mnist_resnet.onnx
 
 USER int8flow
 WORKDIR /home/int8flow

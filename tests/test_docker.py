@@ -2,15 +2,20 @@
 
 What a `docker compose up` would trip over first is checked statically: the compose file and its
 references (Dockerfiles, variables, volumes, services), the Dockerfiles' install step and copied
-paths, the secrets template. Where the `docker` CLI exists, `docker compose config` checks the rest.
+paths, the secrets template, and that the images hold the demo model and data the trigger form's
+defaults name. Where the `docker` CLI exists, `docker compose config` checks the rest.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import posixpath
 import re
 import shlex
 import shutil
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -21,6 +26,7 @@ from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
+DAGS = ROOT / "dags"
 COMPOSE_FILE = DOCKER / "compose.yaml"
 ENV_TEMPLATE = DOCKER / "env.template"
 
@@ -38,6 +44,8 @@ SERVICES = {
 AIRFLOW_SERVICES = sorted(name for name in SERVICES if name.startswith("airflow-"))
 PUBLISHED_CONTAINER_PORTS = {"airflow-apiserver": {8080}, "mlflow": {5000}, "dask-scheduler": {8787}}
 RUNS_DIR = "/data/int8flow-runs"
+DATASET_PACKAGE = "dataset-fashion-mnist"
+"""The Debian package of the form's default data (Fashion-MNIST), installed in the images at build time."""
 
 # ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}, ${VAR?error}, ${VAR:+alt}; $$ escapes.
 VARIABLE = re.compile(r"(?<!\$)\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<op>:?[-?+])?(?P<arg>[^}]*)\}")
@@ -100,18 +108,56 @@ def instructions(dockerfile: Path) -> list[tuple[str, str]]:
     return result
 
 
-def copies(dockerfile: Path) -> list[tuple[list[str], str]]:
-    """``(sources, destination)`` of each COPY from the build context (not ``--from`` a stage)."""
-    result = []
+def stages(dockerfile: Path) -> list[tuple[str, list[tuple[str, str]]]]:
+    """``(name, instructions)`` of each build stage in order (unnamed ones by index); the last is the image."""
+    result: list[tuple[str, list[tuple[str, str]]]] = []
     for keyword, arguments in instructions(dockerfile):
+        if keyword == "FROM":
+            words = arguments.split()
+            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else str(len(result))
+            result.append((name, []))
+        else:
+            assert result, f"{dockerfile.name}: {keyword} before the first FROM"
+            result[-1][1].append((keyword, arguments))
+    return result
+
+
+def copy_steps(steps: list[tuple[str, str]]) -> list[tuple[str | None, list[str], str]]:
+    """``(stage or None for the build context, sources, destination)`` of each COPY in ``steps``."""
+    result = []
+    for keyword, arguments in steps:
         if keyword != "COPY":
             continue
         words = shlex.split(arguments)
-        flags = [word for word in words if word.startswith("--")]
+        stage = next((word.removeprefix("--from=") for word in words if word.startswith("--from=")), None)
         paths = [word for word in words if not word.startswith("--")]
-        if any(flag.startswith("--from=") for flag in flags):
+        result.append((stage, paths[:-1], paths[-1]))
+    return result
+
+
+def copies(dockerfile: Path) -> list[tuple[list[str], str]]:
+    """``(sources, destination)`` of each COPY from the build context (not ``--from`` a stage)."""
+    return [(sources, destination) for stage, sources, destination in copy_steps(instructions(dockerfile)) if not stage]
+
+
+def copied_to(source: str, destination: str) -> str:
+    """Where COPY puts ``source``: into ``destination`` when that ends in ``/``, else at it."""
+    return destination + posixpath.basename(source.rstrip("/")) if destination.endswith("/") else destination
+
+
+def apt_installs(steps: list[tuple[str, str]]) -> dict[str, str]:
+    """Package -> pinned version ("" when unpinned) of every ``apt-get install`` in ``steps``' RUNs."""
+    result = {}
+    for keyword, arguments in steps:
+        if keyword != "RUN":
             continue
-        result.append((paths[:-1], paths[-1]))
+        for command in re.split(r"&&|\|\||;", arguments):
+            words = shlex.split(command)
+            if words[:2] == ["apt-get", "install"]:
+                for word in words[2:]:
+                    if not word.startswith("-"):
+                        name, _, version = word.partition("=")
+                        result[name] = version
     return result
 
 
@@ -375,6 +421,123 @@ def test_dags_folder_is_where_the_airflow_image_puts_dags() -> None:
         assert built_dockerfiles()[name] == airflow_dockerfile.resolve()
         dags_folder = services()[name]["environment"]["AIRFLOW__CORE__DAGS_FOLDER"]
         assert dags_folder.rstrip("/") == destinations[0].rstrip("/")
+
+
+@pytest.fixture(scope="module")
+def deployed_form_defaults(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """The trigger form's defaults as ``params.form_defaults`` computes them with the environment of
+    compose's Airflow scheduler (the container whose tasks plan and build), from this checkout.
+
+    Imported in a child process: importing Airflow reads ``AIRFLOW_HOME`` once per process, and the
+    Airflow tests of the same session use their own.
+    """
+    environment = {key: str(value) for key, value in services()["airflow-scheduler"]["environment"].items()}
+    script = (
+        "import json, sys\n"
+        "from int8flow_airflow.params import form_defaults\n"
+        "defaults = form_defaults(json.loads(sys.argv[1]))\n"
+        "print(json.dumps({name: value for name, (value, _) in defaults.items()}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(environment)],
+        env={**os.environ, "AIRFLOW_HOME": str(tmp_path_factory.mktemp("airflow-home")), "PYTHONPATH": str(DAGS)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def path_in_image(path: str, dags_folder: str) -> str:
+    """Where the default ``path`` of a checkout file points inside an image whose DAG folder is ``dags_folder``.
+
+    ``params.py`` finds the demo model relative to its own location, so in the image the model's default is
+    at the same place relative to the DAG folder as in the checkout.
+    """
+    return posixpath.normpath(posixpath.join(dags_folder, os.path.relpath(path, DAGS)))
+
+
+def demo_readers() -> dict[str, Path]:
+    """Services that read models and data (those told where they are by ``INT8FLOW_DATA_DIR``) -> Dockerfile."""
+    return {
+        name: built_dockerfiles()[name]
+        for name, service in services().items()
+        if "INT8FLOW_DATA_DIR" in service.get("environment", {})
+    }
+
+
+def demo_paths(defaults: dict[str, object]) -> tuple[str, str, str]:
+    """``(model in the checkout, model in the images, data folder)`` of the form's defaults."""
+    dags_folder = services()["airflow-scheduler"]["environment"]["AIRFLOW__CORE__DAGS_FOLDER"]
+    model = str(defaults["model"])
+    folders = {str(defaults[name]).partition("#")[0] for name in ("calib_data", "val_data")}
+    assert len(folders) == 1, f"calibration and validation defaults name different data sets: {sorted(folders)}"
+    return model, path_in_image(model, dags_folder), folders.pop()
+
+
+def test_images_that_read_models_and_data_hold_the_forms_demo(deployed_form_defaults: dict[str, object]) -> None:
+    # The form as it opens must be a run that works in the compose deployment: Airflow's `plan` checks
+    # the model and data, the workers open the model and read their data shards, all by these paths.
+    model, model_in_image, data_folder = demo_paths(deployed_form_defaults)
+    readers = demo_readers()
+    assert set(readers) >= {"airflow-scheduler", "dask-worker"}
+    versions = set()
+    for dockerfile in sorted(set(readers.values())):
+        built = stages(dockerfile)
+        image_steps = built[-1][1]
+        steps_by_stage = dict(built)
+        copied = copy_steps(image_steps)
+
+        model_copies = [
+            destination
+            for stage, sources, destination in copied
+            if not stage and sources == [Path(model).relative_to(ROOT).as_posix()]
+        ]
+        assert [copied_to(model, destination) for destination in model_copies] == [model_in_image], (
+            f"{dockerfile.name} should COPY the demo model once to {model_in_image}, where the form's default points"
+        )
+
+        installs = apt_installs(image_steps)
+        if DATASET_PACKAGE not in installs:
+            stages_copied_from = [
+                stage
+                for stage, sources, destination in copied
+                if stage and sources == [data_folder] and copied_to(data_folder, destination) == data_folder
+            ]
+            assert stages_copied_from, f"{dockerfile.name} neither installs {DATASET_PACKAGE} nor copies {data_folder}"
+            installs = apt_installs(steps_by_stage[stages_copied_from[0]])
+            assert DATASET_PACKAGE in installs, (
+                f"{dockerfile.name}: stage {stages_copied_from[0]} lacks {DATASET_PACKAGE}"
+            )
+        versions.add(installs[DATASET_PACKAGE])
+    assert len(versions) == 1 and "" not in versions, (
+        f"pin one version of {DATASET_PACKAGE} in every image (found {sorted(versions)}): Airflow and the workers "
+        "must read the same data"
+    )
+
+
+def test_no_volume_hides_the_demo_in_the_images(deployed_form_defaults: dict[str, object]) -> None:
+    _, model_in_image, data_folder = demo_paths(deployed_form_defaults)
+    for name in demo_readers():
+        for volume in services()[name].get("volumes", []):
+            target = with_defaults(volume).split(":")[1] if isinstance(volume, str) else volume["target"]
+            for path in (model_in_image, data_folder):
+                assert not Path(path).is_relative_to(target), f"{name}: volume {volume} hides {path} of the image"
+
+
+def _debian_package_installed(package: str) -> bool:
+    if shutil.which("dpkg") is None:
+        return False
+    return subprocess.run(["dpkg", "-s", package], capture_output=True, check=False).returncode == 0
+
+
+@pytest.mark.skipif(not _debian_package_installed(DATASET_PACKAGE), reason=f"no {DATASET_PACKAGE} here (make data)")
+def test_the_dataset_package_installs_the_forms_data_folder(deployed_form_defaults: dict[str, object]) -> None:
+    _, _, data_folder = demo_paths(deployed_form_defaults)
+    listed = subprocess.run(["dpkg", "-L", DATASET_PACKAGE], capture_output=True, text=True, check=True).stdout
+    assert data_folder in listed.splitlines(), f"{DATASET_PACKAGE} does not install {data_folder}"
 
 
 def test_extras_the_images_install_are_declared_in_pyproject() -> None:
