@@ -115,13 +115,14 @@ def run_origin() -> RunOrigin:
     context = get_current_context()
     dag_id, run_id = context["dag"].dag_id, context["run_id"]
     logical_date = context["dag_run"].logical_date
+    url = build_airflow_dagrun_url(dag_id, run_id)
     links = {
         "airflow.dag_id": dag_id,
         "airflow.run_id": run_id,
         "airflow.logical_date": logical_date.astimezone(UTC).isoformat() if logical_date else "",
-        "airflow.url": build_airflow_dagrun_url(dag_id, run_id),
+        "airflow.url": url,
     }
-    return RunOrigin(f"airflow:{dag_id}", "JOB", links)
+    return RunOrigin(f"airflow:{dag_id}", "JOB", links, page=url)
 
 
 def track_this_run(out: str) -> str:

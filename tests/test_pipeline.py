@@ -172,6 +172,15 @@ def test_mlflow_holds_the_run_and_the_registered_version(
     assert run.data.tags["int8flow.model_sha256"] == report["model"]["sha256"]
     assert run.data.tags["int8flow.gate"] == "passed"
     assert (run.data.tags["mlflow.source.name"], run.data.tags["mlflow.source.type"]) == ("int8flow run", "LOCAL")
+    accuracy, attempts = report["accuracy"], len(report["gate"]["attempts"])
+    assert run.data.tags["mlflow.note.content"] == (  # the run's description in MLflow
+        f"INT8 calibration of `{MODEL}`: method percentile, {CALIB_EXAMPLES} calibration examples, "
+        "bias correction on.\n\n"
+        f"Top-1 on {VAL_EXAMPLES} validation examples: FP32 {accuracy['fp32_top1']:.2f}%, "
+        f"INT8 {accuracy['int8_top1']:.2f}% (drop {accuracy['top1_drop']:.2f} points); "
+        f"gate passed (max top-1 drop 1, {attempts} attempt(s)).\n\n"
+        "Started by `int8flow run`."
+    )
     span = [datetime.fromisoformat(report[key]).timestamp() * 1000 for key in ("started", "finished")]
     assert [run.info.start_time, run.info.end_time] == span
     artifacts = {item.path for item in client.list_artifacts(run.info.run_id)}

@@ -10,9 +10,10 @@ import getpass
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from mlflow.entities import SourceType
-from mlflow.utils.mlflow_tags import MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE, MLFLOW_USER
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE, MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE, MLFLOW_USER
 
 from int8flow.schemas.alias_policy import at_least_as_good, ranking_metric
 from int8flow.schemas.metric_names import metric_key
@@ -53,6 +54,8 @@ class RunOrigin:
     source_name: str = "int8flow run"
     source_type: str = SourceType.to_string(SourceType.LOCAL)
     links: Mapping[str, str] = field(default_factory=dict)
+    page: str | None = None
+    """Where a reader goes back to (an Airflow DAG run's page), linked from the run's description."""
 
 
 def track(
@@ -81,6 +84,7 @@ def track(
         MLFLOW_SOURCE_NAME: origin.source_name,
         MLFLOW_SOURCE_TYPE: origin.source_type,
         MLFLOW_USER: getpass.getuser(),
+        MLFLOW_RUN_NOTE: run_description(plan, report, origin),
         **origin.links,
     }
     outputs = owned_outputs(plan.out)
@@ -193,6 +197,35 @@ def takes_alias(tracking_uri: str, config: RunConfig, metrics: Mapping[str, floa
     if current is None:
         return True
     return metric_key(metric) in metrics and at_least_as_good(metric, metrics[metric_key(metric)], current)
+
+
+def run_description(plan: RunPlan, report: Mapping[str, Any], origin: RunOrigin) -> str:
+    """The run's description (Markdown, MLflow's run page and runs table): what was calibrated, how,
+    the accuracy and the gate's verdict in a sentence each, and where the run came from."""
+    config = plan.config
+    lines = [
+        f"INT8 calibration of `{redact_uri(plan.model_uri)}`: method {config.method}, "
+        f"{report['data']['calibration']['examples']} calibration examples, bias correction "
+        f"{'on' if config.bias_correction else 'off'}."
+    ]
+    accuracy = report.get("accuracy")
+    if accuracy is None:
+        lines.append("Not validated (no validation data).")
+    else:
+        lines.append(
+            f"Top-1 on {accuracy['examples']} validation examples: FP32 {accuracy['fp32_top1']:.2f}%, "
+            f"INT8 {accuracy['int8_top1']:.2f}% (drop {accuracy['top1_drop']:.2f} points); gate "
+            + _gate_text(report["gate"], config.max_top1_drop)
+        )
+    lines.append(f"Started by `{origin.source_name}`" + (f": <{origin.page}>" if origin.page else "."))
+    return "\n\n".join(lines)
+
+
+def _gate_text(gate: Mapping[str, Any], max_top1_drop: float | None) -> str:
+    if max_top1_drop is None:
+        return "not set."
+    verdict = "passed" if gate["passed"] else "**failed**"
+    return f"{verdict} (max top-1 drop {max_top1_drop:g}, {len(gate['attempts'])} attempt(s))."
 
 
 def run_name(plan: RunPlan, started: str, gate: str) -> str:
