@@ -67,18 +67,21 @@ log = logging.getLogger("int8flow.int8_requantize")
 
 
 class ProgressLog:
-    """A ``ProgressSink`` (``int8flow.tasks.distributed.fanout``): shard progress in the task log, every 10 s."""
+    """A ``ProgressSink`` (``int8flow.tasks.distributed.fanout``): each step's progress in the task log,
+    its start and end and every 10 s between, e.g. ``gate: sensitivity 12/40 nodes, ...``."""
 
     def __init__(self, every_seconds: float = 10.0) -> None:
         self.every_seconds = every_seconds
         self.last = -every_seconds
 
     def __call__(self, stage: str, done: int, total: int, examples: int, seconds: float) -> None:
+        from int8flow.tasks.distributed.fanout import job_unit
+
         now = time.monotonic()
         if done in (0, total) or now - self.last >= self.every_seconds:
             self.last = now
             rate = f", {examples / seconds:.1f} examples/s" if seconds else ""
-            log.info("%s: %d/%d shards, %d examples, %.1f s%s", stage, done, total, examples, seconds, rate)
+            log.info("%s %d/%d %s, %d examples, %.1f s%s", stage, done, total, job_unit(stage), examples, seconds, rate)
 
 
 @contextlib.contextmanager

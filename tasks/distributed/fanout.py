@@ -23,6 +23,16 @@ def quiet(stage: str, done: int, total: int, examples: int, seconds: float) -> N
     """A progress sink that shows nothing (library use, tests)."""
 
 
+JOB_UNITS = {"gate: sensitivity": "nodes", "choose": "tensor shares"}
+"""What one job of a stage covers, where it is not a shard of the data: the sensitivity ranking
+runs one candidate node per job, the ``auto`` method's choice one share of the tensors."""
+
+
+def job_unit(stage: str) -> str:
+    """The word for what ``done`` and ``total`` of a ``stage``'s progress count, for sinks that print it."""
+    return JOB_UNITS.get(stage, "shards")
+
+
 def run_shards(
     client: Client,
     stage: str,

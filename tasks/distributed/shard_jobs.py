@@ -42,7 +42,7 @@ from int8flow.tasks.graph.load import import_model, load_model
 from int8flow.tasks.graph.onnxruntime_engine import FP32Executor, OnnxRuntimeExecutor, deployment_session
 from int8flow.tasks.graph.quantize_pass import QuantizationOptions, quantize_graph
 from int8flow.tasks.graph.simplify import simplify
-from int8flow.tasks.validation.sensitivity import rank_sensitivity
+from int8flow.tasks.validation.sensitivity import Fp32Reference, fp32_reference, node_errors
 
 TOP_K = 5
 
@@ -243,11 +243,19 @@ def _hits(ranks: np.ndarray, labels: np.ndarray) -> tuple[int, int]:
 def rank_shard(model: ModelRef, int8: Int8Ref, spec: ShardSpec, candidates: tuple[str, ...], share: int) -> RankedNodes:
     """The sensitivity of ``candidates`` (share ``share`` of the fallback's candidates) on the slice ``spec``."""
     graph = fp32_graph(model)
-    batches = [batch.inputs for batch in _Tally().usable(_batches(spec, graph))]
-    inputs = {graph.inputs[0].name: np.concatenate(batches)}
+    reference = _sensitivity_reference(model, spec)
     backend = select_backend(model.device)
-    nodes = rank_sensitivity(graph, calibration_table(int8), int8.options, inputs, backend, candidates=candidates)
-    return RankedNodes(share, len(inputs[graph.inputs[0].name]) * len(candidates), tuple(nodes))
+    nodes = node_errors(graph, calibration_table(int8), int8.options, reference, backend, candidates)
+    return RankedNodes(share, reference.examples * len(candidates), tuple(nodes))
+
+
+@functools.lru_cache(maxsize=1)
+def _sensitivity_reference(model: ModelRef, spec: ShardSpec) -> Fp32Reference:
+    """The slice and its FP32 outputs, once per worker for all the ranking's tasks (one per node);
+    one entry, so a long-lived worker keeps only the last ranking's slice."""
+    graph = fp32_graph(model)
+    batches = [batch.inputs for batch in _Tally().usable(_batches(spec, graph))]
+    return fp32_reference(graph, {graph.inputs[0].name: np.concatenate(batches)}, select_backend(model.device))
 
 
 def top_k(logits: np.ndarray) -> np.ndarray:

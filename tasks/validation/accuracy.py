@@ -55,13 +55,18 @@ def int8_ref(plan: RunPlan, extra_exclude: tuple[str, ...] = ()) -> Int8Ref:
 
 
 def validate_int8(
-    plan: RunPlan, client: Client, extra_exclude: tuple[str, ...] = (), progress: ProgressSink = quiet
+    plan: RunPlan,
+    client: Client,
+    extra_exclude: tuple[str, ...] = (),
+    progress: ProgressSink = quiet,
+    stage: str = "validate",
 ) -> Accuracy:
-    """FP32, INT8 and deployed-INT8 accuracy over the validation shards, with ``extra_exclude`` kept in FP32."""
+    """FP32, INT8 and deployed-INT8 accuracy over the validation shards, with ``extra_exclude`` kept in
+    FP32; progress as ``stage`` (a gate attempt names itself)."""
     if plan.validation is None:
         raise ValueError("this run has no validation data; pass --val-data to validate and gate it")
     int8 = int8_ref(plan, extra_exclude)
     deploy = plan.config.deploy_runtime
     threads = threads_per_task(client)
     jobs = [(plan.model, spec, int8, deploy, threads) for spec in plan.shard_specs(plan.validation)]
-    return accuracy_of(run_shards(client, "validate", validate_shard, jobs, progress), deploy)
+    return accuracy_of(run_shards(client, stage, validate_shard, jobs, progress), deploy)

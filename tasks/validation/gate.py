@@ -13,7 +13,7 @@ users deploy it with must not pass.
 Ranking costs one INT8 pass over the slice per candidate node, more than the whole validation of a
 model with a hundred convs, so it runs only when the fallback needs it (the first attempt failed and
 the budget allows a fallback) or when asked (``--rank-sensitivity``, for the report's chart), and
-then on the workers, the candidates shared among them.
+then on the workers, one task per candidate.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from dataclasses import dataclass, field, replace
 from distributed import Client
 
 from int8flow.schemas.stage_records import Accuracy, GateAttempt, NodeSensitivity
-from int8flow.tasks.data.sharding import contiguous_shares
 from int8flow.tasks.distributed.fanout import ProgressSink, quiet, run_shards
 from int8flow.tasks.distributed.shard_jobs import fp32_graph, rank_shard
 from int8flow.tasks.run.plan import RunPlan
@@ -51,8 +50,21 @@ class GateResult:
         return min(self.attempts, key=lambda attempt: (attempt.accuracy.gate_top1_drop, len(attempt.excluded)))
 
 
+SENSITIVITY_STAGE = "gate: sensitivity"
+"""The progress stage of the ranking, one job per candidate node (``fanout.job_unit``)."""
+
+
+def attempt_stage(attempt: int, attempts: int) -> str:
+    """The progress stage of fallback attempt ``attempt`` (the first is the validate stage's result)."""
+    return f"gate: attempt {attempt}/{attempts} validate"
+
+
 def apply_gate(plan: RunPlan, client: Client, first: Accuracy, progress: ProgressSink = quiet) -> GateResult:
-    """Check ``first`` against the gate; on failure, fall back node by node within the budget."""
+    """Check ``first`` against the gate; on failure, fall back node by node within the budget.
+
+    Progress: the ranking as ``SENSITIVITY_STAGE``, nodes ranked of all candidates, then each
+    fallback attempt's validation as ``attempt_stage``, shards of the validation set; the attempts'
+    total is the most the budget allows, an attempt that passes ends them early."""
     limit = plan.config.max_top1_drop
     attempts = [GateAttempt((), first, limit is None or first.gate_top1_drop <= limit)]
     fallback = limit is not None and not attempts[0].passed and plan.config.fallback_budget > 0
@@ -60,10 +72,12 @@ def apply_gate(plan: RunPlan, client: Client, first: Accuracy, progress: Progres
     if not fallback:
         return GateResult(limit, tuple(attempts), ranking)
     assert limit is not None
+    fallbacks = ranking[: plan.config.fallback_budget]
     excluded: tuple[str, ...] = ()
-    for node in ranking[: plan.config.fallback_budget]:
+    for node in fallbacks:
         excluded += (node.node,)
-        accuracy = validate_int8(plan, client, excluded, progress)
+        stage = attempt_stage(len(attempts) + 1, len(fallbacks) + 1)
+        accuracy = validate_int8(plan, client, excluded, progress, stage)
         attempts.append(GateAttempt(excluded, accuracy, accuracy.gate_top1_drop <= limit))
         if attempts[-1].passed:
             break
@@ -74,8 +88,9 @@ def rank_nodes(plan: RunPlan, client: Client, progress: ProgressSink = quiet) ->
     """Every fallback candidate, most sensitive first (ties in graph order), ranked on the workers.
 
     The slice is the first ``--sensitivity-examples`` validation examples (undecodable ones skipped);
-    the candidates are split into contiguous shares, one Dask task each, and the shares' errors are
-    the same numbers one process would compute, so the ranking does not depend on the split.
+    each candidate is one Dask task, so progress counts nodes, and each worker runs the slice in
+    FP32 once for all its tasks (``shard_jobs.rank_shard``). A candidate's error is the same number
+    whichever worker measures it, so the ranking does not depend on the split.
     """
     assert plan.validation is not None
     candidates = quantizable_nodes(fp32_graph(plan.model), plan.quantization_options())
@@ -85,9 +100,8 @@ def rank_nodes(plan: RunPlan, client: Client, progress: ProgressSink = quiet) ->
     count = min(plan.config.sensitivity_examples, plan.validation.sample)
     slice_spec = replace(whole, total=count, sample=count, seed=None, shard=0, shards=1, on_bad_image="skip")
     int8 = int8_ref(plan)
-    jobs = [
-        (plan.model, int8, slice_spec, mine, share)
-        for share, mine in enumerate(contiguous_shares(candidates, plan.shards))
+    jobs = [(plan.model, int8, slice_spec, (node,), index) for index, node in enumerate(candidates)]
+    ranked = [
+        node for result in run_shards(client, SENSITIVITY_STAGE, rank_shard, jobs, progress) for node in result.nodes
     ]
-    ranked = [node for result in run_shards(client, "rank", rank_shard, jobs, progress) for node in result.nodes]
     return tuple(sorted(ranked, key=lambda node: node.error, reverse=True))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from types import ModuleType
 
 import numpy as np
@@ -50,6 +50,35 @@ def quantizable_nodes(graph: Graph, options: QuantizationOptions) -> list[str]:
     ]
 
 
+@dataclass(frozen=True)
+class Fp32Reference:
+    """The FP32 side of a ranking, the same for every candidate: the slice in batches and the FP32
+    outputs of each batch (on the host), with their total energy, the errors' normaliser."""
+
+    batches: tuple[dict[str, np.ndarray], ...]
+    outputs: tuple[dict[str, np.ndarray], ...]
+    energy: float
+
+    @property
+    def examples(self) -> int:
+        return sum(len(next(iter(batch.values()))) for batch in self.batches)
+
+
+def fp32_reference(
+    graph: Graph, inputs: Mapping[str, np.ndarray], xp: ModuleType = np, batch_size: int = DEFAULT_BATCH_SIZE
+) -> Fp32Reference:
+    """Run ``inputs`` through the FP32 graph ``batch_size`` at a time (bounded memory)."""
+    batches = tuple(_batches(inputs, batch_size))
+    fp32 = GraphExecutor(graph, xp)
+    outputs = tuple(_host_outputs(fp32, batch) for batch in batches)
+    energy = math.fsum(value for output in outputs for y in output.values() for value in example_squares(y))
+    if energy == 0.0:
+        raise ValueError(
+            f"{graph.source}: the FP32 outputs are all zero on these inputs; the normalised error is undefined"
+        )
+    return Fp32Reference(batches, outputs, energy)
+
+
 def rank_sensitivity(
     graph: Graph,
     table: CalibrationTable,
@@ -74,20 +103,28 @@ def rank_sensitivity(
     are added exactly (``math.fsum``), so the result does not depend on how the examples are batched
     as long as the backend's per-example outputs do not.
 
-    ``candidates``: rank only these (a worker's share of ``quantizable_nodes``); every other
-    candidate stays FP32 as before, and the normalisation is the same, so shares ranked on different
-    workers merge into the ranking of the whole.
+    ``candidates``: rank only these (a worker's share of ``quantizable_nodes``); see ``node_errors``.
+    """
+    return node_errors(graph, table, options, fp32_reference(graph, inputs, xp, batch_size), xp, candidates)
+
+
+def node_errors(
+    graph: Graph,
+    table: CalibrationTable,
+    options: QuantizationOptions,
+    reference: Fp32Reference,
+    xp: ModuleType = np,
+    candidates: Sequence[str] | None = None,
+) -> list[NodeSensitivity]:
+    """``rank_sensitivity`` against a reference computed before, so that ranking the candidates a few
+    at a time (one Dask task per node, for progress) runs the FP32 slice once per worker, not per task.
+
+    ``candidates``: rank only these; every other candidate stays FP32 as before, and the
+    normalisation is the same, so candidates ranked on different workers merge into the ranking of
+    the whole.
     """
     everyone = quantizable_nodes(graph, options)
     mine = everyone if candidates is None else list(candidates)
-    batches = list(_batches(inputs, batch_size))
-    fp32 = GraphExecutor(graph, xp)
-    reference = [_host_outputs(fp32, batch) for batch in batches]
-    energy = math.fsum(value for outputs in reference for y in outputs.values() for value in example_squares(y))
-    if energy == 0.0:
-        raise ValueError(
-            f"{graph.source}: the FP32 outputs are all zero on these inputs; the normalised error is undefined"
-        )
     op_types = {node.name: node.op_type for node in graph.nodes}
     ranking = []
     for name in mine:
@@ -95,11 +132,11 @@ def rank_sensitivity(
         executor = GraphExecutor(quantize_graph(graph, table, alone), xp, INT8_OPS)
         squared = math.fsum(
             value
-            for batch, expected in zip(batches, reference)
+            for batch, expected in zip(reference.batches, reference.outputs)
             for output, y in _host_outputs(executor, batch).items()
             for value in example_squares(y.astype(np.float64) - expected[output])
         )
-        ranking.append(NodeSensitivity(name, op_types[name], squared / energy))
+        ranking.append(NodeSensitivity(name, op_types[name], squared / reference.energy))
     return sorted(ranking, key=lambda item: item.error, reverse=True)
 
 
