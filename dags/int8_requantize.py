@@ -52,8 +52,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import dag, get_current_context, task
-from airflow.sdk.exceptions import AirflowFailException
-from int8flow_airflow.failures import RETRY_ARGS, bad_input_fails_at_once
+from int8flow_airflow.failures import RETRY_ARGS, FailedAtOnce, bad_input_fails_at_once
 from int8flow_airflow.mlflow_link import MLFLOW_RUN_URL_KEY, MlflowRunLink
 from int8flow_airflow.params import airflow_home, form_words, run_config_values, run_output_dir, run_params
 
@@ -136,9 +135,14 @@ def track_this_run(out: str) -> str:
     config = run_config(out)
     tracked = tracked_run(out, track(out, run_key(), config, run_origin()), config)
     log.info("%s", tracked.text())
-    if tracked.url:
-        get_current_context()["ti"].xcom_push(key=MLFLOW_RUN_URL_KEY, value=tracked.url)
+    push_mlflow_run_url(tracked.url)
     return tracked.run_id
+
+
+def push_mlflow_run_url(url: str | None) -> None:
+    """What the task's "MLflow run" button opens, "" for nothing: pushed either way, since the link,
+    evaluated when the task ends, makes Airflow log a missing XCom as an error."""
+    get_current_context()["ti"].xcom_push(key=MLFLOW_RUN_URL_KEY, value=url or "")
 
 
 def started() -> str | None:
@@ -277,6 +281,7 @@ def int8_requantize() -> None:
         from int8flow.tasks.outputs.run_report import write_run_report
         from int8flow.tasks.run import stages
 
+        push_mlflow_run_url(None)  # a failed gate tracks its run below and pushes its page
         with run_cluster(out) as (client, _):
             record = stages.gate(out, client, ProgressLog(), run_config(out))
         for attempt in record.attempts:
@@ -296,7 +301,7 @@ def int8_requantize() -> None:
                 track_this_run(out)
             except Exception as tracking_error:  # noqa: BLE001 - the gate's verdict is this task's result
                 log.warning("the failed run was not tracked in MLflow: %s", redact_text(str(tracking_error)))
-            raise AirflowFailException(form_words(str(error))) from None
+            raise FailedAtOnce(form_words(str(error))) from None
         log.info("gate passed (max top-1 drop %s)", record.max_top1_drop)
         return out
 

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from conftest import DEMO_MODEL
 
+from int8flow.schemas.metric_names import metric_key
 from int8flow.schemas.run_config import SETTINGS, RunConfig, RunConfigError
 from int8flow.tasks.data.mnist_idx import FASHION_MNIST_FOLDER
 
@@ -36,32 +37,36 @@ DAG_IDS = {DAG_ID, "int8_requantize_nightly"}
 TASK_IDS = ["plan", "observe", "thresholds", "correct", "build", "validate", "gate", "report", "track", "register"]
 SMALL_RUN = {"calib_examples": 256, "val_examples": 1000, "batch_size": 64, "workers": 2, "sensitivity_examples": 32}
 EXPECTED_METRICS = {
-    "calib_seconds",
-    "calib_examples_per_second",
-    "calib_examples",
-    "calib_skipped_images",
-    "observe_seconds",
-    "reduce_seconds",
-    "thresholds_seconds",
-    "correct_seconds",
-    "build_seconds",
-    "validate_seconds",
-    "gate_seconds",
-    "fp32_top1",
-    "int8_top1",
-    "deploy_int8_top1",
-    "deploy_int8_top5",
-    "deploy_top1_drop",
-    "deploy_agreement_top1",
-    "top1_drop",
-    "fp32_top5",
-    "int8_top5",
-    "top5_drop",
-    "agreement_top1",
-    "val_examples",
-    "gate_attempts",
-    "validate_examples_per_second",
+    metric_key(name)
+    for name in (
+        "calib_seconds",
+        "calib_examples_per_second",
+        "calib_examples",
+        "calib_skipped_images",
+        "observe_seconds",
+        "reduce_seconds",
+        "thresholds_seconds",
+        "correct_seconds",
+        "build_seconds",
+        "validate_seconds",
+        "gate_seconds",
+        "fp32_top1",
+        "int8_top1",
+        "deploy_int8_top1",
+        "deploy_int8_top5",
+        "deploy_top1_drop",
+        "deploy_agreement_top1",
+        "top1_drop",
+        "fp32_top5",
+        "int8_top5",
+        "top5_drop",
+        "agreement_top1",
+        "val_examples",
+        "gate_attempts",
+        "validate_examples_per_second",
+    )
 }
+"""MLflow keys: ``accuracy/int8_top1``, ``time/calib_seconds``, ... (``metric_names``)."""
 JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array"}
 
 needs_fashion_mnist = pytest.mark.skipif(
@@ -321,8 +326,8 @@ class DagTest:
 
 
 def dags_test(home: Path, conf: dict[str, Any]) -> DagTest:
-    runs = home / "int8flow-runs" / DAG_ID
-    before = set(runs.iterdir()) if runs.is_dir() else set()
+    """Run the DAG with ``conf``; its output folder is named after the run (a run that fails at
+    ``plan`` on bad input leaves none)."""
     done = subprocess.run(
         [str(AIRFLOW), "dags", "test", DAG_ID, "-c", json.dumps(conf)],
         env=airflow_environment(home),
@@ -330,10 +335,18 @@ def dags_test(home: Path, conf: dict[str, Any]) -> DagTest:
         text=True,
         timeout=600,
     )
-    output = done.stdout + done.stderr
-    (out,) = set(runs.iterdir()) - before if runs.is_dir() else (None,)
-    assert out is not None, output[-5000:]
-    return DagTest(out.name, done.returncode, output, out)
+    run_id = newest_run_id()
+    return DagTest(run_id, done.returncode, done.stdout + done.stderr, home / "int8flow-runs" / DAG_ID / run_id)
+
+
+def newest_run_id() -> str:
+    """The run ``dags test`` just made: these tests run one DAG run at a time."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        return session.scalars(select(DagRun.run_id).where(DagRun.dag_id == DAG_ID).order_by(DagRun.id.desc())).first()
 
 
 def mlflow_client(home: Path) -> Any:
@@ -371,6 +384,29 @@ def failed_gate_run(airflow_home: Path) -> DagTest:
     return dags_test(airflow_home, conf)
 
 
+@pytest.fixture(scope="module")
+def bad_input_run(airflow_home: Path) -> DagTest:
+    return dags_test(airflow_home, {**SMALL_RUN, "calib_data": str(airflow_home / "no-such-data")})
+
+
+def traceback_lines(output: str) -> list[str]:
+    """The lines of a printed traceback: its header and its frames."""
+    return [line for line in output.splitlines() if line.startswith("Traceback") or line.startswith("  File ")]
+
+
+@pytest.mark.slow
+def test_bad_input_fails_plan_at_once_with_one_log_line_and_no_traceback(
+    bad_input_run: DagTest, airflow_home: Path
+) -> None:
+    states = bad_input_run.states()
+    assert bad_input_run.returncode != 0
+    assert states["plan"] == ("failed", 1)  # FailedAtOnce: no retry
+    assert {states[task][0] for task in TASK_IDS[1:]} == {"upstream_failed"}
+    (line,) = [line for line in bad_input_run.output.splitlines() if "bad input" in line]
+    assert "Task exited" in line and f"bad input, not retried: {airflow_home}/no-such-data: no such file" in line
+    assert traceback_lines(bad_input_run.output) == []
+
+
 @pytest.mark.slow
 @needs_fashion_mnist
 def test_dags_test_runs_every_stage_and_tracks_one_mlflow_run_matching_the_report(
@@ -386,9 +422,9 @@ def test_dags_test_runs_every_stage_and_tracks_one_mlflow_run_matching_the_repor
     assert set(run.data.metrics) == EXPECTED_METRICS
     assert run.data.metrics == pytest.approx(run_metrics(report), rel=1e-12)
     accuracy = report["accuracy"]
-    assert run.data.metrics["fp32_top1"] == accuracy["fp32_top1"] == 93.6  # first 1000 of t10k, FP32
-    assert run.data.metrics["val_examples"] == accuracy["examples"] == 1000
-    assert run.data.metrics["calib_examples"] == 256
+    assert run.data.metrics["accuracy/fp32_top1"] == accuracy["fp32_top1"] == 93.6  # first 1000 of t10k, FP32
+    assert run.data.metrics["count/val_examples"] == accuracy["examples"] == 1000
+    assert run.data.metrics["count/calib_examples"] == 256
     assert accuracy["top1_drop"] <= 1.0 and report["gate"]["passed"]
     assert "out" not in run.data.params and "alias" not in run.data.params  # operational: tags
     assert run.data.tags["int8flow.setting.out"] == str(passed_run.out)
@@ -405,6 +441,7 @@ def test_dags_test_runs_every_stage_and_tracks_one_mlflow_run_matching_the_repor
     assert tags["airflow.url"].endswith(f"dags/{DAG_ID}/runs/{passed_run.run_id}")
     assert tags["mlflow.note.content"].endswith(f"Started by `airflow:{DAG_ID}`: <{tags['airflow.url']}>")
     assert f"MLflow run {run.info.run_id} in experiment int8flow/fashion_mnist_resnet: sqlite:///" in passed_run.output
+    assert "XCom not found" not in passed_run.output  # gate and track push their link's value, "" for a store
 
 
 @pytest.mark.slow
@@ -415,7 +452,8 @@ def test_the_registered_version_has_the_alias_and_the_fp32_source(passed_run: Da
     version = client.get_model_version_by_alias("fashion-int8-dagtest", "int8-ci")
     report = json.loads((passed_run.out / "report.json").read_text())
     assert version.run_id == run.info.run_id
-    assert version.source.endswith("/model.int8.onnx")
+    (int8_model,) = run.outputs.model_outputs  # model.int8.onnx, logged as an MLflow ONNX model
+    assert version.source == f"models:/{int8_model.model_id}"
     assert version.tags["fp32_model_uri"] == str(DEMO_MODEL)
     assert version.tags["fp32_sha256"] == report["model"]["sha256"]
     assert version.tags["method"] == "percentile"  # the default
@@ -434,10 +472,16 @@ def test_a_failed_gate_fails_the_run_at_the_gate_task_and_registers_nothing(
     assert failed_gate_run.returncode != 0
     states = failed_gate_run.states()
     assert {task: states[task] for task in TASK_IDS[:6]} == {task: ("success", 1) for task in TASK_IDS[:6]}
-    assert states["gate"] == ("failed", 1)  # AirflowFailException: no retry
+    assert states["gate"] == ("failed", 1)  # FailedAtOnce: no retry
     assert {states[task][0] for task in ("report", "track", "register")} == {"upstream_failed"}
-    assert "AirflowFailException: accuracy gate failed: INT8 top-1" in failed_gate_run.output
-    assert '> "Max top-1 drop" -1 after 2 attempt(s)' in failed_gate_run.output  # the form's field, not a flag
+    (line,) = [line for line in failed_gate_run.output.splitlines() if "accuracy gate failed" in line]
+    assert "Task exited" in line and "accuracy gate failed: INT8 top-1" in line
+    assert '> "Max top-1 drop" -1 after 2 attempt(s)' in line  # the form's field, not a flag
+    assert traceback_lines(failed_gate_run.output) == []
+    assert "XCom not found" not in failed_gate_run.output  # the "MLflow run" link finds what gate pushed
+    for progress in ("gate: sensitivity 0/14 nodes", "gate: sensitivity 14/14 nodes, 224 examples"):
+        assert progress in failed_gate_run.output  # 14 nodes ranked on 16 examples each
+    assert "gate: attempt 2/2 validate 8/8 shards, 128 examples" in failed_gate_run.output
     with pytest.raises(MlflowException):
         mlflow_client(airflow_home).get_registered_model("fashion-int8-gate-failed")
     (run,) = runs_with_key(airflow_home, f"{DAG_ID}/{failed_gate_run.run_id}")  # tracked, as `int8flow run` does
