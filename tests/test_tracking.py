@@ -540,7 +540,7 @@ def test_a_tracking_server_run_has_a_page_and_a_local_store_none() -> None:
     from int8flow.tasks.tracking.run_logging import mlflow_run_url
 
     assert mlflow_run_url("https://bob:s3cr3t@mlflow.example/", "3", "abc") == (
-        f"https://{REDACTED}@mlflow.example/#/experiments/3/runs/abc"
+        f"https://{REDACTED}@mlflow.example/#/experiments/3/runs/abc?workflowType=machine_learning"
     )
     assert mlflow_run_url("sqlite:///mlflow.db", "3", "abc") is None
 

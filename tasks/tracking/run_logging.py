@@ -141,11 +141,16 @@ def tracked_run(out: str, run_id: str, config: RunConfig | None = None) -> Track
     return TrackedRun(run_id, experiment, url, redact_uri(plan.tracking_uri))
 
 
+MODEL_TRAINING_VIEW = "workflowType=machine_learning"
+"""MLflow 3's UI opens every page in its GenAI view (traces, judges, prompts) unless the address asks
+for its model-training view, whatever the experiment's kind: the run's page asks."""
+
+
 def mlflow_run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
     """The run's page in the MLflow UI when the store is a tracking server; None for a local store."""
     if not tracking_uri.startswith(("http://", "https://")):
         return None
-    return f"{redact_uri(tracking_uri).rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{redact_uri(tracking_uri).rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?{MODEL_TRAINING_VIEW}"
 
 
 def _epoch_ms(timestamp: str) -> int:
