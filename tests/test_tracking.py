@@ -535,6 +535,18 @@ def test_a_running_tracking_server_passes_the_check_and_a_wrong_path_is_bad_inpu
     )
 
 
+@pytest.mark.slow
+def test_a_tracking_server_registers_the_runs_logged_model_once(mlflow_server: str, artifacts: Path) -> None:
+    """A server checks what a SQLite store does not: a ``models:/<id>`` source must come with its model id."""
+    run_id = log_simple_run(mlflow_server, experiment_for(mlflow_server, "int8flow/server-register"), artifacts)
+    versions = [register_int8_model(mlflow_server, "fmnist-server", run_id, alias="champion") for _ in range(2)]
+    client = tracking_client(mlflow_server)
+    (output,) = client.get_run(run_id).outputs.model_outputs
+    (version,) = client.search_model_versions("name = 'fmnist-server'")
+    assert (versions, version.source, version.run_id) == (["1", "1"], f"models:/{output.model_id}", run_id)
+    assert str(client.get_model_version_by_alias("fmnist-server", "champion").version) == "1"
+
+
 def test_a_tracking_server_run_has_a_page_and_a_local_store_none() -> None:
     from int8flow.schemas.uri_redaction import REDACTED
     from int8flow.tasks.tracking.run_logging import mlflow_run_url

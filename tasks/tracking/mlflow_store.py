@@ -326,8 +326,12 @@ def register_int8_model(
                 client.set_model_version_tag(name, version, key, value)
         else:
             with _resolving_models_in(tracking_uri):
-                version = client.create_model_version(
-                    name, source=f"{MODELS_SCHEME}{model.model_id}", run_id=run_id, tags=dict(tags)
+                version = client.create_model_version(  # a tracking server refuses the source without model_id
+                    name,
+                    source=f"{MODELS_SCHEME}{model.model_id}",
+                    run_id=run_id,
+                    tags=dict(tags),
+                    model_id=model.model_id,
                 ).version
         if alias is not None:
             client.set_registered_model_alias(name, alias, version)
