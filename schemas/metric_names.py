@@ -13,6 +13,8 @@ TIME = "time"
 THROUGHPUT = "throughput"
 COUNT = "count"
 COUNT_SUFFIXES = ("_examples", "_images", "_attempts", "gemm_fallbacks")
+GROUP_ORDER = (ACCURACY, TIME, THROUGHPUT, COUNT)
+"""The order MLflow's run page lists metrics in (the order they were logged): accuracy first."""
 
 
 def metric_group(name: str) -> str:
@@ -34,3 +36,8 @@ def metric_key(name: str) -> str:
 def metric_name(key: str) -> str:
     """The plain name of MLflow key ``key`` (the inverse of :func:`metric_key`)."""
     return key.split(SEPARATOR, 1)[-1]
+
+
+def listing_order(key: str) -> tuple[int, str]:
+    """Sort key of MLflow key ``key``: by group (``GROUP_ORDER``), then by name."""
+    return GROUP_ORDER.index(metric_group(metric_name(key))), key

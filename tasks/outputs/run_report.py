@@ -15,7 +15,7 @@ from typing import Any
 
 import fsspec
 
-from int8flow.schemas.metric_names import ACCURACY, THROUGHPUT, TIME, metric_group, metric_key
+from int8flow.schemas.metric_names import ACCURACY, THROUGHPUT, TIME, listing_order, metric_group, metric_key
 from int8flow.schemas.run_folder import REPORT_JSON
 from int8flow.schemas.stage_records import (
     BuildRecord,
@@ -174,8 +174,10 @@ counts stay whole."""
 
 def run_metrics(report: dict[str, Any]) -> dict[str, float]:
     """The MLflow metrics of a run, keyed ``<group>/<name>`` (``metric_names``) as ``int8flow runs``
-    and dashboards read them, rounded as ``METRIC_DECIMALS`` says (report.json keeps every digit)."""
-    return {metric_key(name): _rounded(name, value) for name, value in _exact_metrics(report).items()}
+    and dashboards read them, rounded as ``METRIC_DECIMALS`` says (report.json keeps every digit),
+    in ``listing_order``: MLflow's run page lists them as logged."""
+    metrics = {metric_key(name): _rounded(name, value) for name, value in _exact_metrics(report).items()}
+    return {key: metrics[key] for key in sorted(metrics, key=listing_order)}
 
 
 def _rounded(name: str, value: float) -> float:
