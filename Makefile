@@ -30,6 +30,13 @@ $(FASHION_MNIST):
 
 data: $(FASHION_MNIST)
 
+# The browser test (tests/test_browser.py) drives Debian's chromium through Playwright: never
+# `playwright install`, whose browser downloads need a network.
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium
+
 # The installed names (int8flow.kernels -> kernels/, ...) without installing: links to the source
 # folders (build/ is ignored by git). mypy reads the code through them (it cannot follow the
 # editable install's import hook), and so does a bare GPU machine with PYTHONPATH=build/namespace.
@@ -45,7 +52,7 @@ lint: $(STAMP) $(NAMESPACE_TREE)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint $(EFFICIENTNET) $(FASHION_MNIST)
+test: lint $(EFFICIENTNET) $(FASHION_MNIST) $(CHROMIUM)
 	$(BIN)/python -m pytest -m "not gpu"
 
 # The GPU tests on a bare GPU machine, from source (no venv): the machine brings its own CuPy
@@ -84,7 +91,8 @@ demo: $(STAMP) $(FASHION_MNIST)
 AIRFLOW_HOME ?= $(CURDIR)/airflow-home
 airflow: $(STAMP) $(FASHION_MNIST)
 	AIRFLOW_HOME=$(AIRFLOW_HOME) AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags AIRFLOW__CORE__LOAD_EXAMPLES=False \
-	AIRFLOW__CORE__PARALLELISM=4 AIRFLOW__API__HOST=127.0.0.1 PATH=$(CURDIR)/$(BIN):$$PATH \
+	AIRFLOW__CORE__PARALLELISM=4 AIRFLOW__API__HOST=127.0.0.1 AIRFLOW__API__BASE_URL=http://127.0.0.1:8080 \
+	PATH=$(CURDIR)/$(BIN):$$PATH \
 	$(BIN)/airflow standalone
 
 bench: $(STAMP) $(EFFICIENTNET)

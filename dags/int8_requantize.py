@@ -124,7 +124,9 @@ def run_origin() -> RunOrigin:
         "airflow.logical_date": logical_date.astimezone(UTC).isoformat() if logical_date else "",
         "airflow.url": url,
     }
-    return RunOrigin(f"airflow:{dag_id}", "JOB", links, page=url)
+    # Relative unless [api] base_url names where users reach Airflow: then no page to link to.
+    page = url if url.startswith(("http://", "https://")) else None
+    return RunOrigin(f"airflow:{dag_id}", "JOB", links, page)
 
 
 def track_this_run(out: str) -> str:
