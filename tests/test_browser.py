@@ -21,9 +21,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import suppress
@@ -33,7 +30,8 @@ from urllib.parse import unquote
 
 import pytest
 import requests
-from airflow_standalone import Standalone, free_ports, running_standalone, tail, wait_until
+from airflow_standalone import Standalone, running_standalone, wait_until
+from mlflow_server import running_mlflow_server
 from test_airflow_dag import DAG_ID, FASHION_MNIST
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -83,40 +81,8 @@ if (location.origin === %r) {
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``mlflow server`` on a SQLite store in a tmp folder, serving the artifacts itself, on 127.0.0.1."""
-    folder = tmp_path_factory.mktemp("mlflow-server")
-    (port,) = free_ports(1)
-    url = f"http://127.0.0.1:{port}"
-    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{folder}/db"]
-    command += ["--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port)]
-    command += ["--workers", "1"]
-    with (folder / "server.log").open("w") as log:
-        process = subprocess.Popen(
-            command,
-            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # 2 processes, not 10
-            cwd=folder,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-
-        def up() -> bool:
-            assert process.poll() is None, tail(folder / "server.log", 40)
-            with suppress(requests.RequestException):
-                return requests.get(f"{url}/health", timeout=2).ok
-            return False
-
-        assert wait_until(up, 120, interval=0.5), f"mlflow server not up in 120 s\n{tail(folder / 'server.log', 40)}"
+    with running_mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as url:
         yield url
-    finally:
-        with suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 @pytest.fixture(scope="module")

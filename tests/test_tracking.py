@@ -2,29 +2,27 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import signal
 import socket
 import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, closing, suppress
+from contextlib import ExitStack, closing
 from pathlib import Path
 
 import fsspec
 import mlflow.artifacts
 import onnx
 import pytest
-import requests
 from conftest import DEMO_MODEL
 from mlflow import MlflowClient
 from mlflow.entities import LoggedModelStatus, Run
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
+from mlflow_server import running_mlflow_server
 
 from int8flow.schemas.run_config import RunConfig
 from int8flow.tasks.cli.main import EXIT_UNAVAILABLE, main
@@ -492,35 +490,8 @@ def test_a_sqlite_store_whose_folder_cannot_be_made_is_bad_input_found_while_pla
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real ``mlflow server`` on a SQLite store, as production runs one; stopped afterwards."""
-    folder = tmp_path_factory.mktemp("server")
-    server = closed_port_server()
-    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{folder}/db"]
-    command += ["--host", "127.0.0.1", "--port", server.rpartition(":")[2], "--workers", "1"]
-    process = subprocess.Popen(
-        command,
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        stdout=subprocess.DEVNULL,
-        stderr=(folder / "server.log").open("w"),
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, (folder / "server.log").read_text()[-2000:]
-            with suppress(requests.exceptions.RequestException):
-                if requests.get(f"{server}/health", timeout=2).ok:
-                    break
-            assert time.monotonic() < deadline, "mlflow server not up in 120 s"
-            time.sleep(0.5)
-        yield server
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+    with running_mlflow_server(tmp_path_factory.mktemp("server")) as url:
+        yield url
 
 
 @pytest.mark.slow
