@@ -624,3 +624,17 @@ def test_a_registered_fp32_source_is_the_runs_input_model_and_its_version_the_in
     assert version.source == f"models:/{int8_output.model_id}"
     assert client.get_logged_model(int8_output.model_id).tags["int8flow.model"] == "models:/fmnist-fp32@production"
     assert (version.tags["fp32_registered_name"], version.tags["fp32_registered_version"]) == ("fmnist-fp32", "1")
+
+
+def test_the_logged_models_tags_and_params_carry_no_credentials(store: str, artifacts: Path) -> None:
+    from int8flow.schemas.uri_redaction import redact_uri
+
+    secret = "s3://alice:hunter2@bucket/model.onnx"
+    model = ModelToLog("model.int8.onnx", INT8_MODEL_NAME, tags={"int8flow.model": secret}, params={"model": secret})
+    experiment_id = experiment_for(store, "int8flow/redacted-model")
+    run_id = log_run(store, experiment_id, "redacted", {}, {}, {}, str(artifacts), model=model)
+    client = tracking_client(store)
+    (output,) = client.get_run(run_id).outputs.model_outputs
+    logged = client.get_logged_model(output.model_id)
+    assert "hunter2" not in redact_uri(secret)
+    assert (logged.tags["int8flow.model"], logged.params["model"]) == (redact_uri(secret), redact_uri(secret))

@@ -18,7 +18,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
@@ -283,7 +283,8 @@ def log_run(
             )
             _log_artifacts(client, run_id, fs, root, files)
             if model is not None:
-                log_onnx_model(client, experiment_id, run_id, fs.cat_file(f"{root.rstrip('/')}/{model.file}"), model)
+                redacted = replace(model, tags=_redacted(model.tags), params=_redacted(model.params))
+                log_onnx_model(client, experiment_id, run_id, fs.cat_file(f"{root.rstrip('/')}/{model.file}"), redacted)
         except BaseException:
             with suppress(MlflowException):
                 client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
