@@ -54,7 +54,14 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import dag, get_current_context, task
 from int8flow_airflow.failures import RETRY_ARGS, FailedAtOnce, bad_input_fails_at_once
 from int8flow_airflow.mlflow_link import MLFLOW_RUN_URL_KEY, MlflowRunLink
-from int8flow_airflow.params import airflow_home, form_words, run_config_values, run_output_dir, run_params
+from int8flow_airflow.params import (
+    airflow_home,
+    form_words,
+    mlflow_ui_url,
+    run_config_values,
+    run_output_dir,
+    run_params,
+)
 
 if TYPE_CHECKING:
     from int8flow.tasks.tracking.run_logging import RunOrigin
@@ -135,7 +142,7 @@ def track_this_run(out: str) -> str:
     from int8flow.tasks.tracking.run_logging import track, tracked_run
 
     config = run_config(out)
-    tracked = tracked_run(out, track(out, run_key(), config, run_origin()), config)
+    tracked = tracked_run(out, track(out, run_key(), config, run_origin()), config, mlflow_ui_url())
     log.info("%s", tracked.text())
     push_mlflow_run_url(tracked.url)
     return tracked.run_id

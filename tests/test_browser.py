@@ -89,7 +89,12 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def airflow(tmp_path_factory: pytest.TempPathFactory, mlflow_server: str) -> Iterator[Standalone]:
     """``airflow standalone`` whose runs track to ``mlflow_server`` (so ``track`` has an MLflow run page);
     everyone is admin, so the UI needs no login."""
-    environment = {"AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True", "MLFLOW_TRACKING_URI": mlflow_server}
+    environment = {
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+        "MLFLOW_TRACKING_URI": mlflow_server,
+        # The address users browse MLflow at, as the compose stack sets it (its tasks track to mlflow:5000).
+        "INT8FLOW_MLFLOW_UI_URL": mlflow_ui(mlflow_server),
+    }
     with running_standalone(tmp_path_factory.mktemp("airflow-browser"), (DAG_ID,), environment) as airflow:
         yield airflow
 
@@ -194,7 +199,8 @@ def test_trigger_form_refusal_then_a_run_from_airflow_to_mlflow(
         page.get_by_test_id("table-list").get_by_role("link", name="Track in MLflow", exact=True).click()
         page.get_by_role("link", name="Details", exact=True).click()
         link = page.get_by_role("link", name="MLflow run", exact=True)
-        expect(link).to_have_attribute("href", re.compile("^" + re.escape(f"{mlflow_server}/#/experiments/")))
+        run_pages = re.compile("^" + re.escape(f"{mlflow_ui(mlflow_server)}/#/experiments/"))
+        expect(link).to_have_attribute("href", run_pages)
         with browser_context.expect_page() as opened:
             link.click()
         page = opened.value
@@ -258,6 +264,11 @@ def test_trigger_form_refusal_then_a_run_from_airflow_to_mlflow(
         raise
     finally:
         print(f"browser steps took {time.monotonic() - started:.0f} s")
+
+
+def mlflow_ui(mlflow_server: str) -> str:
+    """The server under another name (localhost, not 127.0.0.1): the address users browse it at."""
+    return mlflow_server.replace("127.0.0.1", "localhost")
 
 
 def run_id_of(mlflow_url: str) -> str:

@@ -49,6 +49,12 @@ def run_output_dir(dag_id: str, run_id: str, environ: Mapping[str, str] = os.env
     return f"{runs_dir(environ)}/{dag_id}/{run_id}"
 
 
+def mlflow_ui_url(environ: Mapping[str, str] = os.environ) -> str | None:
+    """Where users reach the MLflow UI, ``$INT8FLOW_MLFLOW_UI_URL``, when the tracking URI is an address
+    only the tasks reach (a compose service name); None: the tracking URI, when it is a server's."""
+    return environ.get("INT8FLOW_MLFLOW_UI_URL") or None
+
+
 def form_defaults(environ: Mapping[str, str] = os.environ) -> dict[str, tuple[Any, str]]:
     """Defaults that differ from the schema's, each with the note the form shows under the field."""
     tracking = environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(airflow_home(environ))

@@ -134,10 +134,12 @@ class TrackedRun:
         return f"MLflow run {self.run_id} in experiment {self.experiment}: {self.url or self.store}"
 
 
-def tracked_run(out: str, run_id: str, config: RunConfig | None = None) -> TrackedRun:
+def tracked_run(out: str, run_id: str, config: RunConfig | None = None, ui_url: str | None = None) -> TrackedRun:
+    """``ui_url``: where users reach the MLflow UI, when not at the tracking URI (a service name only
+    the tasks resolve)."""
     plan = working_plan(out, config)
     experiment = plan.config.experiment or default_experiment_name(plan.model_uri)
-    url = mlflow_run_url(plan.tracking_uri, experiment_for(plan.tracking_uri, experiment), run_id)
+    url = mlflow_run_url(ui_url or plan.tracking_uri, experiment_for(plan.tracking_uri, experiment), run_id)
     return TrackedRun(run_id, experiment, url, redact_uri(plan.tracking_uri))
 
 
