@@ -96,7 +96,8 @@ def test_the_run_writes_every_output(demo_run: tuple[Path, subprocess.CompletedP
     for name in ("calibration.json", "calibration.cache", "model.int8.onnx", "report.json", "report.md", "run.json"):
         assert (out / name).is_file(), name
     plots = sorted(path.name for path in (out / "plots").iterdir())
-    assert len([name for name in plots if name.startswith("histogram-")]) == 6 and "sensitivity.png" in plots
+    assert len(plots) == 6 and all(name.startswith("histogram-") for name in plots)
+    assert (out / "tensors.png").is_file() and (out / "sensitivity.png").is_file()  # the key plots, top level
     assert len(report_of(cwd)["sensitivity"]) == 14  # 9 Conv, 3 Add, GlobalAveragePool, Gemm
     assert (
         "dashboard: http://" in done.stdout and "FP32 top-1" in done.stdout and "fmnist-int8 version 1" in done.stdout
