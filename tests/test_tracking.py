@@ -586,6 +586,8 @@ def test_the_int8_model_is_logged_as_an_onnx_model_with_the_graphs_signature(
         {"name": "logits", "type": "tensor", "tensor-spec": {"dtype": "float32", "shape": (-1, 10)}}
     ]
     assert sorted(path.name for path in folder.glob("*.onnx")) == ["model.onnx"]  # no external-data file
+    requirements = sorted(line.split("==")[0] for line in (folder / "requirements.txt").read_text().split())
+    assert requirements == ["mlflow", "onnx", "onnxruntime"]  # what running it needs, stated, not inferred
     assert onnx.load(folder / "model.onnx").SerializeToString() == onnx.load(MODEL).SerializeToString()
 
 

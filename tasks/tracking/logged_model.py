@@ -90,6 +90,9 @@ def log_onnx_model(client: MlflowClient, experiment_id: str, run_id: str, onnx_b
             ),
             signature=onnx_signature(model),
             onnx_execution_providers=EXECUTION_PROVIDERS,
+            # What running it needs (onnx, onnxruntime, pinned): left out, MLflow infers the list by
+            # loading the model in a subprocess, seconds per run for the same answer.
+            pip_requirements=mlflow.onnx.get_default_pip_requirements(),
             save_as_external_data=False,  # one model.onnx: the bytes int8flow wrote and validated
         )
         client.log_model_artifacts(logged.model_id, folder)
