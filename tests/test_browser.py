@@ -113,7 +113,7 @@ def browser_context(mlflow_server: str) -> Iterator[Any]:
         try:
             context = browser.new_context(viewport=VIEWPORT)
             context.set_default_timeout(UI_TIMEOUT_MS)
-            context.add_init_script(MLFLOW_FIRST_VISIT % mlflow_server)
+            context.add_init_script(MLFLOW_FIRST_VISIT % mlflow_ui(mlflow_server))
             yield context
         finally:
             browser.close()
@@ -252,6 +252,9 @@ def test_trigger_form_refusal_then_a_run_from_airflow_to_mlflow(
         page.get_by_role("link", name="Model registry", exact=True).click()
         page.get_by_role("link", name=REGISTERED, exact=True).click()
         page.get_by_role("link", name="Version 1", exact=True).click()
+        # The registry is no experiment's page: MLflow shows it in the view a user chose last, GenAI
+        # until one chooses; this user works on models.
+        page.get_by_role("button", name="Model training", exact=True).click()
         expect(page.get_by_text(f"@ {ALIAS}", exact=True)).to_be_visible()
         expect(page.get_by_role("link", name="int8-model", exact=True)).to_be_visible()
         expect(page.get_by_text("Inputs (1)", exact=True)).to_be_visible()
