@@ -53,7 +53,7 @@ lint: $(STAMP) $(NAMESPACE_TREE)
 	$(BIN)/mypy
 
 test: lint $(EFFICIENTNET) $(FASHION_MNIST) $(CHROMIUM)
-	$(BIN)/python -m pytest -m "not gpu"
+	$(BIN)/python -m pytest -m "not gpu" --durations=25  # the slowest tests in CI's log: it should stay under 25 min
 
 # The GPU tests on a bare GPU machine, from source (no venv): the machine brings its own CuPy
 # (cupy-cuda12x or -13x, not installed by it). Of what the tests import besides, each distribution
